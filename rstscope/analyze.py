@@ -1,0 +1,153 @@
+"""`rstscope analyze`: capture files -> classified connections and rollups, offline.
+
+A thin shell around the core: frames are decoded, gated (direction, sampling, first N packets) and
+fed to the connection table; finished connections are classified and counted. The Kafka path runs
+the same gate at the edge and the same table in the workers.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rstscope.capture.files import FileStats, read_frames
+from rstscope.config import Topology
+from rstscope.core.record import make_record
+from rstscope.core.rollup import Rollup
+from rstscope.core.summary import Summary
+from rstscope.core.table import ConnectionTable, Finished
+from rstscope.decode import NON_TCP_REASONS, decode_frame
+from rstscope.direction import Direction
+from rstscope.geo import GeoDB
+from rstscope.packet import PacketRecord
+from rstscope.sampling import Gate, Sampler
+
+RecordSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Options:
+    server_ips: list[str] = field(default_factory=list)
+    server_ports: list[int] = field(default_factory=list)
+    probability: float = 1.0
+    sample_mode: str = "random"
+    sample_key: str | None = None
+
+
+class Progress:
+    """A one-line progress report on stderr for long runs (bytes of input read, packets/s)."""
+
+    def __init__(self, total_bytes: int, enabled: bool) -> None:
+        self.total = max(total_bytes, 1)
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.next = self.start + 1.0
+
+    def update(self, done_bytes: int, packets: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now < self.next:
+            return
+        self.next = now + 1.0
+        rate = packets / max(now - self.start, 1e-9)
+        pct = min(100.0, 100.0 * done_bytes / self.total)
+        sys.stderr.write(f"\ranalyze: {pct:5.1f}%  {packets:,} packets  {rate:,.0f} packets/s ")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and time.monotonic() - self.start >= 1.0:
+            sys.stderr.write("\n")
+
+
+class Analyzer:
+    """Wires gate, table, classification, geo and rollup for one offline run."""
+
+    def __init__(self, topology: Topology, options: Options, geo: GeoDB | None = None,
+                 on_record: RecordSink | None = None) -> None:
+        w = topology.window
+        self.topology = topology
+        self.gate = Gate(Direction(options.server_ips, options.server_ports),
+                         Sampler(options.probability, options.sample_mode, options.sample_key),
+                         w.max_packets, w.idle_timeout_s)
+        self.table = ConnectionTable(w)
+        self.geo = geo or GeoDB.empty()
+        self.summary = Summary()
+        self.rollup = Rollup(w.size_s)
+        self.on_record = on_record
+        self.files: list[FileStats] = []
+        self.end_ts = float("-inf")  # the latest frame of any kind: where the input ends
+
+    def _finish(self, done: Iterable[Finished]) -> None:
+        w = self.topology.window
+        ev = self.topology.evidence
+        for f in done:
+            if f.excluded:
+                continue
+            g = self.geo.lookup(f.conn.key[0])
+            rec = make_record(f.conn, w.max_packets, ev, g.country, g.asn, g.as_name)
+            self.summary.count(rec)
+            self.rollup.add(rec)
+            if self.on_record is not None:
+                self.on_record(rec)
+
+    def packets(self, paths: Iterable[Path], progress: Progress | None = None) -> Iterator[PacketRecord]:
+        """Decode the frames of every file in turn, counting what is not a usable TCP packet."""
+        pk = self.summary.packets
+        mal = self.summary.malformed
+        excl = self.summary.excluded
+        done_bytes = 0
+        for path in paths:
+            st = FileStats(str(path))
+            self.files.append(st)
+            for ts, linktype, data in read_frames(path, st):
+                pk["read"] += 1
+                if ts > self.end_ts:
+                    self.end_ts = ts
+                rec = decode_frame(ts, linktype, data)
+                if isinstance(rec, str):
+                    if rec in NON_TCP_REASONS:
+                        excl["non_tcp"] += 1
+                    else:
+                        excl["malformed"] += 1
+                        mal[rec] += 1
+                    continue
+                pk["tcp"] += 1
+                if progress is not None and not pk["tcp"] & 0x3FFF:
+                    progress.update(done_bytes + st.bytes_read, pk["read"])
+                yield rec
+            done_bytes += st.bytes_read
+            for reason, n in st.errors.items():
+                excl["malformed"] += n
+                mal[reason] += n
+
+    def run(self, paths: Iterable[Path], progress: Progress | None = None) -> Summary:
+        admit = self.gate.admit
+        add = self.table.add
+        finish = self._finish
+        for pkt in self.packets(paths, progress):
+            if admit(pkt):
+                done = add(pkt)
+                if done:
+                    finish(done)
+        # The input ends at its latest frame (TCP or not): what idled out before then is decided.
+        finish(self.table.advance(self.end_ts))
+        finish(self.table.close())
+        self._collect_counters()
+        if progress is not None:
+            progress.done()
+        return self.summary
+
+    def _collect_counters(self) -> None:
+        s = self.summary
+        g = self.gate.counters
+        t = self.table.counters
+        for k in ("server_to_client", "other_traffic", "unsampled", "beyond_max_packets", "sampled"):
+            s.packets[k] = g.get(k, 0)
+        s.packets["after_close"] = t.get("after_close", 0)
+        s.packets["client_to_server"] = s.packets["tcp"] - g.get("server_to_client", 0) - g.get("other_traffic", 0)
+        s.excluded["no_syn"] = g.get("no_syn", 0) + t.get("no_syn", 0)
+        for k in ("multi_syn", "incomplete", "superseded", "late"):
+            s.excluded[k] = t.get(k, 0)

@@ -1,0 +1,157 @@
+"""The `rstscope` command: analyze | geo | local-kafka (and the streaming commands as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from rstscope import __version__
+
+
+def _csv(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _ports(values: list[str] | None) -> list[int]:
+    out = []
+    for v in _csv(values):
+        if not v.isdigit() or not 0 < int(v) < 65536:
+            raise SystemExit(f"rstscope: --server-port {v!r} is not a port number (1..65535)")
+        out.append(int(v))
+    return out
+
+
+def _probability(text: str) -> float:
+    try:
+        if "/" in text:
+            a, b = text.split("/", 1)
+            p = float(a) / float(b)
+        else:
+            p = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability (e.g. 0.0001 or 1/10000)") from None
+    if not 0.0 < p <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not in (0, 1]")
+    return p
+
+
+def add_analyze(sub: Any) -> None:
+    p = sub.add_parser("analyze", help="classify the connections in capture files",
+                       description="Classify the TCP connections in pcap/pcapng files (maybe .gz/.xz).")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--server-ip", action="append", metavar="IP|CIDR",
+                   help="server addresses or networks (repeatable, comma lists); default: the SYN's receiver")
+    p.add_argument("--server-port", action="append", metavar="PORT", help="server ports (repeatable, comma lists)")
+    p.add_argument("--sample", type=_probability, default=1.0, metavar="P",
+                   help="probability of keeping a new connection (default 1: every connection)")
+    p.add_argument("--sample-mode", choices=("random", "hash"), default=None,
+                   help="random (secret key per run) or hash (same decision for a tuple on every host)")
+    p.add_argument("--idle", type=float, default=None, metavar="S", help="inactivity timeout in seconds")
+    p.add_argument("--margin", type=float, default=None, metavar="S",
+                   help="cutoff margin: flows this close to a window's end or the input's end are incomplete")
+    p.add_argument("--geo", type=Path, default=None, metavar="DIR", help="directory with .mmdb files")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE", help="write connections as JSON lines")
+    p.add_argument("--rollups", type=Path, default=None, metavar="FILE", help="write rollup rows as JSON lines")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--topology", type=Path, default=None, help="topology.yaml to use")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress line on stderr (default: when stderr is a terminal)")
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from rstscope import config
+    from rstscope.analyze import Analyzer, Options, Progress
+    from rstscope.capture.files import CaptureError
+    from rstscope.codecs.jsonl import write_line
+    from rstscope.geo import GeoDB
+    from rstscope.report import stage_table
+
+    topo = config.load(args.topology)
+    w = topo.window
+    if args.idle is not None or args.margin is not None:
+        w = dataclasses.replace(
+            w,
+            idle_timeout_s=args.idle if args.idle is not None else w.idle_timeout_s,
+            cutoff_margin_s=args.margin if args.margin is not None else w.cutoff_margin_s,
+        )
+        topo = dataclasses.replace(topo, window=w)
+        config.validate(topo)
+    for f in args.files:
+        if not f.is_file():
+            print(f"rstscope: {f}: no such file", file=sys.stderr)
+            return 2
+    opts = Options(_csv(args.server_ip), _ports(args.server_port), args.sample,
+                   args.sample_mode or topo.sampling.mode, topo.sampling.hash_key)
+    geo = GeoDB.open(args.geo) if args.geo else GeoDB.empty()
+    with contextlib.ExitStack() as stack:
+        out: IO[bytes] | None = stack.enter_context(args.out.open("wb")) if args.out else None
+        sink = (lambda rec: write_line(out, rec)) if out is not None else None
+        analyzer = Analyzer(topo, opts, geo, sink)
+        total = sum(f.stat().st_size for f in args.files)
+        show = args.progress if args.progress is not None else sys.stderr.isatty()
+        try:
+            summary = analyzer.run(args.files, Progress(total, show)).to_dict()
+        except CaptureError as e:
+            print(f"rstscope: {e}", file=sys.stderr)
+            return 2
+    if args.rollups:
+        with args.rollups.open("wb") as fh:
+            for row in analyzer.rollup.rows():
+                write_line(fh, row)
+    for st in analyzer.files:
+        if st.stopped_at is not None:
+            print(f"rstscope: {st.path}: stopped at byte {st.stopped_at}: "
+                  f"{', '.join(sorted(st.errors))}", file=sys.stderr)
+    if args.format == "json":
+        import orjson
+
+        sys.stdout.buffer.write(orjson.dumps(summary, option=orjson.OPT_APPEND_NEWLINE))
+    else:
+        print(stage_table(summary))
+    return 0
+
+
+# Sub-commands that own their argument parsing: name -> (module with main(argv) -> int, help).
+DELEGATED = {
+    "geo": ("rstscope.geo", "geolocation data: fetch, lookup"),
+    "local-kafka": ("rstscope.kafka.local", "start or stop a local Apache Kafka cluster"),
+    "topics": ("rstscope.streams.topics", "create or check the topics of topology.yaml"),
+    "edge": ("rstscope.edge.producer", "edge producer: capture -> sampling -> Kafka"),
+    "worker": ("rstscope.streams.worker", "Faust worker: connection and rollup agents"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="rstscope", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"rstscope {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_analyze(sub)
+    for name, (_module, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        module = importlib.import_module(DELEGATED[argv[0]][0])
+        code: int = module.main(argv[1:])
+        return code
+    args = parser.parse_args(argv)
+    if args.command == "analyze":
+        from rstscope.config import TopologyError
+
+        try:
+            return run_analyze(args)
+        except (TopologyError, ValueError, OSError) as e:
+            print(f"rstscope: {e}", file=sys.stderr)
+            return 2
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

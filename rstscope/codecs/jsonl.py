@@ -1,0 +1,39 @@
+"""Connection records and rollup rows as JSON (orjson): one object per line in files, per message on topics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from rstscope.codecs.errors import MalformedRecord
+
+
+def dumps(obj: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(obj)
+
+
+def loads(data: bytes | str) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise MalformedRecord(f"not JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise MalformedRecord("not a JSON object")
+    return obj
+
+
+def write_line(fh: IO[bytes], obj: Mapping[str, Any]) -> None:
+    fh.write(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
+
+
+def read_lines(path: Path | str) -> Iterator[dict[str, Any]]:
+    with Path(path).open("rb") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield loads(line)
+                except MalformedRecord as e:
+                    raise MalformedRecord(f"{path}: line {n}: {e}") from e

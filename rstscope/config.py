@@ -1,0 +1,106 @@
+"""topology.yaml: the one source of truth for topics, windows, thresholds and sampling.
+
+Loaded once at start-up and passed down; nothing else in rstscope carries these numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PATH = Path(__file__).with_name("topology.yaml")
+
+
+class TopologyError(ValueError):
+    """topology.yaml is missing a field or holds a value that makes no sense."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowParams:
+    size_s: int = 900
+    idle_timeout_s: float = 10.0
+    cutoff_margin_s: float = 10.0
+    max_packets: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    probability: float = 1e-4
+    mode: str = "random"
+    hash_key: str = "rstscope"
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceParams:
+    injected_ttl_delta: int = 2
+    injected_ipid_delta: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication: int = 1
+    retention_ms: int | None = None
+    cleanup_policy: str = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    window: WindowParams = field(default_factory=WindowParams)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    evidence: EvidenceParams = field(default_factory=EvidenceParams)
+    topics: dict[str, TopicSpec] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+
+def _section(cls: type[Any], raw: Any, name: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise TopologyError(f"topology: '{name}' must be a mapping")
+    known = set(cls.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        raise TopologyError(f"topology: unknown key(s) in '{name}': {', '.join(sorted(unknown))}")
+    try:
+        return cls(**raw)
+    except TypeError as e:
+        raise TopologyError(f"topology: '{name}': {e}") from e
+
+
+def load(path: Path | str | None = None) -> Topology:
+    """Read a topology file: the argument, else $RSTSCOPE_TOPOLOGY, else the packaged topology.yaml."""
+    p = Path(path or os.environ.get("RSTSCOPE_TOPOLOGY") or DEFAULT_PATH)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise TopologyError(f"topology: cannot read {p}: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise TopologyError(f"topology: {p} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise TopologyError(f"topology: {p} must hold a mapping")
+    window = _section(WindowParams, raw.get("window"), "window")
+    sampling = _section(SamplingParams, raw.get("sampling"), "sampling")
+    evidence = _section(EvidenceParams, raw.get("evidence"), "evidence")
+    topics = {k: _section(TopicSpec, v, f"topics.{k}") for k, v in (raw.get("topics") or {}).items()}
+    topo = Topology(window, sampling, evidence, topics, str(p))
+    validate(topo)
+    return topo
+
+
+def validate(t: Topology) -> None:
+    w = t.window
+    if w.size_s <= 0 or w.idle_timeout_s <= 0 or w.cutoff_margin_s < 0 or w.max_packets < 1:
+        raise TopologyError("topology: window sizes, timeouts and max_packets must be positive")
+    if not 0.0 < t.sampling.probability <= 1.0:
+        raise TopologyError("topology: sampling.probability must be in (0, 1]")
+    if t.sampling.mode not in ("random", "hash"):
+        raise TopologyError("topology: sampling.mode must be 'random' or 'hash'")
+    for name, spec in t.topics.items():
+        if spec.partitions < 1 or spec.replication < 1:
+            raise TopologyError(f"topology: topics.{name}: partitions and replication must be >= 1")

@@ -1,0 +1,62 @@
+"""The run summary: what `rstscope analyze --format json` prints and what the workers report.
+
+Key names are an interface other tools read (see docs/wire-formats.md).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rstscope.core.classify import SCANNERS, SIGNATURES, STAGES, TAGS
+
+CONNECTION_EXCLUSIONS = ("multi_syn", "incomplete", "superseded")
+PACKET_EXCLUSIONS = ("no_syn", "non_tcp", "malformed", "late")
+
+
+@dataclass
+class Summary:
+    """Counts over classified connection records plus every exclusion, by reason."""
+
+    stages: Counter[str] = field(default_factory=Counter)
+    tags: Counter[str] = field(default_factory=Counter)
+    signatures: Counter[str] = field(default_factory=Counter)
+    scanners: Counter[str] = field(default_factory=Counter)
+    injected: int = 0
+    excluded: Counter[str] = field(default_factory=Counter)
+    packets: Counter[str] = field(default_factory=Counter)
+    malformed: Counter[str] = field(default_factory=Counter)
+
+    def count(self, record: Mapping[str, Any]) -> None:
+        self.stages[record["stage"]] += 1
+        self.tags.update(record["tags"])
+        if record["signature"]:
+            self.signatures[record["signature"]] += 1
+        if record.get("scanner"):
+            self.scanners[record["scanner"]] += 1
+        if record.get("injected"):
+            self.injected += 1
+
+    @property
+    def connections(self) -> int:
+        return sum(self.stages.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        total = self.connections
+        return {
+            "connections": total,
+            "stages": {s: self.stages.get(s, 0) for s in STAGES},
+            "shares": {s: round(100.0 * self.stages.get(s, 0) / total, 4) if total else 0.0 for s in STAGES},
+            "tags": {t: self.tags.get(t, 0) for t in TAGS},
+            "signatures": {s: self.signatures.get(s, 0) for s in SIGNATURES},
+            "scanners": {s: self.scanners.get(s, 0) for s in SCANNERS},
+            "injected": self.injected,
+            "excluded": {r: self.excluded.get(r, 0) for r in (*CONNECTION_EXCLUSIONS, *PACKET_EXCLUSIONS)}
+            | {k: v for k, v in sorted(self.excluded.items()) if k not in CONNECTION_EXCLUSIONS + PACKET_EXCLUSIONS},
+            "malformed": dict(sorted(self.malformed.items())),
+            "packets": {k: self.packets.get(k, 0) for k in (
+                "read", "tcp", "client_to_server", "sampled", "server_to_client", "other_traffic",
+                "unsampled", "beyond_max_packets", "after_close")},
+        }

@@ -1,0 +1,62 @@
+"""Which way a packet travels: client -> server, server -> client, or not known without state.
+
+The server side comes from configuration (addresses or CIDRs, ports). Without configuration the
+direction is learnt from the handshake: the endpoint that received a connection's first SYN is its
+server, which the edge gate tracks for the connections it keeps (see sampling.Gate).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable
+
+from rstscope.packet import TH_ACK, TH_SYN, PacketRecord
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Dir(enum.IntEnum):
+    C2S = 1  # client to server: kept
+    S2C = 2  # server to client: never kept (one direction only)
+    OTHER = 3  # configured servers, but this packet is to or from none of them
+    UNKNOWN = 4  # no configuration: decided from handshake state
+
+
+class Direction:
+    """Stateless direction from configured server addresses and/or ports."""
+
+    def __init__(self, server_nets: Iterable[str] = (), server_ports: Iterable[int] = ()) -> None:
+        self.nets: tuple[Network, ...] = tuple(ipaddress.ip_network(n, strict=False) for n in server_nets)
+        self.ports = frozenset(int(p) for p in server_ports)
+        for p in self.ports:
+            if not 0 < p < 65536:
+                raise ValueError(f"server port {p} is not in 1..65535")
+        self.configured = bool(self.nets or self.ports)
+        self._cache: dict[bytes, bool] = {}
+
+    def _is_server_ip(self, packed: bytes) -> bool:
+        hit = self._cache.get(packed)
+        if hit is None:
+            addr = ipaddress.ip_address(packed)
+            hit = any(addr in n for n in self.nets)
+            if len(self._cache) > 65536:
+                self._cache.clear()
+            self._cache[packed] = hit
+        return hit
+
+    def _is_server(self, ip: bytes, port: int) -> bool:
+        if self.nets and not self._is_server_ip(ip):
+            return False
+        return not self.ports or port in self.ports
+
+    def of(self, pkt: PacketRecord) -> Dir:
+        if not self.configured:
+            if pkt.flags & (TH_SYN | TH_ACK) == (TH_SYN | TH_ACK):
+                return Dir.S2C  # a SYN-ACK always comes from the server
+            return Dir.UNKNOWN
+        if self._is_server(pkt.dst, pkt.dport):
+            return Dir.C2S
+        if self._is_server(pkt.src, pkt.sport):
+            return Dir.S2C
+        return Dir.OTHER

@@ -1,0 +1,56 @@
+"""The packet record: the header fields SPEC section 3 keeps of one client-to-server TCP packet.
+
+It never holds payload bytes, only the payload length. Addresses are packed bytes (4 or 16) so the
+record stays small on the wire and hashes fast in the connection table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import NamedTuple
+
+# TCP flag bits, named as in RFC 9293 section 3.1 (plus ECE/CWR from RFC 3168).
+TH_FIN = 0x01
+TH_SYN = 0x02
+TH_RST = 0x04
+TH_PSH = 0x08
+TH_ACK = 0x10
+TH_URG = 0x20
+TH_ECE = 0x40
+TH_CWR = 0x80
+
+
+class PacketRecord(NamedTuple):
+    """One client-to-server TCP packet, reduced to the fields the method needs."""
+
+    ts: float  # capture time, seconds since the Unix epoch (UTC)
+    version: int  # IP version: 4 or 6
+    src: bytes  # client address, packed (4 or 16 bytes)
+    dst: bytes  # server address, packed
+    sport: int  # client port
+    dport: int  # server port
+    flags: int  # TCP flags byte (TH_*)
+    seq: int  # TCP sequence number
+    ack: int  # TCP acknowledgement number
+    ipid: int | None  # IPv4 identification; None for IPv6
+    ttl: int  # IPv4 TTL or IPv6 hop limit
+    window: int  # TCP window (unscaled)
+    payload_len: int  # TCP payload length in bytes (the bytes themselves are never kept)
+    opt_len: int  # TCP options length in bytes (0: no options)
+
+    @property
+    def tuple_key(self) -> tuple[bytes, int, bytes, int]:
+        """The connection key: (client ip, client port, server ip, server port); protocol is TCP."""
+        return (self.src, self.sport, self.dst, self.dport)
+
+
+def ip_text(packed: bytes) -> str:
+    """Packed address to its usual text form."""
+    return str(ipaddress.ip_address(packed))
+
+
+def flag_text(flags: int) -> str:
+    """Flags as tcpdump-like letters (S, F, R, P, A, U, E, W)."""
+    names = ((TH_SYN, "S"), (TH_FIN, "F"), (TH_RST, "R"), (TH_PSH, "P"), (TH_ACK, "A"),
+             (TH_URG, "U"), (TH_ECE, "E"), (TH_CWR, "W"))
+    return "".join(letter for bit, letter in names if flags & bit) or "."
