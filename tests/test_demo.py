@@ -20,7 +20,8 @@ from make_demo import PARTS  # noqa: E402
 
 
 def expected() -> dict[str, Counter[str]]:
-    manifest = {f["file"]: f["expect"] for f in json.loads((ROOT / "tests/fixtures/MANIFEST.json").read_text())["fixtures"]}
+    fixtures = json.loads((ROOT / "tests/fixtures/MANIFEST.json").read_text())["fixtures"]
+    manifest = {f["file"]: f["expect"] for f in fixtures}
     total: dict[str, Counter[str]] = {"stages": Counter(), "tags": Counter(), "signatures": Counter(),
                                       "excluded": Counter()}
     for name in PARTS:
