@@ -124,6 +124,11 @@ DELEGATED = {
     "edge": ("rstscope.edge.producer", "edge producer: capture -> sampling -> Kafka"),
     "worker": ("rstscope.streams.worker", "Faust worker: connection and rollup agents"),
 }
+# Sub-commands whose module is handed the name too (one module serves several commands).
+NAMED = {
+    "serve": ("rstscope.api.cli", "Radar-compatible API and dashboard over the rollup store"),
+    "sink": ("rstscope.api.cli", "consume the rollups topic into the rollup store"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,13 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"rstscope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_analyze(sub)
-    for name, (_module, help_text) in DELEGATED.items():
+    for name, (_module, help_text) in (DELEGATED | NAMED).items():
         sub.add_parser(name, help=help_text, add_help=False)
-    if argv and argv[0] in DELEGATED:
+    if argv and (argv[0] in DELEGATED or argv[0] in NAMED):
         import importlib
 
-        module = importlib.import_module(DELEGATED[argv[0]][0])
-        code: int = module.main(argv[1:])
+        named = argv[0] in NAMED
+        module = importlib.import_module((NAMED if named else DELEGATED)[argv[0]][0])
+        code: int = module.main(argv if named else argv[1:])
         return code
     args = parser.parse_args(argv)
     if args.command == "analyze":

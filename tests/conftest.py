@@ -9,13 +9,16 @@ Fixtures:
   broker+controller nodes with a 3-voter quorum, for failover tests (``kill_node``/``start_node``). Any
   node a test left stopped is restarted after the test, so tests do not see each other's faults.
 
-To use these fixtures outside ``tests/kafka``, move this file's content to ``tests/conftest.py``.
+Broker data lives in ``tempfile.mkdtemp`` directories, not pytest's tmp dirs: pytest prunes those across
+concurrent sessions, which once removed a running broker's data.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,21 +57,27 @@ class LocalCluster:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_bootstrap() -> Iterator[str]:
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         yield external
         return
-    d = tmp_path_factory.mktemp("kafka1")
-    with local.running_cluster(1, d, die_with_parent=True) as bootstrap:
-        yield bootstrap
+    d = Path(tempfile.mkdtemp(prefix="rstscope-kafka1-"))
+    try:
+        with local.running_cluster(1, d, die_with_parent=True) as bootstrap:
+            yield bootstrap
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def _kafka_cluster3_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    d = tmp_path_factory.mktemp("kafka3")
-    with local.running_cluster(3, d, die_with_parent=True) as bootstrap:
-        yield LocalCluster(dir=d, bootstrap=bootstrap, node_ids=[1, 2, 3])
+def _kafka_cluster3_session() -> Iterator[LocalCluster]:
+    d = Path(tempfile.mkdtemp(prefix="rstscope-kafka3-"))
+    try:
+        with local.running_cluster(3, d, die_with_parent=True) as bootstrap:
+            yield LocalCluster(dir=d, bootstrap=bootstrap, node_ids=[1, 2, 3])
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,0 +1,267 @@
+"""Benchmark the streaming path against its floors, on one real broker, in one run.
+
+1. Edge: `rstscope edge`'s loop (read, decode, gate, encode, produce, flush) vs a raw confluent-kafka
+   producer sending the same pre-encoded records with the same settings: what the edge costs on top
+   of the client.
+2. Worker: `rstscope worker` (all three agents) vs a trivial Faust agent that only decodes the same
+   packets topic: what the connection table, records and rollups cost on top of Faust. Each is timed
+   from the consumer group's first commit to the commit that reaches the end offsets.
+3. In-process: ConnectionStage.feed without Kafka (the core's own cost).
+
+    python bench/bench_pipeline.py [--bootstrap B] [--connections 25000]
+
+Without --bootstrap (and $KAFKA_BOOTSTRAP_SERVERS) a local broker is started in a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
+
+from rstscope import config  # noqa: E402
+from rstscope.capture.files import FileStats, read_frames  # noqa: E402
+from rstscope.codecs.packet import encode_packet, packet_key  # noqa: E402
+from rstscope.decode import decode_frame  # noqa: E402
+from rstscope.direction import Direction  # noqa: E402
+from rstscope.edge.producer import DEFAULT_CONF, Edge  # noqa: E402
+from rstscope.sampling import Gate, Sampler  # noqa: E402
+from rstscope.streams.connection_agent import ConnectionStage  # noqa: E402
+from rstscope.streams.topics import all_specs, apply  # noqa: E402
+
+SERVER = bytes([192, 0, 2, 1])
+SYN, FIN, RST, PSH, ACK = 0x02, 0x01, 0x04, 0x08, 0x10
+
+
+def synth_pcap(path: Path, n: int) -> int:
+    """n connections of 4 client packets each, outcomes mixed (RST after data, FIN, timeout)."""
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    frames = 0
+    eth = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00"
+    for i in range(n):
+        src = bytes([10, (i >> 16) & 255, (i >> 8) & 255, i & 255])
+        sport = 1024 + i % 60000
+        seq = (i * 7919) & 0xFFFFFFFF
+        t0 = 1_700_000_000 + i * 0.002
+        last = (RST, FIN | ACK, ACK)[i % 3]
+        pkts = [(SYN, 0, 0), (ACK, 1, 0), (PSH | ACK, 1, 100), (last, 101, 0)]
+        for k, (flags, off, plen) in enumerate(pkts):
+            ts = t0 + k * 0.01
+            tcp = struct.pack("!HHIIBBHHH", sport, 443, (seq + off) & 0xFFFFFFFF, 1 if flags & ACK else 0,
+                              5 << 4, flags, 64240, 0, 0)
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + plen, (i + k) & 0xFFFF, 0x4000, 64, 6, 0, src,
+                             SERVER)
+            frame = eth + ip + tcp + b"x" * plen
+            sec = int(ts)
+            out.append(struct.pack("<IIII", sec, int((ts - sec) * 1e6), len(frame), len(frame)) + frame)
+            frames += 1
+    path.write_bytes(b"".join(out))
+    return frames
+
+
+def topology_file(tmp: Path, tag: str) -> Path:
+    import yaml
+
+    raw = yaml.safe_load(config.DEFAULT_PATH.read_text())
+    for role, t in raw["topics"].items():
+        t["name"] = f"{tag}.{role}"
+    p = tmp / "topology.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def gate(topo: config.Topology) -> Gate:
+    w = topo.window
+    return Gate(Direction(["192.0.2.1"], [443]), Sampler(1.0), w.max_packets, w.idle_timeout_s)
+
+
+def bench_edge(bootstrap: str, topo: config.Topology, pcap: Path) -> tuple[float, int]:
+    spec = topo.topics["packets"]
+    producer = Producer({**DEFAULT_CONF, "bootstrap.servers": bootstrap})
+    edge = Edge(producer, spec.name, spec.partitions, gate(topo), "bench")
+    t0 = time.perf_counter()
+    edge.run([pcap])
+    assert producer.flush(120) == 0
+    dt = time.perf_counter() - t0
+    assert edge.stats.delivery_failures == 0
+    return dt, edge.stats.sent
+
+
+def bench_raw(bootstrap: str, topic: str, pcap: Path, topo: config.Topology) -> tuple[float, int]:
+    g = gate(topo)
+    msgs = []
+    for ts, lt, data in read_frames(pcap, FileStats(str(pcap))):
+        rec = decode_frame(ts, lt, data)
+        if not isinstance(rec, str) and g.admit(rec):
+            msgs.append((packet_key(rec), encode_packet(rec), int(rec.ts * 1000)))
+    producer = Producer({**DEFAULT_CONF, "bootstrap.servers": bootstrap})
+    produce, poll = producer.produce, producer.poll
+    t0 = time.perf_counter()
+    for i, (k, v, ts) in enumerate(msgs):
+        while True:
+            try:
+                produce(topic, v, k, timestamp=ts)
+                break
+            except BufferError:
+                poll(0.05)
+        if not i & 0xFF:
+            poll(0)
+    assert producer.flush(120) == 0
+    return time.perf_counter() - t0, len(msgs)
+
+
+def bench_stage(topo: config.Topology, pcap: Path) -> tuple[float, int]:
+    g = gate(topo)
+    values = []
+    for ts, lt, data in read_frames(pcap, FileStats(str(pcap))):
+        rec = decode_frame(ts, lt, data)
+        if not isinstance(rec, str) and g.admit(rec):
+            values.append((int.from_bytes(packet_key(rec)[:4], "big") % 8, encode_packet(rec)))
+    stage = ConnectionStage(topo)
+    t0 = time.perf_counter()
+    for p, v in values:
+        stage.feed(p, v, None)
+        stage.ackable(p)
+    return time.perf_counter() - t0, len(values)
+
+
+TRIVIAL = '''
+import logging, sys, faust
+from faust.worker import Worker
+from rstscope.codecs.packet import decode
+bootstrap, topic, app_id, parts = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+app = faust.App(app_id, broker="kafka://" + bootstrap, store="memory://", value_serializer="raw",
+                key_serializer="raw", web_enabled=False, broker_session_timeout=6, broker_commit_interval=0.5,
+                topic_partitions=parts)
+src = app.topic(topic, key_type=bytes, value_type=bytes, partitions=parts)
+@app.agent(src)
+async def decode_only(stream):
+    async for value in stream:
+        decode(value)
+class W(Worker):
+    def _setup_logging(self):
+        super()._setup_logging()
+        logging.getLogger().setLevel("WARNING")  # the same fix as rstscope worker: no debug records
+W(app, loglevel="warning", quiet=True).execute_from_commandline()
+'''
+
+
+def committed(admin: AdminClient, group: str, topic: str) -> dict[int, int]:
+    res = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(10)
+    return {tp.partition: tp.offset for tp in res.topic_partitions if tp.topic == topic and tp.offset >= 0}
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-ends"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    finally:
+        c.close()
+
+
+def time_consumer(cmd: list[str], bootstrap: str, group: str, topic: str, log: Path) -> float:
+    """Seconds from the group's first commit to the commit that reaches the end of the topic."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    ends = end_offsets(bootstrap, topic)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        first = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            c = committed(admin, group, topic)
+            now = time.monotonic()
+            if c and first is None:
+                first = now
+            if c == ends:
+                assert first is not None
+                return now - first
+            time.sleep(0.1)
+        raise TimeoutError(f"{cmd[0]} did not reach the end offsets: {log}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    ap.add_argument("--connections", type=int, default=25000)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="rstscope-bench-"))
+    started = None
+    if not args.bootstrap:
+        from rstscope.kafka import local
+
+        started = tmp / "kafka"
+        args.bootstrap = local.start(1, started)
+    try:
+        return run(args.bootstrap, args.connections, tmp)
+    finally:
+        if started is not None:
+            from rstscope.kafka import local
+
+            local.stop(started)
+
+
+def run(bootstrap: str, n: int, tmp: Path) -> int:
+    tag = f"bench{uuid.uuid4().hex[:6]}"
+    topo_path = topology_file(tmp, tag)
+    topo = config.load(topo_path)
+    apply(bootstrap, all_specs(topo, f"{tag}-app"))
+    raw_topic = f"{tag}.raw"
+    from confluent_kafka.admin import NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(raw_topic, 8, 1)])[raw_topic].result(30)
+    pcap = tmp / "synth.pcap"
+    frames = synth_pcap(pcap, n)
+    print(f"input: {frames} frames, {n} connections, {pcap.stat().st_size / 1e6:.1f} MB; broker {bootstrap}")
+
+    edge_s, edge_n = bench_edge(bootstrap, topo, pcap)
+    raw_s, raw_n = bench_raw(bootstrap, raw_topic, pcap, topo)
+    stage_s, stage_n = bench_stage(topo, pcap)
+    packets = topo.topics["packets"].name
+    worker_cmd = [sys.executable, "-m", "rstscope.cli", "worker", "--bootstrap", bootstrap, "--topology",
+                  str(topo_path), "--app-id", f"{tag}-app", "--workers-dir", str(tmp / "w"),
+                  "--session-timeout", "6", "--commit-interval", "0.5", "--loglevel", "warning"]
+    worker_s = time_consumer(worker_cmd, bootstrap, f"{tag}-app", packets, tmp / "worker.log")
+    trivial_cmd = [sys.executable, "-c", TRIVIAL, bootstrap, packets, f"{tag}-trivial", "8"]
+    trivial_s = time_consumer(trivial_cmd, bootstrap, f"{tag}-trivial", packets, tmp / "trivial.log")
+    total = sum(end_offsets(bootstrap, packets).values())  # packets + watermarks
+
+    rows: list[tuple[str, float, Any]] = [
+        ("edge (rstscope edge loop)", edge_n / edge_s, f"{edge_n / edge_s / (raw_n / raw_s):.2f} x raw"),
+        ("raw confluent-kafka producer", raw_n / raw_s, "1.00"),
+        ("worker (rstscope worker, 3 agents)", total / worker_s,
+         f"{(total / worker_s) / (total / trivial_s):.2f} x trivial"),
+        ("trivial Faust agent (decode only)", total / trivial_s, "1.00"),
+        ("ConnectionStage.feed in-process", stage_n / stage_s, "(no Kafka)"),
+    ]
+    print(f"\n{'path':40} {'records/s':>12}  ratio")
+    for name, rate, ratio in rows:
+        print(f"{name:40} {rate:12,.0f}  {ratio}")
+    print(f"\n(edge {edge_n} records in {edge_s:.2f}s; raw {raw_n} in {raw_s:.2f}s; worker {total} messages in "
+          f"{worker_s:.2f}s; trivial in {trivial_s:.2f}s; times of the consumers are first to last commit, "
+          f"0.5 s commit interval)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

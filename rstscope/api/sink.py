@@ -1,0 +1,132 @@
+"""Rollups topic -> store. Offsets are committed only after the rows are in the store, so a crash replays
+(harmlessly: rows are upserts by key) instead of losing rows.
+
+`apply_batch` is the whole logic and is pure over (messages, store); `run` is the thin consumer loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from rstscope.api.store import BadRow, RowKey, Store, normalize_row
+
+log = logging.getLogger("rstscope.api.sink")
+GROUP_ID = "rstscope-api-sink"
+
+
+class Message(Protocol):
+    def error(self) -> Any: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+
+
+@dataclass
+class SinkStats:
+    upserted: int = 0
+    deleted: int = 0
+    bad: int = 0
+    batches: int = 0
+
+
+def parse_key(key: bytes | None) -> RowKey | None:
+    """`"{bucket_start}|{dimension}|{key}"` (docs/wire-formats.md); None when it does not parse."""
+    if not key:
+        return None
+    try:
+        bucket, dim, value = key.decode().split("|", 2)
+        return int(bucket), dim, value
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def apply_batch(store: Store, messages: Sequence[Message], stats: SinkStats) -> None:
+    """Upsert the rows (the last per key wins), apply tombstones, count and skip malformed messages."""
+    rows: dict[RowKey, dict[str, Any]] = {}
+    deletes: dict[RowKey, None] = {}
+    for m in messages:
+        if m.error() is not None:
+            continue
+        value = m.value()
+        if value is None:  # tombstone of the compacted topic
+            k = parse_key(m.key())
+            if k is not None:
+                rows.pop(k, None)
+                deletes[k] = None
+            continue
+        try:
+            row = orjson.loads(value)
+            if not isinstance(row, dict):
+                raise BadRow("not a JSON object")
+            t = normalize_row(row)
+        except (orjson.JSONDecodeError, BadRow) as e:
+            stats.bad += 1
+            log.warning("skipping bad rollup row at %s[%s]@%s: %s", m.topic(), m.partition(), m.offset(), e)
+            continue
+        k = (t[0], t[1], t[2])
+        deletes.pop(k, None)
+        rows[k] = row
+    if deletes:
+        stats.deleted += store.delete(deletes)
+    if rows:
+        stats.upserted += store.upsert(rows.values())
+    stats.batches += 1
+
+
+class Consumer(Protocol):
+    def subscribe(self, topics: list[str]) -> None: ...
+    def consume(self, num_messages: int = ..., timeout: float = ...) -> list[Any]: ...
+    def commit(self, asynchronous: bool = ...) -> Any: ...
+    def close(self) -> None: ...
+
+
+def run(consumer: Consumer, store: Store, topic: str, *, stop: threading.Event,
+        batch: int = 1000, on_batch: Callable[[SinkStats], None] | None = None) -> SinkStats:
+    """Consume until `stop` is set: store a batch, then commit its offsets (at-least-once, idempotent)."""
+    stats = SinkStats()
+    consumer.subscribe([topic])
+    try:
+        while not stop.is_set():
+            msgs = consumer.consume(num_messages=batch, timeout=0.5)
+            if not msgs:
+                continue
+            good = [m for m in msgs if m.error() is None]
+            for m in msgs:
+                if m.error() is not None:
+                    log.warning("consumer error: %s", m.error())
+            if not good:
+                continue  # nothing to store, and committing with no new offset is an error
+            apply_batch(store, good, stats)
+            consumer.commit(asynchronous=False)
+            if on_batch is not None:
+                on_batch(stats)
+    finally:
+        consumer.close()
+    return stats
+
+
+def make_consumer(bootstrap: str, group_id: str = GROUP_ID) -> Consumer:
+    from confluent_kafka import Consumer as KafkaConsumer
+
+    c: Consumer = KafkaConsumer({  # type: ignore[assignment]  # its commit() is overloaded, same call shape
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+    })
+    return c
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())

@@ -1,0 +1,283 @@
+// rstscope dashboard: one page over the API of the same server (no CDN, no build step).
+// Offline captures can be old, so the period is taken from the data's own span (/rstscope/meta), never
+// from the browser's clock. What was drawn is exposed on window.rstscope for the browser test.
+"use strict";
+
+const STAGES = ["post_syn", "post_ack", "post_psh", "later_in_flow", "no_match"];
+const LABELS = {
+  post_syn: "Post-SYN", post_ack: "Post-ACK", post_psh: "Post-PSH", later_in_flow: "Later in flow", no_match: "No match",
+};
+const HINTS = {
+  post_syn: "reset or timeout mid-handshake (source may be spoofed)",
+  post_ack: "after the handshake, before any data",
+  post_psh: "after the first data packet (e.g. ClientHello)",
+  later_in_flow: "reset after several data packets",
+  no_match: "closed normally or still alive",
+};
+const css = getComputedStyle(document.documentElement);
+const COLORS = Object.fromEntries(STAGES.map((s) => [s, css.getPropertyValue("--" + s).trim()]));
+const SIG_STAGE_COLOR = (stage) => COLORS[stage] || "#5b6b86";
+const regionNames = typeof Intl.DisplayNames === "function" ? new Intl.DisplayNames(["en"], { type: "region" }) : null;
+
+const state = { scope: "world", location: null, asn: null, period: "all", agg: "", showNone: true };
+const exposed = (window.rstscope = { state, ready: false, generation: 0, meta: null, summary: null, series: null,
+  drawn: null, tags: null, signatures: null, errors: [] });
+let meta = null;
+let chart = null;
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, attrs = {}, ...kids) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "style") e.style.cssText = v; else if (k.startsWith("data-")) e.setAttribute(k, v); else e[k] = v;
+  }
+  for (const kid of kids) e.append(kid);
+  return e;
+};
+
+function countryName(cc) {
+  if (cc === "XX") return "Unknown";
+  try { return (regionNames && regionNames.of(cc)) || cc; } catch { return cc; }
+}
+function asnName(asn) { return String(asn) === "0" ? "Unknown AS" : "AS" + asn; }
+function fmtPct(s) {
+  const v = Number(s);
+  return v >= 10 ? v.toFixed(1) : v.toFixed(2);
+}
+function fmtInt(n) { return Number(n).toLocaleString("en-US"); }
+function fmtTime(ms, withYear) {
+  const d = new Date(ms);
+  const iso = d.toISOString();
+  const day = d.toLocaleDateString("en-GB", { day: "2-digit", month: "short", timeZone: "UTC", ...(withYear ? { year: "numeric" } : {}) });
+  return day + " " + iso.slice(11, 16);
+}
+
+async function api(path, params) {
+  const qs = new URLSearchParams(Object.entries(params || {}).filter(([, v]) => v !== null && v !== undefined && v !== ""));
+  const r = await fetch(path + (qs.toString() ? "?" + qs : ""));
+  const body = await r.json();
+  if (!r.ok || !body.success) throw new Error((body.errors && body.errors[0] && body.errors[0].message) || r.statusText);
+  return body.result;
+}
+
+function rangeParams() {
+  const end = Date.parse(meta.dataEnd);
+  const start = Date.parse(meta.dataStart);
+  const back = { "1d": 86400e3, "7d": 7 * 86400e3, "28d": 28 * 86400e3 }[state.period];
+  let from = back ? Math.max(start, end - back) : start;
+  // The API caps a range at maxRangeDays: keep the most recent part of very long captures.
+  from = Math.max(from, end - (meta.maxRangeDays - 1) * 86400e3);
+  return { dateStart: new Date(from).toISOString().replace(".000Z", "Z"), dateEnd: meta.dataEnd };
+}
+
+function filterParams() {
+  if (state.scope === "location" && state.location) return { location: state.location };
+  if (state.scope === "asn" && state.asn) return { asn: state.asn };
+  return {};
+}
+
+function scopeLabel() {
+  if (state.scope === "location" && state.location) return countryName(state.location);
+  if (state.scope === "asn" && state.asn) return asnName(state.asn);
+  return "Worldwide";
+}
+
+function renderSummary(summary, connections) {
+  const box = $("summary");
+  box.replaceChildren();
+  const anomalous = 100 - Number(summary.no_match);
+  for (const s of STAGES) {
+    box.append(el("div", { className: "stat", style: `--c:${COLORS[s]}`, "data-stage": s, "data-value": summary[s] },
+      el("div", { className: "label" }, el("span", { className: "dot", style: `--c:${COLORS[s]}` }), LABELS[s]),
+      el("div", { className: "value" }, fmtPct(summary[s]), el("small", {}, "%")),
+      el("div", { className: "hint" }, HINTS[s])));
+  }
+  box.append(el("div", { className: "stat total", "data-stage": "anomalous", "data-value": String(anomalous) },
+    el("div", { className: "label" }, "Anomalous"),
+    el("div", { className: "value" }, connections ? fmtPct(anomalous) : "–", el("small", {}, connections ? "%" : "")),
+    el("div", { className: "hint" }, `${fmtInt(connections)} connections · ${scopeLabel()}`)));
+}
+
+function renderChart(series) {
+  const serie = series.serie_0;
+  const step = { FIFTEEN_MINUTES: 900e3, ONE_HOUR: 3600e3, ONE_DAY: 86400e3, ONE_WEEK: 7 * 86400e3 }[series.meta.aggInterval];
+  const xs = serie.timestamps.map((t) => Date.parse(t));
+  // Slots without connections are absent from the API: break the area there instead of interpolating.
+  const points = Object.fromEntries(STAGES.map((s) => [s, []]));
+  xs.forEach((x, i) => {
+    if (i > 0 && x - xs[i - 1] > step) for (const s of STAGES) points[s].push({ x: xs[i - 1] + step, y: null });
+    for (const s of STAGES) points[s].push({ x, y: Number(serie[s][i]) });
+  });
+  const shown = STAGES.filter((s) => state.showNone || s !== "no_match");
+  const datasets = shown.map((s) => ({
+    label: LABELS[s], data: points[s], stage: s, fill: true, borderColor: COLORS[s], backgroundColor: COLORS[s] + "cc",
+    borderWidth: 1.2, pointRadius: xs.length < 3 ? 4 : 0, pointHoverRadius: 4, tension: 0, spanGaps: false,
+  }));
+  exposed.drawn = Object.fromEntries(shown.map((s) => [s, serie[s].map(Number)]));
+  exposed.drawn.timestamps = serie.timestamps.slice();
+  const multiYear = xs.length && new Date(xs[0]).getUTCFullYear() !== new Date().getUTCFullYear();
+  const options = {
+    animation: false, maintainAspectRatio: false, responsive: true,
+    interaction: { mode: "index", intersect: false },
+    scales: {
+      x: { type: "linear", min: xs.length ? xs[0] : undefined, max: xs.length ? xs[xs.length - 1] : undefined,
+        grid: { color: "#eef0f4" },
+        afterBuildTicks: (axis) => { axis.ticks = niceTicks(axis.min, axis.max).map((value) => ({ value })); },
+        ticks: { color: "#6b7385", maxRotation: 0, callback: (v) => tickLabel(v, multiYear) } },
+      y: { stacked: true, min: 0, max: state.showNone ? 100 : undefined, grid: { color: "#eef0f4" },
+        ticks: { color: "#6b7385", callback: (v) => v + "%" } },
+    },
+    plugins: {
+      legend: { position: "bottom", labels: { boxWidth: 12, boxHeight: 12, color: "#1d2330" } },
+      tooltip: { callbacks: {
+        title: (items) => items.length ? fmtTime(items[0].parsed.x, true) + " UTC" : "",
+        label: (item) => ` ${item.dataset.label}: ${item.parsed.y === null ? "–" : item.parsed.y.toFixed(2) + "%"}`,
+      } },
+    },
+  };
+  if (chart) { chart.data.datasets = datasets; chart.options = options; chart.update(); }
+  else chart = new Chart($("chart"), { type: "line", data: { datasets }, options });
+  $("chart-title").textContent = `Share of connections by stage · ${scopeLabel()}`;
+  const r = series.meta.dateRange[0];
+  $("chart-meta").textContent = `${serie.timestamps.length} points · ${series.meta.aggInterval.replace("_", " ").toLowerCase()} · ` +
+    `${r.startTime.slice(0, 16).replace("T", " ")} → ${r.endTime.slice(0, 16).replace("T", " ")} UTC`;
+}
+
+// Ticks on round UTC times (hours, days, weeks), about six of them, whatever the data's span.
+const TICK_STEPS = [900e3, 1800e3, 3600e3, 3 * 3600e3, 6 * 3600e3, 12 * 3600e3, 86400e3, 2 * 86400e3, 7 * 86400e3,
+  14 * 86400e3, 28 * 86400e3, 91 * 86400e3];
+let tickStep = 3600e3;
+function niceTicks(min, max) {
+  if (!(max > min)) return [min];
+  tickStep = TICK_STEPS.find((s) => (max - min) / s <= 7) || TICK_STEPS[TICK_STEPS.length - 1];
+  const first = Math.ceil(min / tickStep) * tickStep;
+  const out = [];
+  for (let v = first; v <= max; v += tickStep) out.push(v);
+  return out;
+}
+function tickLabel(ms, withYear) {
+  const d = new Date(ms);
+  const day = d.toLocaleDateString("en-GB", { day: "2-digit", month: "short", timeZone: "UTC", ...(withYear ? { year: "numeric" } : {}) });
+  if (tickStep >= 86400e3) return day;
+  const hm = d.toISOString().slice(11, 16);
+  return hm === "00:00" ? [hm, day] : hm;
+}
+
+function stackBar(shares) {
+  const bar = el("div", { className: "stack" });
+  for (const s of STAGES.slice(0, 4)) bar.append(el("span", { style: `width:${Number(shares[s])}%;background:${COLORS[s]}` }));
+  return bar;
+}
+
+function renderTop(table, items, kind) {
+  table.replaceChildren(el("tr", {}, el("th", {}, "#"), el("th", {}, kind === "locations" ? "Location" : "AS"),
+    el("th", {}, "Anomalous stages"), el("th", { className: "num" }, "Anomalous"), el("th", { className: "num" }, "Conns")));
+  if (!items.length) {
+    table.append(el("tr", {}, el("td", { colSpan: 5, className: "empty" }, "No network reaches the minimum of connections.")));
+    return;
+  }
+  items.forEach((it, i) => {
+    const key = kind === "locations" ? it.clientCountryAlpha2 : String(it.clientASN);
+    const name = kind === "locations" ? `${countryName(key)} (${key})` : asnName(key);
+    const tr = el("tr", { className: "row", title: "show this network" }, el("td", { className: "rank" }, String(i + 1)),
+      el("td", {}, name), el("td", {}, stackBar(it.shares)), el("td", { className: "num" }, fmtPct(it.value) + "%"),
+      el("td", { className: "num" }, fmtInt(it.connections)));
+    const scope = kind === "locations" ? "location" : "asn";
+    if (state.scope === scope && state[scope] === key) tr.classList.add("sel");
+    tr.addEventListener("click", () => select(scope, key));
+    table.append(tr);
+  });
+}
+
+function renderBars(box, items, colorOf) {
+  box.replaceChildren();
+  const max = Math.max(...items.map((i) => Number(i.share)), 1e-9);
+  for (const it of items) {
+    const c = colorOf(it);
+    box.append(el("div", { className: "bar" + (it.count ? "" : " zero"), "data-name": it.name, "data-count": String(it.count) },
+      el("span", { className: "name", title: it.name }, it.name),
+      el("div", { className: "track" }, el("div", { className: "fill", style: `width:${(100 * Number(it.share)) / max}%;--c:${c}` })),
+      el("span", { className: "n" }, `${fmtPct(it.share)}% · ${fmtInt(it.count)}`)));
+  }
+}
+
+const TAG_COLOR = { timeout: COLORS.post_ack, reset: COLORS.post_syn, zmap: COLORS.later_in_flow };
+
+async function refresh() {
+  const gen = ++exposed.generation;
+  exposed.ready = false;
+  const range = rangeParams();
+  const filters = filterParams();
+  const p = { ...range, ...filters };
+  try {
+    const [summary, series, tags, sigs, topLoc, topAs] = await Promise.all([
+      api("/radar/tcp_resets_timeouts/summary", p),
+      api("/radar/tcp_resets_timeouts/timeseries_groups", { ...p, aggInterval: state.agg }),
+      api("/rstscope/tags", p),
+      api("/rstscope/signatures", p),
+      api("/rstscope/top/locations", { ...range, limit: 8 }),
+      api("/rstscope/top/ases", { ...range, limit: 8, ...(state.scope === "location" && state.location ? { location: state.location } : {}) }),
+    ]);
+    if (gen !== exposed.generation) return;  // a newer selection is on its way
+    Object.assign(exposed, { summary, series, tags, signatures: sigs });
+    renderSummary(summary.summary_0, tags.meta.connections);
+    renderChart(series);
+    renderTop($("top-locations"), topLoc.top_0, "locations");
+    $("top-ases-title").textContent = state.scope === "location" && state.location ? `Top ASes in ${countryName(state.location)}` : "Top ASes";
+    renderTop($("top-ases"), topAs.top_0, "ases");
+    renderBars($("tags"), tags.breakdown_0, (it) => TAG_COLOR[it.name] || "#5b6b86");
+    renderBars($("signatures"), sigs.breakdown_0.filter((s) => s.count > 0).concat(sigs.breakdown_0.filter((s) => !s.count).slice(0, 3)),
+      (it) => SIG_STAGE_COLOR(it.stage));
+    $("err").textContent = "";
+  } catch (e) {
+    exposed.errors.push(String(e));
+    $("err").textContent = String(e.message || e);
+  }
+  if (gen === exposed.generation) exposed.ready = true;
+}
+
+function select(scope, key) {
+  state.scope = scope;
+  if (scope === "location") { state.location = key || state.location || $("location").value; $("location").value = state.location; }
+  if (scope === "asn") { state.asn = key || state.asn || $("asn").value; $("asn").value = state.asn; }
+  for (const b of document.querySelectorAll("#scope button")) b.classList.toggle("on", b.dataset.scope === scope);
+  $("loc-ctl").hidden = scope !== "location";
+  $("asn-ctl").hidden = scope !== "asn";
+  refresh();
+}
+
+function fillSelect(sel, items, label) {
+  sel.replaceChildren(...items.map((it) => el("option", { value: it.key }, `${label(it.key)} · ${fmtInt(it.connections)}`)));
+}
+
+async function init() {
+  try {
+    meta = exposed.meta = await api("/rstscope/meta");
+  } catch (e) {
+    $("err").textContent = String(e.message || e);
+    exposed.ready = true;
+    return;
+  }
+  if (!meta.dataStart) {
+    $("span").textContent = "no data loaded";
+    $("summary").replaceChildren(el("div", { className: "empty" }, "The store is empty: load rollups with rstscope serve --rollups FILE."));
+    exposed.ready = true;
+    return;
+  }
+  $("span").innerHTML = "";
+  $("span").append(el("div", {}, `Data ${meta.dataStart.slice(0, 16).replace("T", " ")} → ${meta.dataEnd.slice(0, 16).replace("T", " ")} UTC`),
+    el("div", {}, `${fmtInt(meta.rows)} rollup rows · ${meta.locations.length} locations · ${meta.ases.length} ASes`));
+  fillSelect($("location"), meta.locations, (k) => `${countryName(k)} (${k})`);
+  fillSelect($("asn"), meta.ases, asnName);
+  state.location = meta.locations.length ? meta.locations[0].key : null;
+  state.asn = meta.ases.length ? meta.ases[0].key : null;
+  for (const b of document.querySelectorAll("#scope button")) b.addEventListener("click", () => select(b.dataset.scope));
+  $("location").addEventListener("change", (e) => select("location", e.target.value));
+  $("asn").addEventListener("change", (e) => select("asn", e.target.value));
+  $("period").addEventListener("change", (e) => { state.period = e.target.value; refresh(); });
+  $("agg").addEventListener("change", (e) => { state.agg = e.target.value; refresh(); });
+  $("show-none").addEventListener("change", (e) => { state.showNone = e.target.checked; refresh(); });
+  await refresh();
+}
+
+init();

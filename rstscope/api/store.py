@@ -1,0 +1,339 @@
+"""The rollup store: an embedded DuckDB file (or memory) holding the latest rollup row per
+(bucket_start, dimension, key), plus optionally classified connections for `--expose-connections`.
+
+Rollup rows are upserts of the latest counts (the rollups topic is compacted), so `upsert` replaces by
+key and loading the same file or replaying the topic twice changes nothing. Aggregation is always from
+counts: shares are computed by the API after summing, never averaged.
+
+DuckDB lets one process write a file, and no other process open it meanwhile. So a store that shares
+its file with another process (`hold=False`: the sink writing, `serve` reading) opens the file per
+operation and retries briefly while the other side holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from rstscope.api.query import BUCKET_S, STAGES, Filters
+
+DIMENSIONS = ("world", "country", "asn", "country_asn")
+RowKey = tuple[int, str, str]
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS rollups (
+  bucket_start BIGINT NOT NULL,
+  dimension VARCHAR NOT NULL,
+  key VARCHAR NOT NULL,
+  bucket_s INTEGER NOT NULL,
+  total BIGINT NOT NULL,
+  {", ".join(f"{s} BIGINT NOT NULL" for s in STAGES)},
+  tags VARCHAR NOT NULL,
+  signatures VARCHAR NOT NULL,
+  post_syn_geo_unreliable BIGINT NOT NULL,
+  updated_at DOUBLE NOT NULL,
+  PRIMARY KEY (bucket_start, dimension, key)
+);
+CREATE TABLE IF NOT EXISTS connections (
+  id VARCHAR PRIMARY KEY,
+  asn BIGINT NOT NULL,
+  country VARCHAR NOT NULL,
+  last_ts DOUBLE NOT NULL,
+  record VARCHAR NOT NULL
+);
+"""
+_COLS = ("bucket_start", "dimension", "key", "bucket_s", "total", *STAGES, "tags", "signatures",
+         "post_syn_geo_unreliable", "updated_at")
+
+_ROW_MARKS = "(" + ", ".join("?" for _ in _COLS) + ")"
+_CHUNK = 500
+
+
+class BadRow(ValueError):
+    """A rollup row that does not follow docs/wire-formats.md (v1)."""
+
+
+@dataclass(slots=True)
+class Agg:
+    """Summed counts of some rows: the only thing shares are computed from."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    tags: Counter[str] = field(default_factory=Counter)
+    signatures: Counter[str] = field(default_factory=Counter)
+    post_syn_geo_unreliable: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts[s] for s in STAGES)
+
+    def add(self, other: Agg, sign: int = 1) -> None:
+        for s in STAGES:
+            self.counts[s] += sign * other.counts[s]
+        for k, v in other.tags.items():
+            self.tags[k] += sign * v
+        for k, v in other.signatures.items():
+            self.signatures[k] += sign * v
+        self.post_syn_geo_unreliable += sign * other.post_syn_geo_unreliable
+
+    def clamp(self) -> Agg:
+        """Drop non-positive entries left by subtraction (an excluded key absent from a world row's bucket)."""
+        for s in STAGES:
+            self.counts[s] = max(0, self.counts[s])
+        for c in (self.tags, self.signatures):
+            for k in [k for k, v in c.items() if v <= 0]:
+                del c[k]
+        self.post_syn_geo_unreliable = max(0, self.post_syn_geo_unreliable)
+        return self
+
+
+def _count(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise BadRow(f"{what}: {v!r} is not a count")
+    return v
+
+
+def _count_map(v: Any, what: str) -> dict[str, int]:
+    if not isinstance(v, dict):
+        raise BadRow(f"{what} is not an object")
+    return {str(k): _count(n, f"{what}.{k}") for k, n in v.items()}
+
+
+def normalize_row(row: Mapping[str, Any], now: float | None = None) -> tuple[Any, ...]:
+    """A wire-format rollup row as a table tuple; the total is recomputed from the stage counts."""
+    if row.get("v") != 1:
+        raise BadRow(f"unsupported rollup row version {row.get('v')!r}")
+    dim = row.get("dimension")
+    if dim not in DIMENSIONS:
+        raise BadRow(f"unknown dimension {dim!r}")
+    key = row.get("key")
+    if not isinstance(key, str) or (dim == "world") != (key == ""):
+        raise BadRow(f"bad key {key!r} for dimension {dim}")
+    bucket = _count(row.get("bucket_start"), "bucket_start")
+    bucket_s = _count(row.get("bucket_s", BUCKET_S), "bucket_s")
+    if bucket_s != BUCKET_S or bucket % bucket_s:
+        raise BadRow(f"bucket {bucket}/{bucket_s} is not a {BUCKET_S}-second bucket")
+    counts = _count_map(row.get("counts"), "counts")
+    stages = [counts.get(s, 0) for s in STAGES]
+    tags = _count_map(row.get("tags", {}), "tags")
+    sigs = _count_map(row.get("signatures", {}), "signatures")
+    unreliable = _count(row.get("post_syn_geo_unreliable", counts.get("post_syn", 0)), "post_syn_geo_unreliable")
+    return (bucket, dim, key, bucket_s, sum(stages), *stages, orjson.dumps(tags).decode(),
+            orjson.dumps(sigs).decode(), unreliable, time.time() if now is None else now)
+
+
+class Store:
+    """Rollup rows (and connections) in DuckDB. Thread-safe: one lock around the connection."""
+
+    def __init__(self, path: Path | str | None = None, *, read_only: bool = False, hold: bool = True,
+                 lock_timeout: float = 10.0) -> None:
+        self.path = str(path) if path is not None else ":memory:"
+        self.read_only = read_only
+        self.hold = hold or self.path == ":memory:"
+        self.lock_timeout = lock_timeout
+        self._lock = threading.RLock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        if not read_only:
+            with self._connect() as con:
+                con.execute(_SCHEMA)
+        elif self.hold:
+            self._con = self._open()
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                return duckdb.connect(self.path, read_only=self.read_only)
+            except duckdb.IOException:
+                # Another process holds the file's lock (e.g. the sink between commits): wait a little.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            if self.hold:
+                if self._con is None:
+                    self._con = self._open()
+                yield self._con
+                return
+            con = self._open()
+            try:
+                yield con
+            finally:
+                con.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+    # ---- writes
+
+    def upsert(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Replace rows by (bucket_start, dimension, key); the last of duplicates in one batch wins."""
+        latest: dict[RowKey, tuple[Any, ...]] = {}
+        now = time.time()
+        for row in rows:
+            t = normalize_row(row, now)
+            latest[(t[0], t[1], t[2])] = t
+        if not latest:
+            return 0
+        tuples = list(latest.values())
+        with self._connect() as con:
+            con.execute("BEGIN")
+            try:
+                # Multi-row VALUES: DuckDB's executemany costs ~2 ms a row, this ~0.1 ms.
+                for i in range(0, len(tuples), _CHUNK):
+                    chunk = tuples[i:i + _CHUNK]
+                    con.execute(f"INSERT OR REPLACE INTO rollups ({', '.join(_COLS)}) VALUES "
+                                + ", ".join([_ROW_MARKS] * len(chunk)), [v for t in chunk for v in t])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return len(latest)
+
+    def delete(self, keys: Iterable[RowKey]) -> int:
+        """Tombstones of the compacted topic remove a row."""
+        keys = list(keys)
+        with self._connect() as con:
+            for k in keys:
+                con.execute("DELETE FROM rollups WHERE bucket_start = ? AND dimension = ? AND key = ?", list(k))
+        return len(keys)
+
+    def load_rollups(self, path: Path | str) -> int:
+        """Load a `rstscope analyze --rollups` file (JSON lines). Bad rows raise with their line number."""
+        rows = []
+        with Path(path).open("rb") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = orjson.loads(line)
+                    if not isinstance(obj, dict):
+                        raise BadRow("not a JSON object")
+                    normalize_row(obj)
+                except (orjson.JSONDecodeError, BadRow) as e:
+                    raise BadRow(f"{path}: line {n}: {e}") from e
+                rows.append(obj)
+        return self.upsert(rows)
+
+    def load_connections(self, path: Path | str) -> int:
+        """Load a `rstscope analyze --out` file; records are keyed (and de-duplicated) by their `id`."""
+        recs: dict[str, tuple[Any, ...]] = {}
+        with Path(path).open("rb") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    r = orjson.loads(line)
+                    recs[str(r["id"])] = (str(r["id"]), int(r.get("asn") or 0), str(r.get("country") or "XX"),
+                                          float(r.get("last_ts") or 0.0), orjson.dumps(r).decode())
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                    raise BadRow(f"{path}: line {n}: not a connection record ({e})") from e
+        if recs:
+            with self._connect() as con:
+                con.executemany("INSERT OR REPLACE INTO connections VALUES (?, ?, ?, ?, ?)", list(recs.values()))
+        return len(recs)
+
+    # ---- reads
+
+    def _rows(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        with self._connect() as con:
+            return con.execute(sql, params).fetchall()
+
+    def _bucket_aggs(self, dimension: str, start_s: int, end_s: int, keys: Iterable[str] | None,
+                     accept: Filters | None, breakdowns: bool) -> dict[int, Agg]:
+        sql = (f"SELECT bucket_start, key, {', '.join(STAGES)}, tags, signatures, post_syn_geo_unreliable "
+               "FROM rollups WHERE dimension = ? AND bucket_start >= ? AND bucket_start < ?")
+        params: list[Any] = [dimension, start_s, end_s]
+        if keys is not None:
+            keys = sorted(keys)
+            if not keys:
+                return {}
+            sql += f" AND key IN ({', '.join('?' for _ in keys)})"
+            params += keys
+        out: dict[int, Agg] = {}
+        n = len(STAGES)
+        for row in self._rows(sql, params):
+            if accept is not None and not accept.accepts(row[1]):
+                continue
+            agg = out.get(row[0])
+            if agg is None:
+                agg = out[row[0]] = Agg()
+            for i, s in enumerate(STAGES):
+                agg.counts[s] += row[2 + i]
+            if breakdowns:  # JSON decoding dominates the cost: only when tags/signatures are asked for
+                agg.tags.update(orjson.loads(row[2 + n]))
+                agg.signatures.update(orjson.loads(row[3 + n]))
+            agg.post_syn_geo_unreliable += row[4 + n]
+        return out
+
+    def per_bucket(self, filters: Filters, start_s: int, end_s: int, *, breakdowns: bool = False) -> dict[int, Agg]:
+        """Summed counts per 15-minute bucket for the rows `filters` selects.
+
+        Exclusion only (`location=-DE`): the world row minus the excluded rows, per bucket, from counts.
+        """
+        dim = filters.dimension
+        if dim == "world":
+            return self._bucket_aggs("world", start_s, end_s, None, None, breakdowns)
+        if filters.exclusion_only:
+            kf = filters.location if dim == "country" else filters.asn
+            world = self._bucket_aggs("world", start_s, end_s, None, None, breakdowns)
+            for b, agg in self._bucket_aggs(dim, start_s, end_s, kf.exclude, None, breakdowns).items():
+                if b in world:
+                    world[b].add(agg, -1)
+            clamped = {b: a.clamp() for b, a in world.items()}
+            return {b: a for b, a in clamped.items() if a.total > 0}
+        if dim in ("country", "asn"):
+            kf = filters.location if dim == "country" else filters.asn
+            return self._bucket_aggs(dim, start_s, end_s, kf.include, None, breakdowns)
+        return self._bucket_aggs(dim, start_s, end_s, None, filters, breakdowns)
+
+    def key_totals(self, dimension: str, start_s: int, end_s: int) -> dict[str, Agg]:
+        """Summed counts per key of a dimension over a range (for top lists and selectors)."""
+        sql = (f"SELECT key, {', '.join(f'sum({s})' for s in STAGES)} FROM rollups "
+               "WHERE dimension = ? AND bucket_start >= ? AND bucket_start < ? GROUP BY key")
+        out: dict[str, Agg] = {}
+        for row in self._rows(sql, [dimension, start_s, end_s]):
+            agg = out[row[0]] = Agg()
+            for i, s in enumerate(STAGES):
+                agg.counts[s] = int(row[1 + i])
+        return out
+
+    def span(self) -> tuple[int, int] | None:
+        """First bucket start and last bucket end of the world rows: the data's own time span."""
+        row = self._rows("SELECT min(bucket_start), max(bucket_start + bucket_s), count(*) FROM rollups "
+                         "WHERE dimension = 'world'", [])[0]
+        return None if not row[2] else (int(row[0]), int(row[1]))
+
+    def row_count(self) -> int:
+        return int(self._rows("SELECT count(*) FROM rollups", [])[0][0])
+
+    def get(self, key: RowKey) -> dict[str, Any] | None:
+        """One stored row back in wire format (for tests and debugging)."""
+        rows = self._rows(f"SELECT {', '.join(_COLS)} FROM rollups WHERE bucket_start = ? AND dimension = ? "
+                          "AND key = ?", list(key))
+        if not rows:
+            return None
+        r = dict(zip(_COLS, rows[0], strict=True))
+        return {"v": 1, "bucket_start": r["bucket_start"], "bucket_s": r["bucket_s"], "dimension": r["dimension"],
+                "key": r["key"], "total": r["total"], "counts": {s: r[s] for s in STAGES},
+                "tags": orjson.loads(r["tags"]), "signatures": orjson.loads(r["signatures"]),
+                "post_syn_geo_unreliable": r["post_syn_geo_unreliable"]}
+
+    def recent_connections(self, asn: int, limit: int) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT record FROM connections WHERE asn = ? ORDER BY last_ts DESC, id LIMIT ?",
+                          [asn, limit])
+        return [orjson.loads(r[0]) for r in rows]

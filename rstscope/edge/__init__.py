@@ -1,0 +1,1 @@
+"""The edge: capture -> decode -> sampling gate -> Kafka (the same gate as `rstscope analyze`)."""

@@ -1,0 +1,171 @@
+"""The connection stage: packets topic -> one ConnectionTable per partition -> classified records.
+
+All packets of a connection share a packets partition (keyed by 4-tuple), so each partition gets its
+own table, advanced by that partition's event time (the max packet or watermark time it has seen).
+
+Offsets: a message is *done* when nothing in memory depends on it any more: a watermark or a bad
+record at once, a packet when its connection is finalized (or when the table dropped it). Messages
+are acked strictly in offset order, only up to the first one that is not done, so the committed
+offset never passes a packet whose connection still lives only in this process's memory. (Faust's
+own gap check is not enough: it ignores a gap at the head of a partition when nothing was committed
+yet, and a one-message gap after a commit; acking in order never creates a gap.) After a crash or a
+rebalance the new owner replays from the committed offset with an empty table; connections that were
+already emitted come out again with the same id, and the rollup stage drops them.
+
+`ConnectionStage` is transport-free (bytes in, dicts out) so it can be benchmarked and unit-tested;
+`build` wires it into a Faust app.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable
+from typing import Any
+
+from rstscope.codecs.errors import CodecError
+from rstscope.codecs.jsonl import dumps
+from rstscope.codecs.packet import Watermark, decode
+from rstscope.config import Topology
+from rstscope.core.record import make_record
+from rstscope.core.table import ConnectionTable, Finished, Key
+from rstscope.geo import GeoDB
+
+
+class _Entry:
+    """One consumed message waiting to be acked."""
+
+    __slots__ = ("done", "handle")
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.done = False
+
+
+class PartitionState:
+    """A partition's connection table and its not-yet-acked messages, in offset order."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.table = ConnectionTable(topology.window)
+        self.queue: deque[_Entry] = deque()
+        self.pending: dict[Key, list[_Entry]] = {}  # open connection -> its messages
+        self.sources: dict[str, bool] = {}  # edge producer id -> has sent eof
+
+
+class ConnectionStage:
+    """Feed (partition, message bytes, ack handle); get records to emit and handles safe to ack."""
+
+    def __init__(self, topology: Topology, geo: GeoDB | None = None) -> None:
+        self.topology = topology
+        self.geo = geo or GeoDB.empty()
+        self.parts: dict[int, PartitionState] = {}
+        self.counters: Counter[str] = Counter()
+
+    def state(self, partition: int) -> PartitionState:
+        st = self.parts.get(partition)
+        if st is None:
+            st = self.parts[partition] = PartitionState(self.topology)
+        return st
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Forget partitions this worker lost: their unacked messages will be replayed by the new owner."""
+        for p in partitions:
+            st = self.parts.pop(p, None)
+            if st is not None:
+                self.counters["revoked_open"] += len(st.table.open)
+                for k, v in st.table.counters.items():
+                    self.counters[f"table:{k}"] += v
+
+    def feed(self, partition: int, value: bytes | None, handle: Any) -> tuple[list[dict[str, Any]], CodecError | None]:
+        """Process one message. Returns the finished (classified) records and a decode error, if any."""
+        st = self.state(partition)
+        entry = _Entry(handle)
+        st.queue.append(entry)
+        try:
+            item = decode(value or b"")
+        except CodecError as e:
+            entry.done = True
+            self.counters[f"dead:{e.reason}"] += 1
+            return [], e
+        table = st.table
+        if isinstance(item, Watermark):
+            self.counters["watermarks"] += 1
+            entry.done = True
+            done = table.advance(item.ts)
+            st.sources[item.source] = st.sources.get(item.source, False) or item.eof
+            if item.eof and all(st.sources.values()):
+                # every edge feeding this partition reached its end of input: the analyze rule applies,
+                # what is still open cannot be decided and is finalized as incomplete
+                done += table.close()
+                st.sources.clear()
+            return self._finish(st, done), None
+        self.counters["packets"] += 1
+        done = table.add(item)
+        out = self._finish(st, done)
+        conn = table.open.get(item.tuple_key)
+        if conn is not None and conn.packets and conn.packets[-1] is item:
+            st.pending.setdefault(conn.key, []).append(entry)
+        else:
+            entry.done = True  # dropped by the table, or it completed its connection just now
+        return out, None
+
+    def _finish(self, st: PartitionState, done: list[Finished]) -> list[dict[str, Any]]:
+        out = []
+        w = self.topology.window
+        for f in done:
+            for e in st.pending.pop(f.conn.key, ()):
+                e.done = True
+            if f.excluded:
+                self.counters[f"excluded:{f.excluded}"] += 1
+                continue
+            g = self.geo.lookup(f.conn.key[0])
+            out.append(make_record(f.conn, w.max_packets, self.topology.evidence, g.country, g.asn, g.as_name))
+        self.counters["records"] += len(out)
+        return out
+
+    def ackable(self, partition: int) -> list[Any]:
+        """Handles of the leading done messages of a partition, in offset order (removed from the queue)."""
+        st = self.parts.get(partition)
+        if st is None:
+            return []
+        q = st.queue
+        out = []
+        while q and q[0].done:
+            out.append(q.popleft().handle)
+        return out
+
+    def held(self) -> int:
+        return sum(len(st.queue) for st in self.parts.values())
+
+
+def dead_letter(err: CodecError, topic: str, partition: int, offset: int, key: bytes | None,
+                value: bytes | None) -> bytes:
+    """A dead-letter message: why, where from, and the original bytes (hex, capped)."""
+    raw = value or b""
+    return dumps({"reason": err.reason, "error": str(err), "topic": topic, "partition": partition,
+                  "offset": offset, "key": key.hex() if key else None, "value_hex": raw[:1024].hex(),
+                  "value_len": len(raw)})
+
+
+def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, dead_letters: Any) -> Any:
+    """Register the connection agent on a Faust app (manual acks, strictly in offset order)."""
+
+    async def connection_agent(stream: Any) -> None:
+        s = stream.noack()
+        async for event in s.events():
+            msg = event.message
+            p = msg.partition
+            records, err = stage.feed(p, event.value, event)
+            for rec in records:
+                await connections.send(key=rec["id"].encode(), value=dumps(rec), timestamp=rec["last_ts"],
+                                       force=True)
+            if err is not None:
+                await dead_letters.send(key=None, value=dead_letter(err, msg.topic, p, msg.offset, msg.key,
+                                                                     event.value), force=True)
+            # Faust flushes the producer before it commits, so these sends are durable before the
+            # offsets of the messages acked below are.
+            gen = app.consumer_generation_id
+            for ev in stage.ackable(p):
+                if ev.message.generation_id == gen:
+                    await s.ack(ev)
+
+    return app.agent(packets, name="connections")(connection_agent)

@@ -1,0 +1,157 @@
+"""The rollup stage: connections topic -> (re-keyed by bucket) -> Rollup -> upserts on the rollups topic.
+
+A rollup row (bucket, dimension, value) sums connections from every connections partition, so one
+owner per row is needed: the forward agent re-keys each record by its 15-minute bucket onto the
+internal ``<app id>-rollup-input`` topic, and every bucket then lives on exactly one partition there.
+
+State is one Faust table, ``rollup-records`` (changelog ``<app id>-rollup-records-changelog``,
+compacted, co-partitioned with the rollup input): connection id -> the few fields the rollup reads.
+It is the de-duplication set *and* the source of the counts in one write per record, so a replay can
+neither double count nor lose a count: a record already in the table is not counted again. The
+per-partition Rollup objects are a cache of the table, rebuilt from it after every rebalance or
+restart (Faust restores the table from its changelog before streams resume). The upserts of a
+duplicate are re-sent: that covers a crash after the table write but before the upsert went out.
+
+Upserts are coalesced: changed rows are sent at most every ``FLUSH_S`` (or ``FLUSH_EVENTS`` records),
+each once with its current value, and the input messages are acked (manually, in order) only after
+the rows that include them were sent. A busy row thus costs one message per flush, not per record.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import orjson
+
+from rstscope.codecs.errors import CodecError, MalformedRecord
+from rstscope.codecs.jsonl import dumps, loads
+from rstscope.core.rollup import Rollup, RowKey, dimension_keys, row_key_text
+
+FLUSH_S = 0.2
+FLUSH_EVENTS = 2000
+_FIELDS = ("window_start", "country", "asn", "stage", "tags", "signature")
+
+
+def compact(record: dict[str, Any], partition: int) -> bytes:
+    """What the table keeps per connection: the rollup's inputs and the owning partition."""
+    d = {k: record.get(k) for k in _FIELDS}
+    d["p"] = partition
+    return orjson.dumps(d)
+
+
+def bucket_of(record: dict[str, Any], bucket_s: int) -> int:
+    return int(record["window_start"]) // bucket_s * bucket_s
+
+
+class RollupStage:
+    """Transport-free rollup logic over a mapping ``records`` (a Faust table in the worker)."""
+
+    def __init__(self, bucket_s: int) -> None:
+        self.bucket_s = bucket_s
+        self.rollups: dict[int, Rollup] = {}
+        self.dirty: dict[int, set[RowKey]] = {}
+        self.counters: Counter[str] = Counter()
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self.rollups.pop(p, None)
+            self.dirty.pop(p, None)
+
+    def rollup(self, partition: int, records: Any) -> Rollup:
+        r = self.rollups.get(partition)
+        if r is None:
+            r = self.rollups[partition] = Rollup(self.bucket_s)
+            for value in records.values():
+                d = orjson.loads(value)
+                if d.get("p") == partition:
+                    r.add(d)
+            self.counters["rebuilds"] += 1
+        return r
+
+    def add(self, partition: int, value: bytes, records: Any) -> list[RowKey]:
+        """Count one connection record (once per id); returns (and marks dirty) the rows it touches."""
+        rec = loads(value)
+        rid = rec.get("id")
+        if not isinstance(rid, str) or "window_start" not in rec or "stage" not in rec:
+            raise MalformedRecord("connection record without id, window_start or stage")
+        r = self.rollup(partition, records)
+        keys: list[RowKey]
+        if rid in records:
+            self.counters["duplicates"] += 1
+            b = bucket_of(rec, self.bucket_s)
+            keys = [(b, d, v) for d, v in dimension_keys(rec)]
+        else:
+            records[rid] = compact(rec, partition)
+            keys = r.add(rec)
+            self.counters["counted"] += 1
+        self.dirty.setdefault(partition, set()).update(keys)
+        return keys
+
+    def take_dirty(self) -> list[tuple[str, dict[str, Any]]]:
+        """The current value of every row changed since the last call (upserts to send)."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        dirty, self.dirty = self.dirty, {}
+        for p, keys in dirty.items():
+            r = self.rollups.get(p)
+            if r is not None:
+                out.extend((row_key_text(k), r.row(k)) for k in sorted(keys))
+        self.counters["upserts"] += len(out)
+        return out
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        for r in self.rollups.values():
+            yield from r.rows()
+
+
+def build(app: Any, stage: RollupStage, connections: Any, rollup_input: Any, rollups: Any,
+          dead_letters: Any, records: Any) -> tuple[Any, Any]:
+    """Register the forward (re-key by bucket) and rollup agents on a Faust app."""
+
+    async def forward_agent(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                rec = loads(event.value or b"")
+                bucket = bucket_of(rec, stage.bucket_s)
+            except (CodecError, KeyError, TypeError, ValueError) as e:
+                m = event.message
+                reason = e.reason if isinstance(e, CodecError) else "malformed_record"
+                await dead_letters.send(value=dumps({"reason": reason, "error": str(e), "topic": m.topic,
+                                                     "partition": m.partition, "offset": m.offset}), force=True)
+                continue
+            await rollup_input.send(key=str(bucket).encode(), value=event.value, force=True)
+
+    held: list[Any] = []  # rollup-input events processed but not acked (their rows not sent yet)
+    source: list[Any] = []  # the agent's noack stream, for acking from the timer
+
+    async def flush() -> None:
+        nonlocal held
+        events, held = held, []
+        for key, row in stage.take_dirty():
+            await rollups.send(key=key.encode(), value=dumps(row), force=True)
+        if source:
+            gen = app.consumer_generation_id
+            for ev in events:
+                if ev.message.generation_id == gen:
+                    await source[0].ack(ev)
+
+    async def rollup_agent(stream: Any) -> None:
+        s = stream.noack()
+        source[:] = [s]
+        async for event in s.events():
+            m = event.message
+            try:
+                stage.add(m.partition, event.value, records)
+            except CodecError as e:
+                await dead_letters.send(value=dumps({"reason": e.reason, "error": str(e), "topic": m.topic,
+                                                     "partition": m.partition, "offset": m.offset}), force=True)
+            held.append(event)
+            if len(held) >= FLUSH_EVENTS:
+                await flush()
+
+    app.timer(interval=FLUSH_S)(flush)
+
+    fwd = app.agent(connections, name="rollup-forward")(forward_agent)
+    agg = app.agent(rollup_input, name="rollup")(rollup_agent)
+    return fwd, agg
