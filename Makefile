@@ -1,0 +1,21 @@
+# Convenience targets; the README's commands are the reference.
+.PHONY: test testbed test-testbed demo fixtures bench
+
+test:  ## the whole suite (what CI runs after installing)
+	./scripts/test
+
+demo:  ## the README's first command
+	rstscope analyze examples/demo.pcap
+
+fixtures:  ## remake the real-capture fixtures (root; several minutes)
+	python3 scripts/make_fixtures.py --out tests/fixtures && python3 scripts/make_demo.py
+
+testbed:  ## real-network tampering bed (root): captures, labels, per-signature report
+	python3 scripts/testbed.py --out testbed-out
+
+test-testbed:
+	python3 -m pytest -q -p no:cacheprovider -m realnet tests/testbed
+
+bench:  ## analyze vs tcpdump -r on a 1.6M-packet capture made with nginx and ab
+	[ -f .cache/bench.pcap ] || bench/make_capture.sh .cache/bench.pcap
+	python3 bench/bench_analyze.py .cache/bench.pcap --runs 3
