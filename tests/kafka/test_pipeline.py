@@ -338,6 +338,17 @@ def test_two_workers_match_analyze(pipeline: Any, kafka_bootstrap: str, capture:
         workers.wait_log(log, "'packets': ", p, 15)
 
 
+def test_four_workers_match_analyze(pipeline: Any, kafka_bootstrap: str, capture: Path) -> None:
+    """Four workers over the 8 packet partitions: every worker owns some, and the answer is unchanged."""
+    topo_path, topo, app_id, workers = pipeline
+    for _ in range(4):
+        p, log = workers.start()
+        workers.wait_log(log, READY, p, 120)
+    time.sleep(3)  # let the last rebalance settle
+    run_edge(kafka_bootstrap, topo_path, capture)
+    _check_exact(kafka_bootstrap, topo, capture, workers, app_id)
+
+
 def test_killed_worker_replays_without_double_counting(pipeline: Any, kafka_bootstrap: str,
                                                         capture: Path) -> None:
     """SIGKILL right after the result: a new worker restores the table, replays what was not committed,
