@@ -1,11 +1,17 @@
-"""`rstscope edge`: a capture file -> decode -> sampling gate -> msgpack records on the packets topic.
+"""`rstscope edge`: capture -> decode -> sampling gate -> (privacy) -> msgpack records on the packets topic.
 
-The gate is the one `rstscope analyze` uses, so the edge sends exactly the packets the offline table
-would see. Records are keyed by the connection's 4-tuple (murmur2, the partitioner aiokafka and Java
-use), so every packet of a connection lands on one partition and the worker can keep one connection
-table per partition. Event time reaches partitions that get no packets through watermarks sent to
-every partition: periodically (each ``--watermark-interval`` seconds of event time) and, at the end,
-one with ``eof=True`` at the latest frame time of any kind (the end-of-input rule of ``analyze``).
+Sources: ``--pcap FILE`` (replay), ``--interface IF`` (live, software sampling with the gate of
+`rstscope analyze`), ``--nflog-group N`` (the kernel already sampled with `rstscope edge rules`: the
+producer keeps every connection and the gate only enforces direction and the first-N limit).
+
+Records are keyed by the connection's 4-tuple (murmur2, the partitioner aiokafka and Java use), so
+every packet of a connection lands on one partition and the worker can keep one connection table per
+partition. Event time reaches partitions that get no packets through watermarks sent to every
+partition: periodically (each ``--watermark-interval`` seconds of event time; a live source also
+advances it while idle) and, at the end, one with ``eof=True`` at the latest frame time.
+
+Exit codes: 0 all delivered; 1 delivery failures; 2 bad arguments or setup; 3 data lost at the edge
+(local queue full for longer than ``--max-wait``, or the kernel dropped packets we read too slowly).
 """
 
 from __future__ import annotations
@@ -18,16 +24,19 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rstscope.capture.files import CaptureError, FileStats, read_frames
+from rstscope.capture.files import CaptureError
 from rstscope.codecs.packet import Watermark, encode_packet, encode_watermark, packet_key
 from rstscope.config import TopologyError, load
 from rstscope.decode import NON_TCP_REASONS, decode_frame
 from rstscope.direction import Direction
+from rstscope.edge.privacy import AddrTransform
+from rstscope.edge.queue import BoundedSender
+from rstscope.edge.sources import LiveCapture, LiveError, PcapFiles, Source
+from rstscope.packet import PacketRecord
 from rstscope.sampling import Gate, Sampler
 from rstscope.streams.topics import default_bootstrap, role_spec
 
@@ -38,6 +47,11 @@ DEFAULT_CONF: dict[str, Any] = {
     "compression.type": "lz4",
     "linger.ms": 10,
 }
+DEFAULT_QUEUE_MAX = 100_000
+LIVE_SLACK_S = 2.0  # an idle live source promises "nothing older than now - 2 s" (NFLOG batches up to 1 s)
+EXIT_DELIVERY = 1
+EXIT_USAGE = 2
+EXIT_LOST = 3
 
 
 @dataclass
@@ -52,34 +66,43 @@ class EdgeStats:
     dropped: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
 
+    def lost(self) -> int:
+        """Packets that should have been sent and were not (queue full, kernel drops)."""
+        return self.dropped.get("queue_full", 0) + self.dropped.get("kernel", 0)
+
     def line(self, elapsed: float) -> str:
         dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items()) if v) or "none"
         return (f"edge: read {self.read} frames, tcp {self.tcp}, sampled {self.sampled}, sent {self.sent}, "
                 f"delivered {self.delivered}, delivery failures {self.delivery_failures}, "
-                f"watermarks {self.watermarks}; dropped: {dropped}; {elapsed:.2f}s "
+                f"watermarks {self.watermarks}; dropped: {dropped}; lost {self.lost()}; {elapsed:.2f}s "
                 f"({self.read / max(elapsed, 1e-9):,.0f} frames/s)")
 
     def to_dict(self) -> dict[str, Any]:
         return {"read": self.read, "tcp": self.tcp, "sampled": self.sampled, "sent": self.sent,
                 "delivered": self.delivered, "delivery_failures": self.delivery_failures,
-                "watermarks": self.watermarks, "dropped": dict(self.dropped), "errors": dict(self.errors)}
+                "watermarks": self.watermarks, "dropped": dict(self.dropped), "errors": dict(self.errors),
+                "lost": self.lost()}
 
 
 class Edge:
-    """One producer run: owns the gate, the Kafka producer and the event-time bookkeeping."""
+    """One producer run: owns the gate, the Kafka sender and the event-time bookkeeping."""
 
     def __init__(self, producer: Any, topic: str, partitions: int, gate: Gate, source: str,
-                 watermark_interval: float = 1.0) -> None:
+                 watermark_interval: float = 1.0, client_ip: AddrTransform | None = None,
+                 max_wait_s: float | None = None) -> None:
         self.producer = producer
         self.topic = topic
         self.partitions = partitions
         self.gate = gate
         self.source = source
         self.interval = watermark_interval
+        self.client_ip = client_ip
+        self.sender = BoundedSender(producer, topic, max_wait_s)
         self.stats = EdgeStats()
         self.end_ts = float("-inf")  # latest frame of any kind
         self.next_wm = float("-inf")
         self.stop = False
+        self.input: Source | None = None
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
         if err is None:
@@ -88,73 +111,94 @@ class Edge:
             self.stats.delivery_failures += 1
             self.stats.errors[str(err.name() if hasattr(err, "name") else err)] += 1
 
-    def _produce(self, value: bytes, key: bytes | None, ts: float, partition: int | None = None) -> None:
-        kw: dict[str, Any] = {"timestamp": max(0, int(ts * 1000)), "on_delivery": self._on_delivery}
-        if partition is not None:
-            kw["partition"] = partition
-        while True:
-            try:
-                self.producer.produce(self.topic, value, key, **kw)
-                return
-            except BufferError:  # local queue full: let deliveries drain
-                self.producer.poll(0.05)
-
     def watermark(self, eof: bool) -> None:
         """Send the current event time to every partition (idle partitions must advance too)."""
         if self.end_ts == float("-inf"):
             return
         value = encode_watermark(Watermark(self.end_ts, self.source, eof))
+        ts_ms = max(0, int(self.end_ts * 1000))
         for p in range(self.partitions):
-            self._produce(value, None, self.end_ts, p)
+            self.sender.send(value, None, {"timestamp": ts_ms, "on_delivery": self._on_delivery, "partition": p},
+                             block=True)
             self.stats.watermarks += 1
         self.next_wm = self.end_ts + self.interval
 
-    def frames(self, paths: list[Path]) -> Iterator[tuple[float, int, bytes]]:
-        for path in paths:
-            st = FileStats(str(path))
-            yield from read_frames(path, st)
-            for reason, k in st.errors.items():
-                self.stats.dropped["malformed"] += k
-                self.stats.dropped[f"malformed:{reason}"] += k
-            if self.stop:
-                return
+    def _publish(self, rec: PacketRecord) -> None:
+        s = self.stats
+        key = packet_key(rec)  # the raw tuple keys the gate; a transformed one keys Kafka (below)
+        if self.client_ip is not None:
+            rec = rec._replace(src=self.client_ip(rec.src))
+            key = packet_key(rec)
+        kw = {"timestamp": max(0, int(rec.ts * 1000)), "on_delivery": self._on_delivery}
+        if self.sender.send(encode_packet(rec), key, kw):
+            s.sent += 1
+        else:
+            s.dropped["queue_full"] += 1
 
-    def run(self, paths: list[Path], rate: float | None = None) -> EdgeStats:
+    def stop_now(self) -> None:
+        self.stop = True
+        if self.input is not None:
+            self.input.stopped = True
+
+    def run(self, src: list[Path] | Source, rate: float | None = None) -> EdgeStats:
+        source: Source = PcapFiles(src) if isinstance(src, list) else src
+        self.input = source
         s = self.stats
         admit = self.gate.admit
         poll = self.producer.poll
+        live = source.live
         start = time.monotonic()
-        for ts, linktype, data in self.frames(paths):
+        for batch in source.batches():
             if self.stop:
                 break
-            s.read += 1
-            if rate and not s.read % 64:
-                ahead = s.read / rate - (time.monotonic() - start)
-                if ahead > 0:
-                    time.sleep(ahead)
-            if ts > self.end_ts:
-                self.end_ts = ts
-            rec = decode_frame(ts, linktype, data)
-            if isinstance(rec, str):
-                if rec in NON_TCP_REASONS:
-                    s.dropped["non_tcp"] += 1
-                else:
-                    s.dropped["malformed"] += 1
-                    s.dropped[f"malformed:{rec}"] += 1
+            if not batch:  # an idle live source: event time is wall-clock time
+                now = time.time() - LIVE_SLACK_S
+                if now > self.end_ts and self.end_ts != float("-inf"):
+                    self.end_ts = now
+                poll(0)
+                if self.end_ts >= self.next_wm:
+                    self.watermark(False)
                 continue
-            s.tcp += 1
-            if admit(rec):
-                s.sampled += 1
-                self._produce(encode_packet(rec), packet_key(rec), rec.ts)
-                s.sent += 1
-                if not s.sent & 0xFF:
-                    poll(0)
+            for ts, linktype, data in batch:
+                s.read += 1
+                if rate and not s.read % 64:
+                    ahead = s.read / rate - (time.monotonic() - start)
+                    if ahead > 0:
+                        time.sleep(ahead)
+                if ts > self.end_ts:
+                    self.end_ts = ts
+                rec = decode_frame(ts, linktype, data)
+                if isinstance(rec, str):
+                    if rec in NON_TCP_REASONS:
+                        s.dropped["non_tcp"] += 1
+                    else:
+                        s.dropped["malformed"] += 1
+                        s.dropped[f"malformed:{rec}"] += 1
+                    continue
+                s.tcp += 1
+                if admit(rec):
+                    s.sampled += 1
+                    self._publish(rec)
+                    if not s.sent & 0xFF:
+                        poll(0)
+            if live:
+                poll(0)
             if self.end_ts >= self.next_wm:
                 self.watermark(False)
+        if isinstance(source, PcapFiles):
+            for reason, k in source.malformed.items():
+                s.dropped["malformed"] += k
+                s.dropped[f"malformed:{reason}"] += k
+        self.finish()
+        return s
+
+    def finish(self) -> None:
+        s = self.stats
         for k in ("server_to_client", "other_traffic", "unsampled", "no_syn", "beyond_max_packets"):
             s.dropped[k] = self.gate.counters.get(k, 0)
+        if self.input is not None and self.input.kernel_drops():
+            s.dropped["kernel"] = self.input.kernel_drops()
         self.watermark(True)
-        return s
 
 
 def _csv(values: list[str] | None) -> list[str]:
@@ -180,28 +224,57 @@ def _conf_pair(text: str) -> tuple[str, str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rstscope edge", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pcap", action="append", type=Path, required=True, metavar="FILE",
-                   help="capture file (pcap/pcapng, maybe .gz/.xz); repeatable, read in order")
+    p = argparse.ArgumentParser(prog="rstscope edge", description=__doc__ + "\n`rstscope edge rules --help`: "
+                                "the kernel sampling rules.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pcap", action="append", type=Path, metavar="FILE",
+                     help="capture file (pcap/pcapng, maybe .gz/.xz); repeatable, read in order")
+    src.add_argument("--interface", metavar="IF", help="live capture on an interface (software sampling)")
+    src.add_argument("--nflog-group", type=int, metavar="N",
+                     help="read NFLOG group N (kernel sampling by `rstscope edge rules`; no further sampling)")
+    p.add_argument("--netns", default=None, metavar="NAME",
+                   help="open --interface/--nflog-group in this network namespace (ip netns name or path); "
+                        "Kafka and metrics stay in the current one")
+    p.add_argument("--bpf", default=None, metavar="FILTER", help="libpcap filter for --interface")
     p.add_argument("--rate", type=float, default=None, metavar="PPS", help="replay at most PPS frames/s")
     p.add_argument("--bootstrap", default=None, help="bootstrap servers (default $KAFKA_BOOTSTRAP_SERVERS)")
     p.add_argument("--topology", type=Path, default=None, help="topology.yaml to use")
     p.add_argument("--server-ip", action="append", metavar="IP|CIDR", help="server addresses (repeatable)")
     p.add_argument("--server-port", action="append", metavar="PORT", help="server ports (repeatable)")
     p.add_argument("--sample", type=_probability, default=None, metavar="P",
-                   help="probability of keeping a new connection (default: topology sampling.probability)")
+                   help="probability of keeping a new connection (default: topology sampling.probability; "
+                        "1 with --nflog-group)")
     p.add_argument("--sample-mode", choices=("random", "hash"), default=None)
+    p.add_argument("--client-ip", default=None, metavar="truncate:V4,V6|hash:KEYFILE",
+                   help="replace client addresses before they leave the host (docs/edge.md)")
     p.add_argument("--source", default=None, help="producer id in watermarks (default host:pid:random)")
     p.add_argument("--watermark-interval", type=float, default=1.0, metavar="S",
                    help="send a watermark to every partition each S seconds of event time")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics on this port (0: any free port, printed on stderr)")
+    p.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics endpoint")
+    p.add_argument("--queue-max", type=int, default=DEFAULT_QUEUE_MAX, metavar="N",
+                   help="records buffered for the broker at most (librdkafka queue.buffering.max.messages)")
+    p.add_argument("--max-wait", type=float, default=None, metavar="S",
+                   help="when the queue is full, wait at most S seconds, then drop and count "
+                        "(default: 0.5 for live sources, forever for --pcap)")
     p.add_argument("-X", dest="conf", action="append", type=_conf_pair, default=[], metavar="KEY=VALUE",
                    help="librdkafka producer setting (overrides the defaults)")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON on stdout")
     return p
 
 
+def _fail(msg: str) -> int:
+    print(f"rstscope edge: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "rules":
+        from rstscope.edge import rules
+
+        return rules.main(argv[1:])
     from confluent_kafka import Producer
 
     args = parser().parse_args(argv)
@@ -209,71 +282,100 @@ def main(argv: list[str] | None = None) -> int:
         topo = load(args.topology)
         spec = role_spec(topo, "packets")
     except TopologyError as e:
-        print(f"rstscope edge: {e}", file=sys.stderr)
-        return 2
-    for f in args.pcap:
+        return _fail(str(e))
+    for f in args.pcap or []:
         if not f.is_file():
-            print(f"rstscope edge: {f}: no such file", file=sys.stderr)
-            return 2
+            return _fail(f"{f}: no such file")
     ports = []
     for v in _csv(args.server_port):
         if not v.isdigit() or not 0 < int(v) < 65536:
-            print(f"rstscope edge: --server-port {v!r} is not a port number", file=sys.stderr)
-            return 2
+            return _fail(f"--server-port {v!r} is not a port number")
         ports.append(int(v))
-    bootstrap = args.bootstrap or default_bootstrap()
-    conf = {**DEFAULT_CONF, "bootstrap.servers": bootstrap, **dict(args.conf)}
-    producer = Producer(conf)
+    client_ip = None
+    if args.client_ip:
+        from rstscope.edge.privacy import parse
+
+        try:
+            client_ip = parse(args.client_ip)
+        except ValueError as e:
+            return _fail(str(e))
+    source: Source
     try:
+        if args.pcap:
+            source = PcapFiles(args.pcap)
+        elif args.interface:
+            source = LiveCapture(args.interface, args.bpf, netns=args.netns)
+        else:
+            source = LiveCapture(f"nflog:{args.nflog_group}", netns=args.netns)
+    except LiveError as e:
+        return _fail(str(e))
+    bootstrap = args.bootstrap or default_bootstrap()
+    conf = {**DEFAULT_CONF, "bootstrap.servers": bootstrap, "queue.buffering.max.messages": args.queue_max,
+            **dict(args.conf)}
+    try:
+        producer = Producer(conf)
         md = producer.list_topics(spec.name, timeout=15)
     except Exception as e:
-        print(f"rstscope edge: {bootstrap}: {e}", file=sys.stderr)
-        return 2
+        return _fail(f"{bootstrap}: {e}")
     t = md.topics.get(spec.name)
     if t is None or t.error is not None or not t.partitions:
-        print(f"rstscope edge: topic {spec.name} does not exist on {bootstrap} (run `rstscope topics apply`)",
-              file=sys.stderr)
-        return 2
+        return _fail(f"topic {spec.name} does not exist on {bootstrap} (run `rstscope topics apply`)")
     if len(t.partitions) != spec.partitions:
-        print(f"rstscope edge: topic {spec.name} has {len(t.partitions)} partitions, topology says "
-              f"{spec.partitions}; refusing to send (run `rstscope topics check`)", file=sys.stderr)
-        return 2
+        return _fail(f"topic {spec.name} has {len(t.partitions)} partitions, topology says "
+                     f"{spec.partitions}; refusing to send (run `rstscope topics check`)")
     sampling = topo.sampling
+    if args.nflog_group is not None:
+        probability = args.sample or 1.0  # the kernel rule sampled already
+    else:
+        probability = args.sample if args.sample is not None else sampling.probability
     gate = Gate(Direction(_csv(args.server_ip), ports),
-                Sampler(args.sample if args.sample is not None else sampling.probability,
-                        args.sample_mode or sampling.mode, sampling.hash_key),
+                Sampler(probability, args.sample_mode or sampling.mode, sampling.hash_key),
                 topo.window.max_packets, topo.window.idle_timeout_s)
-    source = args.source or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    edge = Edge(producer, spec.name, spec.partitions, gate, source, args.watermark_interval)
+    max_wait = args.max_wait if args.max_wait is not None else (None if args.pcap else 0.5)
+    source_id = args.source or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    edge = Edge(producer, spec.name, spec.partitions, gate, source_id, args.watermark_interval, client_ip, max_wait)
+    if args.metrics_port is not None:
+        from rstscope.edge.metrics import EdgeCollector, serve
+
+        server = serve(args.metrics_port, EdgeCollector(edge.stats, edge.sender.depth, source.kernel_drops,
+                                                        source_id), args.metrics_addr)
+        print(f"rstscope edge: metrics on http://{args.metrics_addr}:{server.server_port}/metrics ",
+              file=sys.stderr, flush=True)
 
     def on_signal(signum: int, _frame: Any) -> None:
-        edge.stop = True
+        edge.stop_now()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    if source.live:
+        print(f"rstscope edge: capturing on {source.name}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     code = 0
     try:
-        edge.run(args.pcap, args.rate)
+        edge.run(source, args.rate)
     except CaptureError as e:
         print(f"rstscope edge: {e}", file=sys.stderr)
-        code = 2
-        edge.watermark(True)
+        code = EXIT_USAGE
+        edge.finish()
     finally:
         left = producer.flush(60)
         for s, h in old.items():
             signal.signal(s, h)
+        if isinstance(source, LiveCapture):
+            source.close()
     st = edge.stats
     if left:
         st.delivery_failures += left
         st.errors["not_flushed"] += left
-    print(st.line(time.monotonic() - t0), file=sys.stderr)
+    print(st.line(time.monotonic() - t0), file=sys.stderr, flush=True)
     if args.json:
         import orjson
 
-        sys.stdout.buffer.write(orjson.dumps({"source": source, **st.to_dict()}, option=orjson.OPT_APPEND_NEWLINE))
+        sys.stdout.buffer.write(orjson.dumps({"source": source_id, **st.to_dict()}, option=orjson.OPT_APPEND_NEWLINE))
         sys.stdout.flush()
     if st.delivery_failures:
-        return 1
+        return EXIT_DELIVERY
+    if st.lost():
+        return EXIT_LOST
     return code
 
 
