@@ -61,3 +61,19 @@ def test_malformed(data):
 def test_errors_carry_a_reason_for_counters():
     assert MalformedRecord.reason == "malformed_record"
     assert UnknownSchemaVersion.reason == "unknown_schema_version"
+
+
+def test_edge_geo_round_trip():
+    from rstscope.codecs.packet import EdgeGeo, decode_with_geo
+
+    p = psh(10)
+    assert decode_with_geo(encode_packet(p, EdgeGeo("DE", 3320))) == (p, EdgeGeo("DE", 3320))
+    assert decode_with_geo(encode_packet(p)) == (p, None)
+    assert decode(encode_packet(p, EdgeGeo("DE", 3320))) == p
+
+
+@pytest.mark.parametrize("extra", [["DEU", 1], ["DE", -1], [1, 2], ["DE"]])
+def test_bad_edge_geo(extra):  # noqa: ANN001
+    f = msgpack.unpackb(encode_packet(psh(10)))
+    with pytest.raises(MalformedRecord):
+        decode(msgpack.packb(f + extra))

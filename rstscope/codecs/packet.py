@@ -2,7 +2,8 @@
 
 Layout (schema 1), one msgpack array:
   [1, 0, ts, ip_version, src, dst, sport, dport, flags, seq, ack, ipid, ttl, window, payload_len, opt_len]
-  (kind 0: a packet)
+  (kind 0: a packet), optionally followed by [country, asn]: the client's geolocation, looked up at the
+  edge before its address was truncated or hashed (``rstscope edge --geo DIR --client-ip ...``)
   [1, 1, ts, source, eof]  (kind 1: a watermark from an edge producer; see docs/wire-formats.md)
 Arrays rather than maps: the field names are the schema, and a record is ~45 bytes instead of ~150.
 """
@@ -20,7 +21,15 @@ SCHEMA_VERSION = 1
 KIND_PACKET = 0
 KIND_WATERMARK = 1
 _PACKET_LEN = 16
+_PACKET_GEO_LEN = 18
 _U32 = 1 << 32
+
+
+class EdgeGeo(NamedTuple):
+    """The client's geolocation as the edge saw it (ISO country, ASN), carried when addresses are hidden."""
+
+    country: str
+    asn: int
 
 
 class Watermark(NamedTuple):
@@ -36,12 +45,12 @@ def packet_key(pkt: PacketRecord) -> bytes:
     return pkt.src + pkt.sport.to_bytes(2, "big") + pkt.dst + pkt.dport.to_bytes(2, "big")
 
 
-def encode_packet(pkt: PacketRecord) -> bytes:
-    out: bytes = msgpack.packb(
-        [SCHEMA_VERSION, KIND_PACKET, pkt.ts, pkt.version, pkt.src, pkt.dst, pkt.sport, pkt.dport,
-         pkt.flags, pkt.seq, pkt.ack, pkt.ipid, pkt.ttl, pkt.window, pkt.payload_len, pkt.opt_len],
-        use_bin_type=True,
-    )
+def encode_packet(pkt: PacketRecord, geo: EdgeGeo | None = None) -> bytes:
+    fields = [SCHEMA_VERSION, KIND_PACKET, pkt.ts, pkt.version, pkt.src, pkt.dst, pkt.sport, pkt.dport,
+              pkt.flags, pkt.seq, pkt.ack, pkt.ipid, pkt.ttl, pkt.window, pkt.payload_len, pkt.opt_len]
+    if geo is not None:
+        fields += [geo.country, geo.asn]
+    out: bytes = msgpack.packb(fields, use_bin_type=True)
     return out
 
 
@@ -50,10 +59,19 @@ def encode_watermark(wm: Watermark) -> bytes:
     return out
 
 
+def _check_geo(f: list[Any]) -> EdgeGeo | None:
+    if len(f) == _PACKET_LEN:
+        return None
+    if len(f) != _PACKET_GEO_LEN:
+        raise MalformedRecord(f"packet record has {len(f)} fields, schema 1 has {_PACKET_LEN} or {_PACKET_GEO_LEN}")
+    country, asn = f[_PACKET_LEN:]
+    if not (isinstance(country, str) and len(country) == 2 and type(asn) is int and 0 <= asn < _U32):
+        raise MalformedRecord("bad edge geolocation (country, asn)")
+    return EdgeGeo(country, asn)
+
+
 def _check_packet(f: list[Any]) -> PacketRecord:
-    if len(f) != _PACKET_LEN:
-        raise MalformedRecord(f"packet record has {len(f)} fields, schema 1 has {_PACKET_LEN}")
-    (_v, _k, ts, ver, src, dst, sport, dport, flags, seq, ack, ipid, ttl, win, plen, olen) = f
+    (_v, _k, ts, ver, src, dst, sport, dport, flags, seq, ack, ipid, ttl, win, plen, olen) = f[:_PACKET_LEN]
     if not isinstance(ts, (int, float)) or isinstance(ts, bool):
         raise MalformedRecord("ts is not a number")
     if ver not in (4, 6):
@@ -78,6 +96,11 @@ def _check_packet(f: list[Any]) -> PacketRecord:
 
 def decode(data: bytes) -> PacketRecord | Watermark:
     """Decode one record; raises UnknownSchemaVersion or MalformedRecord."""
+    return decode_with_geo(data)[0]
+
+
+def decode_with_geo(data: bytes) -> tuple[PacketRecord | Watermark, EdgeGeo | None]:
+    """Decode one record and the edge's geolocation of its client, if it carries one."""
     try:
         f = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=64, max_str_len=256,
                             max_array_len=64, max_map_len=16)
@@ -88,10 +111,11 @@ def decode(data: bytes) -> PacketRecord | Watermark:
     if f[0] != SCHEMA_VERSION:
         raise UnknownSchemaVersion(f"schema version {f[0]!r} is not supported (this reader knows 1)")
     if f[1] == KIND_PACKET:
-        return _check_packet(f)
+        geo = _check_geo(f)
+        return _check_packet(f), geo
     if f[1] == KIND_WATERMARK:
         if len(f) != 5 or not isinstance(f[2], (int, float)) or not isinstance(f[3], str) \
                 or not isinstance(f[4], bool):
             raise MalformedRecord("bad watermark record")
-        return Watermark(float(f[2]), f[3], f[4])
+        return Watermark(float(f[2]), f[3], f[4]), None
     raise MalformedRecord(f"unknown record kind {f[1]!r}")

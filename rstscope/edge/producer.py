@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from rstscope.capture.files import CaptureError
-from rstscope.codecs.packet import Watermark, encode_packet, encode_watermark, packet_key
+from rstscope.codecs.packet import EdgeGeo, Watermark, encode_packet, encode_watermark, packet_key
 from rstscope.config import TopologyError, load
 from rstscope.decode import NON_TCP_REASONS, decode_frame
 from rstscope.direction import Direction
 from rstscope.edge.privacy import AddrTransform
 from rstscope.edge.queue import BoundedSender
 from rstscope.edge.sources import LiveCapture, LiveError, PcapFiles, Source
+from rstscope.geo import GeoDB, GeoError
 from rstscope.packet import PacketRecord
 from rstscope.sampling import Gate, Sampler
 from rstscope.streams.topics import default_bootstrap, role_spec
@@ -89,8 +90,9 @@ class Edge:
 
     def __init__(self, producer: Any, topic: str, partitions: int, gate: Gate, source: str,
                  watermark_interval: float = 1.0, client_ip: AddrTransform | None = None,
-                 max_wait_s: float | None = None) -> None:
+                 max_wait_s: float | None = None, geo: GeoDB | None = None) -> None:
         self.producer = producer
+        self.geo = geo  # looked up on the raw address, before client_ip hides it
         self.topic = topic
         self.partitions = partitions
         self.gate = gate
@@ -126,11 +128,15 @@ class Edge:
     def _publish(self, rec: PacketRecord) -> None:
         s = self.stats
         key = packet_key(rec)  # the raw tuple keys the gate; a transformed one keys Kafka (below)
+        geo = None
+        if self.geo is not None:
+            g = self.geo.lookup(rec.src)
+            geo = EdgeGeo(g.country, g.asn)
         if self.client_ip is not None:
             rec = rec._replace(src=self.client_ip(rec.src))
             key = packet_key(rec)
         kw = {"timestamp": max(0, int(rec.ts * 1000)), "on_delivery": self._on_delivery}
-        if self.sender.send(encode_packet(rec), key, kw):
+        if self.sender.send(encode_packet(rec, geo), key, kw):
             s.sent += 1
         else:
             s.dropped["queue_full"] += 1
@@ -247,6 +253,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-mode", choices=("random", "hash"), default=None)
     p.add_argument("--client-ip", default=None, metavar="truncate:V4,V6|hash:KEYFILE",
                    help="replace client addresses before they leave the host (docs/edge.md)")
+    p.add_argument("--geo", type=Path, default=None, metavar="DIR",
+                   help="geolocate clients here, before --client-ip hides their addresses; the records carry "
+                        "country and ASN to the workers (docs/wire-formats.md)")
     p.add_argument("--source", default=None, help="producer id in watermarks (default host:pid:random)")
     p.add_argument("--watermark-interval", type=float, default=1.0, metavar="S",
                    help="send a watermark to every partition each S seconds of event time")
@@ -333,7 +342,12 @@ def main(argv: list[str] | None = None) -> int:
                 topo.window.max_packets, topo.window.idle_timeout_s)
     max_wait = args.max_wait if args.max_wait is not None else (None if args.pcap else 0.5)
     source_id = args.source or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    edge = Edge(producer, spec.name, spec.partitions, gate, source_id, args.watermark_interval, client_ip, max_wait)
+    try:
+        geo = GeoDB.open(args.geo) if args.geo else None
+    except GeoError as e:
+        return _fail(str(e))
+    edge = Edge(producer, spec.name, spec.partitions, gate, source_id, args.watermark_interval, client_ip, max_wait,
+                geo)
     if args.metrics_port is not None:
         from rstscope.edge.metrics import EdgeCollector, serve
 
