@@ -1,23 +1,30 @@
-"""`rstscope analyze --sample 1` against `tcpdump -r` on the same capture, side by side in one run.
+"""`rstscope analyze` (batch and packet engines, --sample 1 and 0.0001) against `tcpdump -r`, `tshark -r` and
+`argus -r` on the same capture, side by side in one run.
 
-Usage: python bench/bench_analyze.py CAPTURE [--runs 3] [--sample 1]
-Runs each command in turn, `--runs` rounds, and prints medians of wall time, packets/s, peak RSS and
-the ratio to tcpdump. Build a capture with bench/make_capture.sh (nginx + ab in namespaces).
+Usage: python bench/bench_analyze.py CAPTURE [--runs 3] [--no-packet] [--no-tshark]
+Runs each command in turn (interleaved, so machine noise hits all alike), `--runs` rounds, and prints
+medians of wall time, packets/s, the ratio to tcpdump, and the peak RSS of each child (wait4). The
+packet engine is the per-packet reference path (what the streaming workers run); batch is the
+default. The tools that are not installed are skipped. Build a capture with bench/make_capture.sh.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def count_packets(path: Path) -> int:
+    sys.path.insert(0, str(REPO))
     from rstscope.capture.files import read_frames
 
     return sum(1 for _ in read_frames(path))
@@ -25,40 +32,62 @@ def count_packets(path: Path) -> int:
 
 def timed(cmd: list[str]) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of one child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    _pid, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(after, before)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
+    return wall, usage.ru_maxrss
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("capture", type=Path)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--sample", default="1")
+    ap.add_argument("--no-packet", action="store_true", help="skip the (slow) per-packet engine")
+    ap.add_argument("--no-tshark", action="store_true", help="skip tshark (slow)")
     args = ap.parse_args()
+    cap = str(args.capture.resolve())
     n = count_packets(args.capture)
-    tools = {
-        "rstscope analyze": [sys.executable, "-m", "rstscope.cli", "analyze", str(args.capture),
-                             "--sample", args.sample, "--no-progress"],
+    tmp = Path(tempfile.mkdtemp(prefix="rsbench-"))
+
+    def rstscope(engine: str, sample: str) -> list[str]:
+        return [sys.executable, "-m", "rstscope.cli", "analyze", cap, "--sample", sample, "--no-progress",
+                "--engine", engine, "--format", "json"]
+
+    tools: dict[str, list[str]] = {
+        "rstscope batch --sample 1": rstscope("batch", "1"),
+        "rstscope batch --sample 0.0001": rstscope("batch", "0.0001"),
     }
+    if not args.no_packet:
+        tools["rstscope packet --sample 1"] = rstscope("packet", "1")
+        tools["rstscope packet --sample 0.0001"] = rstscope("packet", "0.0001")
     if shutil.which("tcpdump"):
-        tools["tcpdump -r"] = ["tcpdump", "-nn", "-r", str(args.capture)]
+        tools["tcpdump -nn -r"] = ["tcpdump", "-nn", "-r", cap]
+    if shutil.which("argus"):
+        tools["argus -r -w"] = ["argus", "-r", cap, "-w", str(tmp / "out.argus")]
+    if shutil.which("tshark") and not args.no_tshark:
+        tools["tshark -n -r"] = ["tshark", "-n", "-r", cap]
     walls: dict[str, list[float]] = {k: [] for k in tools}
     rss: dict[str, int] = {}
-    for _ in range(args.runs):
-        for name, cmd in tools.items():  # interleaved, so machine noise hits both alike
-            w, m = timed(cmd)
-            walls[name].append(w)
-            rss[name] = max(rss.get(name, 0), m)
-    ours = statistics.median(walls["rstscope analyze"])
-    print(f"capture: {args.capture} ({n:,} packets), {args.runs} runs, medians")
-    print(f"{'tool':<20} {'seconds':>8} {'packets/s':>12} {'speed vs rstscope':>18}")
+    try:
+        for _ in range(args.runs):
+            for name, cmd in tools.items():
+                w, m = timed(cmd)
+                walls[name].append(w)
+                rss[name] = max(rss.get(name, 0), m)
+                (tmp / "out.argus").unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ref = "tcpdump -nn -r" if "tcpdump -nn -r" in tools else next(iter(tools))
+    ref_med = statistics.median(walls[ref])
+    print(f"capture: {args.capture} ({n:,} packets), {args.runs} runs, medians; {os.cpu_count()} CPUs")
+    print(f"{'command':<34} {'seconds':>8} {'packets/s':>12} {'vs ' + ref:>20} {'peak RSS MiB':>13}")
     for name in tools:
         med = statistics.median(walls[name])
-        print(f"{name:<20} {med:>8.2f} {n / med:>12,.0f} {ours / med:>17.2f}x")
+        print(f"{name:<34} {med:>8.2f} {n / med:>12,.0f} {ref_med / med:>19.2f}x {rss[name] / 1024:>13.0f}")
     return 0
 
 

@@ -27,6 +27,7 @@ from rstscope.packet import PacketRecord
 from rstscope.sampling import Gate, Sampler
 
 RecordSink = Callable[[dict[str, Any]], None]
+ENGINES = ("batch", "packet")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Options:
     probability: float = 1.0
     sample_mode: str = "random"
     sample_key: str | None = None
+    engine: str = "batch"  # batch (rstscope.fastpath, same results) or packet (the reference, per packet)
 
 
 class Progress:
@@ -79,6 +81,10 @@ class Analyzer:
         self.on_record = on_record
         self.files: list[FileStats] = []
         self.end_ts = float("-inf")  # the latest frame of any kind: where the input ends
+        if options.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
+        self.engine = options.engine
+        self.engine_used = ""  # which engine decided the last run
 
     def _finish(self, done: Iterable[Finished]) -> None:
         w = self.topology.window
@@ -124,6 +130,21 @@ class Analyzer:
                 mal[reason] += n
 
     def run(self, paths: Iterable[Path], progress: Progress | None = None) -> Summary:
+        """Analyze the files: with the batch engine when it applies (same results), else packet by packet."""
+        paths = list(paths)
+        if self.engine == "batch":
+            from rstscope.fastpath.engine import run as run_batch
+
+            if run_batch(self, paths):
+                self.engine_used = "batch"
+                if progress is not None:
+                    progress.done()
+                return self.summary
+        return self.run_packets(paths, progress)
+
+    def run_packets(self, paths: Iterable[Path], progress: Progress | None = None) -> Summary:
+        """The reference: every packet through Gate.admit and ConnectionTable.add, as the workers do."""
+        self.engine_used = "packet"
         admit = self.gate.admit
         add = self.table.add
         finish = self._finish

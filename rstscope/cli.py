@@ -59,6 +59,9 @@ def add_analyze(sub: Any) -> None:
     p.add_argument("--topology", type=Path, default=None, help="topology.yaml to use")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress line on stderr (default: when stderr is a terminal)")
+    p.add_argument("--engine", choices=("batch", "packet"), default="batch",
+                   help="batch: vectorized over whole files (default; falls back to packet when it does not "
+                        "apply); packet: the reference per-packet path")
 
 
 def run_analyze(args: argparse.Namespace) -> int:
@@ -86,7 +89,7 @@ def run_analyze(args: argparse.Namespace) -> int:
             print(f"rstscope: {f}: no such file", file=sys.stderr)
             return 2
     opts = Options(_csv(args.server_ip), _ports(args.server_port), args.sample,
-                   args.sample_mode or topo.sampling.mode, topo.sampling.hash_key)
+                   args.sample_mode or topo.sampling.mode, topo.sampling.hash_key, engine=args.engine)
     geo = GeoDB.open(args.geo) if args.geo else GeoDB.empty()
     with contextlib.ExitStack() as stack:
         out: IO[bytes] | None = stack.enter_context(args.out.open("wb")) if args.out else None

@@ -73,7 +73,7 @@ def test_edge_geo_round_trip():
 
 
 @pytest.mark.parametrize("extra", [["DEU", 1], ["DE", -1], [1, 2], ["DE"]])
-def test_bad_edge_geo(extra):  # noqa: ANN001
+def test_bad_edge_geo(extra):
     f = msgpack.unpackb(encode_packet(psh(10)))
     with pytest.raises(MalformedRecord):
         decode(msgpack.packb(f + extra))
