@@ -19,3 +19,12 @@ test-testbed:
 bench:  ## analyze vs tcpdump -r on a 1.6M-packet capture made with nginx and ab
 	[ -f .cache/bench.pcap ] || bench/make_capture.sh .cache/bench.pcap
 	python3 bench/bench_analyze.py .cache/bench.pcap --runs 3
+
+.PHONY: faults soak
+faults:  ## the fault tests as CI runs them (real 3-broker cluster)
+	python3 -m pytest tests/faults -m faults -q -p no:cacheprovider
+
+soak:  ## 10 random worker kills, 1,000,000 inputs per fuzz target (pip install atheris); figures in soak-report.jsonl
+	rm -f soak-report.jsonl
+	RSTSCOPE_FAULT_RUNS=10 RSTSCOPE_FUZZ_INPUTS=1000000 RSTSCOPE_FAULTS_REPORT=soak-report.jsonl \
+	  python3 -m pytest tests/faults -m faults -q -p no:cacheprovider

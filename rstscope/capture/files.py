@@ -12,6 +12,7 @@ import bz2
 import gzip
 import lzma
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +129,7 @@ def read_frames(path: Path | str, stats: FileStats | None = None) -> Iterator[Fr
                 yield from _read_pcapng(buf, str(p), st)
             else:
                 raise CaptureError(str(p), 0, f"unknown magic {magic.hex()}, not a pcap or pcapng capture")
-        except (OSError, EOFError, lzma.LZMAError) as e:
+        except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
             # A damaged compressed stream: keep what was read, say where it broke.
             st.error("compressed_stream_error")
             st.stopped_at = buf.offset

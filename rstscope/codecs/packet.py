@@ -23,6 +23,7 @@ KIND_WATERMARK = 1
 _PACKET_LEN = 16
 _PACKET_GEO_LEN = 18
 _U32 = 1 << 32
+MAX_TS = 1e11  # seconds since the epoch: about the year 5100
 
 
 class EdgeGeo(NamedTuple):
@@ -74,6 +75,8 @@ def _check_packet(f: list[Any]) -> PacketRecord:
     (_v, _k, ts, ver, src, dst, sport, dport, flags, seq, ack, ipid, ttl, win, plen, olen) = f[:_PACKET_LEN]
     if not isinstance(ts, (int, float)) or isinstance(ts, bool):
         raise MalformedRecord("ts is not a number")
+    if not 0.0 <= ts < MAX_TS:  # also false for NaN: a poisoned event time would stall a table
+        raise MalformedRecord(f"ts {ts!r} is not a plausible capture time")
     if ver not in (4, 6):
         raise MalformedRecord(f"ip_version {ver!r} is not 4 or 6")
     alen = 4 if ver == 4 else 16
@@ -115,7 +118,7 @@ def decode_with_geo(data: bytes) -> tuple[PacketRecord | Watermark, EdgeGeo | No
         return _check_packet(f), geo
     if f[1] == KIND_WATERMARK:
         if len(f) != 5 or not isinstance(f[2], (int, float)) or not isinstance(f[3], str) \
-                or not isinstance(f[4], bool):
+                or not isinstance(f[4], bool) or not 0.0 <= f[2] < MAX_TS:
             raise MalformedRecord("bad watermark record")
         return Watermark(float(f[2]), f[3], f[4]), None
     raise MalformedRecord(f"unknown record kind {f[1]!r}")

@@ -14,6 +14,14 @@ Layout of a cluster directory ``D`` (all state of one cluster lives there)::
     D/node-<id>/data/          log.dirs (KRaft metadata log and topic data)
     D/node-<id>/server.log     broker stdout/stderr (log4j2 writes to stdout)
     D/node-<id>/pid            pid of the running JVM (removed on stop)
+    D/tls/                     with ``scram_users``: CA (ca.pem), broker keystore (PKCS12), password files
+
+With ``scram_users={"name": "password"}`` every node gets a second client listener, SASL_SSL (TLS with a
+certificate signed by a throw-away CA, made with the JDK's ``keytool``; SAN IP:127.0.0.1) with the
+SCRAM-SHA-256 and SCRAM-SHA-512 mechanisms; the users are created through the admin API once the
+cluster is up (no password on any command line). Inter-broker and controller traffic stay on the
+PLAINTEXT listeners (127.0.0.1 only). ``secure_bootstrap(D)`` and ``ca_file(D)`` give clients what they
+need.
 
 Every node is a combined broker+controller listening on 127.0.0.1 only. One node formats its storage with
 ``--standalone``; three nodes format with ``--initial-controllers`` (dynamic KRaft quorum, KIP-853) and
@@ -161,6 +169,7 @@ class Node:
     port: int  # PLAINTEXT (clients)
     controller_port: int  # CONTROLLER (KRaft)
     directory_id: str  # metadata log directory id, used by --initial-controllers
+    secure_port: int = 0  # SASL_SSL (clients), 0: none
 
     @property
     def address(self) -> str:
@@ -176,10 +185,19 @@ class Cluster:
     nodes: list[Node] = field(default_factory=list)
     extra_props: dict[str, str] = field(default_factory=dict)
     die_with_parent: bool = False
+    secure: bool = False  # a SASL_SSL listener on every node (see module docs)
 
     @property
     def bootstrap(self) -> str:
         return ",".join(n.address for n in self.nodes)
+
+    @property
+    def secure_bootstrap(self) -> str:
+        return ",".join(f"{HOST}:{n.secure_port}" for n in self.nodes if n.secure_port)
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.dir / "tls"
 
     def node(self, node_id: int) -> Node:
         for n in self.nodes:
@@ -266,12 +284,29 @@ def _server_properties(c: Cluster, node: Node) -> str:
     n = len(c.nodes)
     rf = min(3, n)
     min_isr = 2 if rf >= 3 else 1
+    listeners = f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}"
+    protocol_map = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    secure: dict[str, str] = {}
+    if c.secure:
+        listeners += f",SASL_SSL://{HOST}:{node.secure_port}"
+        protocol_map += ",SASL_SSL:SASL_SSL"
+        store_pw = (c.tls_dir / "store.password").read_text().strip()
+        jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        secure = {
+            "sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": jaas,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
+            "listener.name.sasl_ssl.ssl.keystore.location": str(c.tls_dir / "broker.p12"),
+            "listener.name.sasl_ssl.ssl.keystore.type": "PKCS12",
+            "listener.name.sasl_ssl.ssl.keystore.password": store_pw,
+            "listener.name.sasl_ssl.ssl.key.password": store_pw,
+        }
     props: dict[str, str] = {
         "process.roles": "broker,controller",
         "node.id": str(node.node_id),
-        "listeners": f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": listeners,
+        "advertised.listeners": listeners,
+        "listener.security.protocol.map": protocol_map,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "controller.quorum.bootstrap.servers": ",".join(f"{HOST}:{x.controller_port}" for x in c.nodes),
@@ -295,9 +330,100 @@ def _server_properties(c: Cluster, node: Node) -> str:
         "num.io.threads": "4",
         "num.recovery.threads.per.data.dir": "1",
         "log.cleaner.threads": "1",
+        **secure,
     }
     props.update(c.extra_props)
     return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+# --------------------------------------------------------------------------------------------------------
+# TLS and SCRAM
+
+
+def _keytool() -> str:
+    java = Path(find_java()).resolve()
+    kt = java.parent / "keytool"
+    if kt.exists():
+        return str(kt)
+    found = shutil.which("keytool")
+    if found is None:
+        raise LocalKafkaError("no 'keytool' (JDK) found: it makes the TLS keystore of the SASL_SSL listener")
+    return found
+
+
+def _make_tls(tls: Path) -> None:
+    """A throw-away CA and a broker key pair signed by it (SAN IP:127.0.0.1, DNS:localhost), PKCS12."""
+    import secrets
+
+    tls.mkdir(parents=True, exist_ok=True)
+    os.chmod(tls, 0o700)
+    pw = secrets.token_hex(16)
+    pw_file = tls / "store.password"
+    pw_file.write_text(pw + "\n")
+    os.chmod(pw_file, 0o600)
+    kt = _keytool()
+    san = "SAN=ip:127.0.0.1,dns:localhost"
+    ca, broker = str(tls / "ca.p12"), str(tls / "broker.p12")
+    common = ["-storetype", "PKCS12", "-storepass:file", str(pw_file)]
+    steps = [
+        ["-genkeypair", "-alias", "ca", "-dname", "CN=rstscope local-kafka CA", "-keyalg", "RSA", "-keysize", "2048",
+         "-validity", "30", "-ext", "bc:c", "-keystore", ca, *common],
+        ["-exportcert", "-rfc", "-alias", "ca", "-keystore", ca, "-file", str(tls / "ca.pem"), *common],
+        ["-genkeypair", "-alias", "broker", "-dname", "CN=127.0.0.1", "-keyalg", "RSA", "-keysize", "2048",
+         "-validity", "30", "-ext", san, "-keystore", broker, *common],
+        ["-certreq", "-alias", "broker", "-keystore", broker, "-file", str(tls / "broker.csr"), *common],
+        ["-gencert", "-alias", "ca", "-keystore", ca, "-infile", str(tls / "broker.csr"), "-outfile",
+         str(tls / "broker.crt"), "-rfc", "-validity", "30", "-ext", san, "-ext", "EKU=serverAuth", *common],
+        ["-importcert", "-noprompt", "-alias", "ca", "-file", str(tls / "ca.pem"), "-keystore", broker, *common],
+        ["-importcert", "-noprompt", "-alias", "broker", "-file", str(tls / "broker.crt"), "-keystore", broker,
+         *common],
+    ]
+    for args in steps:
+        p = subprocess.run([kt, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise LocalKafkaError(f"keytool {args[0]} failed (exit {p.returncode}):\n"
+                                  f"{_tail_text(p.stdout + p.stderr, 20)}")
+    for f in tls.iterdir():
+        os.chmod(f, 0o600 if f.suffix in (".p12", ".password") else 0o644)
+
+
+def _add_scram_users(bootstrap: str, users: dict[str, str], timeout: float = 30.0) -> None:
+    """Create (or update) SCRAM-SHA-256 and -512 credentials through the admin API (PLAINTEXT listener)."""
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialAlteration,
+        UserScramCredentialUpsertion,
+    )
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    mechs = (ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512)
+    ups: list[UserScramCredentialAlteration] = [
+        UserScramCredentialUpsertion(name, ScramCredentialInfo(mech, 8192), pw.encode())
+        for name, pw in users.items() for mech in mechs]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for m in mechs:  # a user may be altered only once per request
+                batch = [u for u in ups if u.scram_credential_info.mechanism == m]  # type: ignore[attr-defined]
+                for f in admin.alter_user_scram_credentials(batch, request_timeout=10).values():
+                    f.result()
+            return
+        except Exception as e:  # the message names users, never passwords
+            if time.monotonic() > deadline:
+                raise LocalKafkaError(f"could not create SCRAM users {sorted(users)}: {e}") from None
+            time.sleep(0.5)
+
+
+def secure_bootstrap(dir: Path | None = None) -> str:
+    """Bootstrap servers of the SASL_SSL listeners ('' if the cluster has none)."""
+    return Cluster.load(Path(dir if dir is not None else default_dir())).secure_bootstrap
+
+
+def ca_file(dir: Path | None = None) -> Path:
+    """The PEM CA certificate clients of the SASL_SSL listener trust."""
+    return Cluster.load(Path(dir if dir is not None else default_dir())).tls_dir / "ca.pem"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -505,7 +631,7 @@ def _wait_ready(c: Cluster, want: set[int], timeout: float) -> None:
 
 def start(brokers: int = 1, dir: Path | None = None, *, version: str = KAFKA_VERSION, heap: str | None = None,
           timeout: float = 120.0, extra_props: dict[str, str] | None = None,
-          die_with_parent: bool = False) -> str:
+          die_with_parent: bool = False, scram_users: dict[str, str] | None = None) -> str:
     """Start a fresh local cluster of ``brokers`` combined broker+controller nodes in ``dir``.
 
     Returns the bootstrap servers (``127.0.0.1:PORT,...``) once every broker is listed in the cluster
@@ -515,6 +641,9 @@ def start(brokers: int = 1, dir: Path | None = None, *, version: str = KAFKA_VER
     ``extra_props`` are added to (or override) every node's server.properties. With ``die_with_parent``
     the nodes are SIGKILLed by the kernel when the calling process dies (for test fixtures: no broker
     outlives a killed pytest); the CLI leaves it off, so brokers outlive ``start``.
+
+    ``scram_users`` (name -> password) adds a TLS + SASL/SCRAM listener to every node (module docs);
+    the returned bootstrap stays the PLAINTEXT one, :func:`secure_bootstrap` gives the other.
     """
     if brokers < 1:
         raise ValueError("brokers must be >= 1")
@@ -528,16 +657,22 @@ def start(brokers: int = 1, dir: Path | None = None, *, version: str = KAFKA_VER
                                   f"bootstrap {old.bootstrap}); stop it first")
         for n in old.nodes:
             shutil.rmtree(old.node_dir(n.node_id), ignore_errors=True)
+        shutil.rmtree(old.tls_dir, ignore_errors=True)
         (dir / "cluster.json").unlink()
 
     libs = ensure_libs(version)
     t0 = time.monotonic()
-    ports = _free_ports(2 * brokers)
+    secure = scram_users is not None
+    k = 3 if secure else 2
+    ports = _free_ports(k * brokers)
     c = Cluster(dir=dir, version=version, cluster_id=_kafka_uuid(),
                 heap=heap or os.environ.get("RSTSCOPE_KAFKA_HEAP", DEFAULT_HEAP),
-                nodes=[Node(node_id=i + 1, port=ports[2 * i], controller_port=ports[2 * i + 1],
-                            directory_id=_kafka_uuid()) for i in range(brokers)],
-                extra_props=dict(extra_props or {}), die_with_parent=die_with_parent)
+                nodes=[Node(node_id=i + 1, port=ports[k * i], controller_port=ports[k * i + 1],
+                            directory_id=_kafka_uuid(), secure_port=ports[k * i + 2] if secure else 0)
+                       for i in range(brokers)],
+                extra_props=dict(extra_props or {}), die_with_parent=die_with_parent, secure=secure)
+    if secure:
+        _make_tls(c.tls_dir)
     shutil.copy(_data_file("log4j2.properties"), dir / "log4j2.properties")
     for n in c.nodes:
         nd = c.node_dir(n.node_id)
@@ -552,6 +687,8 @@ def start(brokers: int = 1, dir: Path | None = None, *, version: str = KAFKA_VER
             pids.append(_launch(c, libs, n))
         _log(f"started node(s) {[n.node_id for n in c.nodes]}, waiting for the brokers ...")
         _wait_ready(c, {n.node_id for n in c.nodes}, timeout)
+        if scram_users:
+            _add_scram_users(c.bootstrap, scram_users)
     except BaseException:
         _kill_pids(pids, timeout=10)
         for n in c.nodes:
@@ -559,6 +696,9 @@ def start(brokers: int = 1, dir: Path | None = None, *, version: str = KAFKA_VER
                 _pid_file(c, n.node_id).unlink()
         raise
     _log(f"ready in {time.monotonic() - t0:.1f}s: {c.bootstrap}")
+    if secure:
+        _log(f"SASL_SSL (SCRAM-SHA-256/512, users {sorted(scram_users or {})}): {c.secure_bootstrap}, "
+             f"CA {c.tls_dir / 'ca.pem'}")
     return c.bootstrap
 
 
@@ -674,6 +814,9 @@ def main(argv: list[str] | None = None) -> int:
     p_start.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
     p_start.add_argument("--heap", default=None, help=f"JVM max heap per node (default {DEFAULT_HEAP})")
     p_start.add_argument("--version", default=KAFKA_VERSION, help=argparse.SUPPRESS)
+    p_start.add_argument("--scram-user", default=None, metavar="NAME",
+                         help="also listen with TLS + SASL/SCRAM; the user's password is read from "
+                              "$RSTSCOPE_KAFKA_SCRAM_PASSWORD or generated into DIR/tls/NAME.password")
     p_stop = sub.add_parser("stop", help="stop the cluster (SIGTERM, then SIGKILL)")
     p_stop.add_argument("--dir", type=Path, default=None)
     p_stop.add_argument("--timeout", type=float, default=20.0)
@@ -684,8 +827,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "start":
-            print(start(args.brokers, args.dir, version=args.version, heap=args.heap, timeout=args.timeout),
-                  flush=True)
+            users = None
+            if args.scram_user:
+                import secrets
+
+                users = {args.scram_user: os.environ.get("RSTSCOPE_KAFKA_SCRAM_PASSWORD") or secrets.token_hex(16)}
+            d = Path(args.dir if args.dir is not None else default_dir()).absolute()
+            print(start(args.brokers, d, version=args.version, heap=args.heap, timeout=args.timeout,
+                        scram_users=users), flush=True)
+            if users:
+                pw_file = d / "tls" / f"{args.scram_user}.password"
+                pw_file.write_text(users[args.scram_user] + "\n")
+                os.chmod(pw_file, 0o600)
+                _log(f"password of {args.scram_user}: {pw_file}")
         elif args.cmd == "stop":
             stop(args.dir, timeout=args.timeout)
         elif args.cmd == "status":

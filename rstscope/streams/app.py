@@ -12,7 +12,8 @@ from typing import Any
 
 from rstscope.config import Topology
 from rstscope.geo import GeoDB
-from rstscope.streams.connection_agent import ConnectionStage
+from rstscope.kafka.security import ClientSecurity
+from rstscope.streams.connection_agent import ConnectionStage, OffsetWatch
 from rstscope.streams.connection_agent import build as build_connections
 from rstscope.streams.rollup_agent import RollupStage
 from rstscope.streams.rollup_agent import build as build_rollups
@@ -28,6 +29,7 @@ class Settings:
     geo: GeoDB | None = None
     session_timeout_s: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
+    security: ClientSecurity | None = None  # TLS / SASL (rstscope.kafka.security); None: PLAINTEXT
 
 
 @dataclass
@@ -45,6 +47,9 @@ def make_app(s: Settings) -> Pipeline:
     import faust
 
     topo = s.topology
+    creds = s.security.faust_credentials() if s.security is not None else None
+    if creds is not None:
+        s.extra.setdefault("broker_credentials", creds)
     app = faust.App(
         s.app_id,
         broker=broker_url(s.bootstrap),
@@ -75,14 +80,20 @@ def make_app(s: Settings) -> Pipeline:
 
     cstage = ConnectionStage(topo, s.geo)
     rstage = RollupStage(topo.window.size_s)
-    build_connections(app, cstage, packets, connections, dead)
-    build_rollups(app, rstage, connections, rollup_input, rollups, dead, records)
+    cwatch = OffsetWatch(app, cstage.counters, "connections")
+    rwatch = OffsetWatch(app, rstage.counters, "rollup")
+    fwatch = OffsetWatch(app, rstage.counters, "forward")
+    build_connections(app, cstage, packets, connections, dead, cwatch)
+    build_rollups(app, rstage, connections, rollup_input, rollups, dead, records, rwatch, fwatch)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(*args: Any, **kwargs: Any) -> None:
         revoked = kwargs.get("revoked") or next((a for a in args if isinstance(a, (set, frozenset))), set())
         cstage.revoke(tp.partition for tp in revoked if tp.topic == packets.get_topic_name())
         rstage.revoke(tp.partition for tp in revoked if tp.topic == inner.name)
+        cwatch.revoke(revoked)
+        rwatch.revoke(revoked)
+        fwatch.revoke(revoked)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report() -> None:

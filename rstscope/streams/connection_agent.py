@@ -18,17 +18,31 @@ already emitted come out again with the same id, and the rollup stage drops them
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
-from rstscope.codecs.errors import CodecError
+from rstscope.codecs.errors import CodecError, MalformedRecord
 from rstscope.codecs.jsonl import dumps
-from rstscope.codecs.packet import Watermark, decode
+from rstscope.codecs.packet import EdgeGeo, Watermark, decode_with_geo
 from rstscope.config import Topology
 from rstscope.core.record import make_record
 from rstscope.core.table import ConnectionTable, Finished, Key
 from rstscope.geo import GeoDB
+from rstscope.packet import PacketRecord
+
+log = logging.getLogger(__name__)
+# Event times outside this range are refused (dead letter): NaN/inf or absurd values would crash or
+# poison the connection table; a message that crashes the worker is replayed after its restart, forever.
+MAX_TS = 1e11  # year ~5100
+
+
+class ProcessingError(CodecError):
+    """A record that decoded but could not be processed (a bug, counted and dead-lettered, not a crash)."""
+
+    reason = "processing_error"
 
 
 class _Entry:
@@ -49,6 +63,7 @@ class PartitionState:
         self.queue: deque[_Entry] = deque()
         self.pending: dict[Key, list[_Entry]] = {}  # open connection -> its messages
         self.sources: dict[str, bool] = {}  # edge producer id -> has sent eof
+        self.edge_geo: dict[Key, EdgeGeo] = {}  # open connection -> geolocation its edge attached
 
 
 class ConnectionStage:
@@ -81,11 +96,22 @@ class ConnectionStage:
         entry = _Entry(handle)
         st.queue.append(entry)
         try:
-            item = decode(value or b"")
+            item, geo = decode_with_geo(value or b"")
+            if not (math.isfinite(item.ts) and 0.0 <= item.ts < MAX_TS):
+                raise MalformedRecord(f"timestamp {item.ts!r} out of range")
+            return self._process(st, entry, item, geo), None
         except CodecError as e:
             entry.done = True
             self.counters[f"dead:{e.reason}"] += 1
             return [], e
+        except Exception as e:  # never crash-loop the worker on one message: dead-letter it, count it
+            entry.done = True
+            self.counters["dead:processing_error"] += 1
+            log.exception("rstscope: a record could not be processed (sent to the dead letters)")
+            return [], ProcessingError(f"{type(e).__name__}: {e}")
+
+    def _process(self, st: PartitionState, entry: _Entry, item: PacketRecord | Watermark,
+                 geo: EdgeGeo | None = None) -> list[dict[str, Any]]:
         table = st.table
         if isinstance(item, Watermark):
             self.counters["watermarks"] += 1
@@ -97,16 +123,18 @@ class ConnectionStage:
                 # what is still open cannot be decided and is finalized as incomplete
                 done += table.close()
                 st.sources.clear()
-            return self._finish(st, done), None
+            return self._finish(st, done)
         self.counters["packets"] += 1
         done = table.add(item)
         out = self._finish(st, done)
         conn = table.open.get(item.tuple_key)
+        if conn is not None and geo is not None:
+            st.edge_geo[conn.key] = geo  # the edge hid the client address; it geolocated it first
         if conn is not None and conn.packets and conn.packets[-1] is item:
             st.pending.setdefault(conn.key, []).append(entry)
         else:
             entry.done = True  # dropped by the table, or it completed its connection just now
-        return out, None
+        return out
 
     def _finish(self, st: PartitionState, done: list[Finished]) -> list[dict[str, Any]]:
         out = []
@@ -114,11 +142,16 @@ class ConnectionStage:
         for f in done:
             for e in st.pending.pop(f.conn.key, ()):
                 e.done = True
+            edge_geo = st.edge_geo.pop(f.conn.key, None)
             if f.excluded:
                 self.counters[f"excluded:{f.excluded}"] += 1
                 continue
-            g = self.geo.lookup(f.conn.key[0])
-            out.append(make_record(f.conn, w.max_packets, self.topology.evidence, g.country, g.asn, g.as_name))
+            if edge_geo is not None:
+                country, asn, as_name = edge_geo.country, edge_geo.asn, ""
+            else:
+                g = self.geo.lookup(f.conn.key[0])
+                country, asn, as_name = g.country, g.asn, g.as_name
+            out.append(make_record(f.conn, w.max_packets, self.topology.evidence, country, asn, as_name))
         self.counters["records"] += len(out)
         return out
 
@@ -137,6 +170,37 @@ class ConnectionStage:
         return sum(len(st.queue) for st in self.parts.values())
 
 
+class OffsetWatch:
+    """Evidence for a suspected Faust race (docs/reliability.md, known gaps): per partition, the offsets
+    an agent is given must be contiguous, starting at the committed offset after an assignment.
+    Only counts and logs (``offset_gap``, ``offset_start``); it changes nothing in processing."""
+
+    def __init__(self, app: Any, counters: Counter[str], name: str) -> None:
+        self.app = app
+        self.counters = counters
+        self.name = name
+        self.next: dict[Any, int] = {}
+
+    def revoke(self, tps: Iterable[Any]) -> None:
+        for tp in tps:
+            self.next.pop(tp, None)
+
+    def see(self, msg: Any) -> None:
+        tp, offset = msg.tp, msg.offset
+        want = self.next.get(tp)
+        if want is None:
+            committed = getattr(getattr(self.app, "consumer", None), "_committed_offset", {}).get(tp)
+            if committed is not None and offset not in (committed, committed + 1):
+                self.counters[f"offset_start:{self.name}"] += 1
+                log.warning("rstscope %s: first offset %d of %s after an assignment, committed %s",
+                            self.name, offset, tp, committed)
+        elif offset != want:
+            self.counters[f"offset_gap:{self.name}"] += 1
+            log.warning("rstscope %s: offset %d of %s, expected %d (gen %s)", self.name, offset, tp, want,
+                        getattr(msg, "generation_id", None))
+        self.next[tp] = offset + 1
+
+
 def dead_letter(err: CodecError, topic: str, partition: int, offset: int, key: bytes | None,
                 value: bytes | None) -> bytes:
     """A dead-letter message: why, where from, and the original bytes (hex, capped)."""
@@ -146,13 +210,16 @@ def dead_letter(err: CodecError, topic: str, partition: int, offset: int, key: b
                   "value_len": len(raw)})
 
 
-def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, dead_letters: Any) -> Any:
+def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, dead_letters: Any,
+          watch: OffsetWatch | None = None) -> Any:
     """Register the connection agent on a Faust app (manual acks, strictly in offset order)."""
 
     async def connection_agent(stream: Any) -> None:
         s = stream.noack()
         async for event in s.events():
             msg = event.message
+            if watch is not None:
+                watch.see(msg)
             p = msg.partition
             records, err = stage.feed(p, event.value, event)
             for rec in records:

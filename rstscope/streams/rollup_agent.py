@@ -106,11 +106,13 @@ class RollupStage:
 
 
 def build(app: Any, stage: RollupStage, connections: Any, rollup_input: Any, rollups: Any,
-          dead_letters: Any, records: Any) -> tuple[Any, Any]:
+          dead_letters: Any, records: Any, watch: Any = None, forward_watch: Any = None) -> tuple[Any, Any]:
     """Register the forward (re-key by bucket) and rollup agents on a Faust app."""
 
     async def forward_agent(stream: Any) -> None:
         async for event in stream.events():
+            if forward_watch is not None:
+                forward_watch.see(event.message)
             try:
                 rec = loads(event.value or b"")
                 bucket = bucket_of(rec, stage.bucket_s)
@@ -141,6 +143,8 @@ def build(app: Any, stage: RollupStage, connections: Any, rollup_input: Any, rol
         source[:] = [s]
         async for event in s.events():
             m = event.message
+            if watch is not None:
+                watch.see(m)
             try:
                 stage.add(m.partition, event.value, records)
             except CodecError as e:

@@ -24,7 +24,16 @@ RECORDS_TABLE = "rollup-records"
 
 
 def default_bootstrap() -> str:
-    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
+    """$KAFKA_BOOTSTRAP_SERVERS, else ``bootstrap.servers`` of $RSTSCOPE_KAFKA_CONFIG, else the default."""
+    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if env:
+        return env
+    from rstscope.kafka import security
+
+    try:
+        return security.load().bootstrap or DEFAULT_BOOTSTRAP
+    except security.SecurityConfigError:
+        return DEFAULT_BOOTSTRAP
 
 
 def role_spec(topology: Topology, role: str) -> TopicSpec:
@@ -58,6 +67,12 @@ def wanted_config(spec: TopicSpec) -> dict[str, str]:
     conf = {"cleanup.policy": spec.cleanup_policy}
     if spec.retention_ms is not None:
         conf["retention.ms"] = str(spec.retention_ms)
+        if spec.cleanup_policy == "delete":
+            # Records carry event time (the packet's) as their Kafka timestamp. Time retention must not
+            # run on it: a capture older than retention.ms would be deleted as it is written, before a
+            # restarted worker could replay it (found by tests/faults: offset out of range -> lost
+            # connections). The broker's append time bounds retention; event time stays in the value.
+            conf["message.timestamp.type"] = "LogAppendTime"
     return conf
 
 
@@ -74,7 +89,10 @@ class Problem:
 def _admin(bootstrap: str):  # type: ignore[no-untyped-def]
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": bootstrap})
+    from rstscope.kafka import security
+
+    # TLS / SASL settings from the environment or $RSTSCOPE_KAFKA_CONFIG (never printed)
+    return AdminClient({"bootstrap.servers": bootstrap, **security.load().librdkafka()})
 
 
 def inspect(bootstrap: str, specs: list[TopicSpec], timeout: float = 15.0) -> list[Problem]:
@@ -137,7 +155,14 @@ def apply(bootstrap: str, specs: list[TopicSpec], timeout: float = 30.0) -> list
         admin.incremental_alter_configs([res])[res].result(timeout)
         print(f"updated config of {name}", file=sys.stderr)
     _wait_leaders(admin, [s.name for s in missing], timeout)
-    return inspect(bootstrap, specs, timeout)
+    # metadata reaches every broker a little later than the create returns (seen on a loaded 3-node
+    # cluster): a just-created topic can still look missing to a broker that answers the next request
+    deadline = time.monotonic() + timeout
+    while True:
+        left = inspect(bootstrap, specs, timeout)
+        if not any(p.what == "missing" for p in left) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
 
 
 def _wait_leaders(admin, names: list[str], timeout: float) -> None:  # type: ignore[no-untyped-def]
@@ -162,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         specs = all_specs(load(args.topology), args.app_id)
         problems = apply(bootstrap, specs) if args.action == "apply" else inspect(bootstrap, specs)
-    except TopologyError as e:
+    except (TopologyError, ValueError) as e:  # SecurityConfigError is a ValueError without secrets
         print(f"rstscope topics: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # confluent_kafka raises KafkaException with the broker's reason

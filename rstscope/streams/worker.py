@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="how often acked offsets are committed (Faust broker_commit_interval)")
     p.add_argument("--loglevel", default="info")
     args = p.parse_args(argv)
+    from rstscope.kafka import security
+
+    try:
+        sec = security.load()
+    except security.SecurityConfigError as e:
+        print(f"rstscope worker: {e}", file=sys.stderr)
+        return 2
     bootstrap = args.bootstrap or default_bootstrap()
     try:
         topo = load(args.topology)
@@ -39,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rstscope worker: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        print(f"rstscope worker: {bootstrap}: {e}", file=sys.stderr)
+        print(f"rstscope worker: {bootstrap}: {sec.redact(str(e))}", file=sys.stderr)
         return 2
     fatal = [x for x in problems if not x.fixable or x.what == "missing"]
     for x in problems:
@@ -66,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     datadir.mkdir(parents=True, exist_ok=True)
     geo = GeoDB.open(args.geo) if args.geo else GeoDB.empty()
     pipe = make_app(Settings(bootstrap, topo, args.app_id, datadir, geo, args.session_timeout,
-                              {"broker_commit_interval": args.commit_interval}))
+                              {"broker_commit_interval": args.commit_interval}, sec))
+    if sec.protocol != "PLAINTEXT":
+        print(f"rstscope worker: kafka {sec.describe()}", file=sys.stderr)
     class RstscopeWorker(Worker):
         def _setup_logging(self) -> None:
             super()._setup_logging()

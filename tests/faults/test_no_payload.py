@@ -1,0 +1,169 @@
+"""No payload bytes leave the edge: real TCP traffic (network namespaces, tcpdump with a full snap
+length) whose payloads carry a marker goes through `rstscope edge` -> Kafka -> `rstscope worker`; every
+byte of every topic of the pipeline, every log and every file the processes wrote is searched for the
+marker (as text, hex and base64).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from .harness import READY, Run
+
+pytestmark = [pytest.mark.faults, pytest.mark.kafka]
+
+CLIENT = r"""
+import socket, sys, time, urllib.request
+marker = sys.argv[1]
+for i in range(12):
+    body = (marker * 20).encode()
+    req = urllib.request.Request(f"http://10.97.0.2/{marker}/{i}", data=body, headers={"X-M": marker})
+    try:
+        urllib.request.urlopen(req, timeout=5).read()
+    except Exception:
+        pass
+    s = socket.create_connection(("10.97.0.2", 80))
+    s.send(marker.encode() * 3)
+    time.sleep(0.05)
+    s.close()
+"""
+
+
+def _sh(*cmd: str, check: bool = True) -> None:
+    subprocess.run(cmd, check=check, capture_output=True)
+
+
+def make_capture(path: Path, marker: str) -> Path:
+    tag = f"{os.getpid() % 100000}"
+    a, b = f"rsfA{tag}", f"rsfB{tag}"
+    for ns in (a, b):
+        _sh("ip", "netns", "del", ns, check=False)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        _sh("ip", "netns", "add", a)
+        _sh("ip", "netns", "add", b)
+        _sh("ip", "link", "add", "vfa", "netns", a, "type", "veth", "peer", "name", "vfb", "netns", b)
+        _sh("ip", "-n", a, "addr", "add", "10.97.0.1/24", "dev", "vfa")
+        _sh("ip", "-n", b, "addr", "add", "10.97.0.2/24", "dev", "vfb")
+        for ns, dev in ((a, "vfa"), (b, "vfb")):
+            _sh("ip", "-n", ns, "link", "set", dev, "up")
+            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        procs.append(subprocess.Popen(["ip", "netns", "exec", b, sys.executable, "-m", "http.server", "80",
+                                       "--bind", "10.97.0.2"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, cwd=path.parent))
+        td = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", "vfb", "-s", "0", "-U", "-w", str(path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(td)
+        time.sleep(1.5)
+        subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", CLIENT, marker], check=True, timeout=90)
+        time.sleep(0.5)
+        td.send_signal(signal.SIGINT)
+        td.wait(10)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        for ns in (a, b):
+            _sh("ip", "netns", "del", ns, check=False)
+    _append_tail(path)
+    return path
+
+
+def _append_tail(path: Path) -> None:
+    """A UDP frame 30 s after the last one (so every connection is decided, none incomplete)."""
+    data = path.read_bytes()
+    magic = struct.unpack_from("<I", data)[0]
+    assert magic == 0xA1B2C3D4, "tcpdump wrote an unexpected format"
+    off, last = 24, 0.0
+    while off + 16 <= len(data):
+        sec, usec, incl, _orig = struct.unpack_from("<IIII", data, off)
+        last = sec + usec / 1e6
+        off += 16 + incl
+    udp = struct.pack(">HHHH", 5353, 9, 11, 0) + b"end"
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, bytes([10, 97, 0, 1]),
+                     bytes([10, 97, 0, 2]))
+    frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
+    t = last + 30
+    with open(path, "ab") as f:
+        f.write(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(frame), len(frame)) + frame)
+
+
+def _topic_bytes(conf: dict[str, Any], topics: list[str]) -> tuple[bytes, int]:
+    c = Consumer({**conf, "group.id": f"scan-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    chunks: list[bytes] = []
+    n = 0
+    try:
+        for t in topics:
+            md = c.list_topics(t, timeout=10).topics[t]
+            ends = {p: c.get_watermark_offsets(TopicPartition(t, p), timeout=10) for p in md.partitions}
+            want = {p for p, (lo, hi) in ends.items() if hi > lo}
+            c.assign([TopicPartition(t, p, ends[p][0]) for p in want])
+            deadline = time.monotonic() + 30
+            while want and time.monotonic() < deadline:
+                for m in c.consume(1000, timeout=0.5):
+                    if m.error() is not None:
+                        continue
+                    n += 1
+                    chunks += [m.key() or b"", m.value() or b""]
+                    chunks += [k.encode() + (v or b"") for k, v in (m.headers() or [])]
+                    if m.offset() + 1 >= ends[m.partition()][1]:
+                        want.discard(m.partition())
+            assert not want, f"could not read all of {t}"
+            c.unassign()
+    finally:
+        c.close()
+    return b"\n".join(chunks), n
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("tcpdump"), reason="needs root, ip netns and tcpdump")
+def test_no_payload_bytes_anywhere(kafka_cluster3: Any, work: Path, figures: dict[str, Any]) -> None:
+    marker = "PAYLOADMARK" + secrets.token_hex(6)
+    (work / "input").mkdir()
+    pcap = make_capture(work / "input" / "marker.pcap", marker)  # outside run.work: the input is not scanned
+    assert marker.encode() in pcap.read_bytes(), "the capture should hold the payloads"
+    run = Run(work / "run", kafka_cluster3.bootstrap)
+    run.create_topics()
+    try:
+        w = run.start_worker()
+        run.wait_log(w, READY)
+        rc, stats = run.edge_result(run.edge(pcap))
+        assert rc == 0, run.logs()
+        v = run.verdict(pcap)
+        assert v["rows_equal"] and v["connections"] >= 12, (v, run.logs())
+        time.sleep(6)  # one stats line at least
+    finally:
+        run.stop_all()
+    from confluent_kafka.admin import AdminClient
+
+    names = sorted(t for t in AdminClient(run.conf).list_topics(timeout=10).topics
+                   if t.startswith((run.tag + ".", run.app_id)))
+    assert len(names) >= 6, names
+    raw, messages = _topic_bytes(run.conf, names)
+    needles = [marker.encode(), marker.encode().hex().encode(), base64.b64encode(marker.encode())[:16]]
+    for needle in needles:
+        assert needle not in raw, f"payload bytes ({needle!r}) on a topic"
+    files = [p for p in run.work.rglob("*") if p.is_file()]
+    scanned = 0
+    for f in files:
+        data = f.read_bytes()
+        scanned += len(data)
+        for needle in needles:
+            assert needle not in data, f"payload bytes ({needle!r}) in {f}"
+    figures.update(produced=stats["delivered"], **v, topics_scanned=len(names), messages_scanned=messages,
+                   topic_bytes_scanned=len(raw), files_scanned=len(files), file_bytes_scanned=scanned,
+                   marker_hits=0)
