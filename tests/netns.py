@@ -13,15 +13,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 CLIENT_IP = "10.97.0.1"
-WINDOW_S = 900  # rstscope's tumbling windows: a capture must not straddle their cutoff
-
-
-def off_window_cutoff(needed_s: float) -> None:
-    """Wait until the next 15-minute cutoff is at least ``needed_s`` away: a capture across it would make
-    every connection near the cutoff incomplete, and the expected outcomes would not appear."""
-    left = WINDOW_S - time.time() % WINDOW_S
-    if left < needed_s:
-        time.sleep(left + 1)
 
 
 class Pair(NamedTuple):
@@ -35,13 +26,10 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
 
 def capture_http(path: Path, prefix: str, client_code: str, client_args: Sequence[str] = (),
                  server_ip: str = "10.97.0.2", tcpdump_args: Sequence[str] = (), server_cwd: Path | None = None,
-                 before_stop: Callable[[Pair], None] | None = None, client_timeout: float = 60,
-                 duration_s: float = 60) -> Path:
+                 before_stop: Callable[[Pair], None] | None = None, client_timeout: float = 60) -> Path:
     """Run ``client_code`` (python -c) in a client namespace against ``python -m http.server`` on port 80 of
     a server namespace, capturing the server's veth to ``path``; ``before_stop`` runs while tcpdump still
-    captures. Namespaces and processes are removed whatever happens. ``duration_s`` bounds how long the
-    capture may take, so that it does not cross a window cutoff."""
-    off_window_cutoff(duration_s)
+    captures. Namespaces and processes are removed whatever happens."""
     tag = f"{os.getpid() % 100000}"
     pair = Pair(f"{prefix}A{tag}", f"{prefix}B{tag}")
     dev_c, dev_s = f"{prefix[:4]}c", f"{prefix[:4]}s"
