@@ -75,6 +75,7 @@ def linux_sll2(data: bytes) -> tuple[int, int] | str:
     return _ethertype(_H.unpack_from(data, 0)[0], 20)
 
 
+
 def bsd_null(data: bytes, big_endian: bool) -> tuple[int, int] | str:
     if len(data) < 4:
         return "truncated_link"

@@ -10,13 +10,15 @@ import base64
 import os
 import secrets
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import netns  # tests/netns.py (tests/ is on sys.path)
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
@@ -41,10 +43,43 @@ for i in range(12):
 """
 
 
+def _sh(*cmd: str, check: bool = True) -> None:
+    subprocess.run(cmd, check=check, capture_output=True)
+
 
 def make_capture(path: Path, marker: str) -> Path:
-    netns.capture_http(path, "rsf", CLIENT, [marker], tcpdump_args=["-s", "0"], server_cwd=path.parent,
-                       client_timeout=90)
+    tag = f"{os.getpid() % 100000}"
+    a, b = f"rsfA{tag}", f"rsfB{tag}"
+    for ns in (a, b):
+        _sh("ip", "netns", "del", ns, check=False)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        _sh("ip", "netns", "add", a)
+        _sh("ip", "netns", "add", b)
+        _sh("ip", "link", "add", "vfa", "netns", a, "type", "veth", "peer", "name", "vfb", "netns", b)
+        _sh("ip", "-n", a, "addr", "add", "10.97.0.1/24", "dev", "vfa")
+        _sh("ip", "-n", b, "addr", "add", "10.97.0.2/24", "dev", "vfb")
+        for ns, dev in ((a, "vfa"), (b, "vfb")):
+            _sh("ip", "-n", ns, "link", "set", dev, "up")
+            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        procs.append(subprocess.Popen(["ip", "netns", "exec", b, sys.executable, "-m", "http.server", "80",
+                                       "--bind", "10.97.0.2"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, cwd=path.parent))
+        td = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", "vfb", "-s", "0", "-U", "-w", str(path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(td)
+        time.sleep(1.5)
+        subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", CLIENT, marker], check=True, timeout=90)
+        time.sleep(0.5)
+        td.send_signal(signal.SIGINT)
+        td.wait(10)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        for ns in (a, b):
+            _sh("ip", "netns", "del", ns, check=False)
     _append_tail(path)
     return path
 

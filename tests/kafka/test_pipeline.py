@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import netns  # tests/netns.py (tests/ is on sys.path)
 import pytest
 import yaml
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
@@ -61,6 +60,9 @@ for _ in range(ROUNDS):
 """.replace("ROUNDS", str(ROUNDS))
 
 
+def _sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(cmd, check=check, capture_output=True)
+
 
 def make_capture(path: Path) -> Path:
     """Real TCP between two network namespaces, captured on the server side with tcpdump.
@@ -68,14 +70,43 @@ def make_capture(path: Path) -> Path:
     The capture ends with a UDP packet 12 s after the traffic: connections whose last packet lies
     within 10 s of the end of the input are incomplete, so the tail lets them all be decided.
     """
-
-    def end_marker(pair: netns.Pair) -> None:
+    tag = f"{os.getpid() % 100000}"
+    a, b = f"rstpA{tag}", f"rstpB{tag}"
+    for ns in (a, b):
+        _sh("ip", "netns", "del", ns, check=False)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        _sh("ip", "netns", "add", a)
+        _sh("ip", "netns", "add", b)
+        _sh("ip", "link", "add", "vpa", "netns", a, "type", "veth", "peer", "name", "vpb", "netns", b)
+        _sh("ip", "-n", a, "addr", "add", "10.97.0.1/24", "dev", "vpa")
+        _sh("ip", "-n", b, "addr", "add", f"{SERVER_IP}/24", "dev", "vpb")
+        for ns, dev in ((a, "vpa"), (b, "vpb")):
+            _sh("ip", "-n", ns, "link", "set", dev, "up")
+            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        srv = subprocess.Popen(["ip", "netns", "exec", b, sys.executable, "-m", "http.server", "80", "--bind",
+                                SERVER_IP], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(srv)
+        td = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", "vpb", "-U", "-w", str(path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(td)
+        time.sleep(1.5)
+        subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", CLIENT], check=True, timeout=60)
         time.sleep(12)
-        subprocess.run(["ip", "netns", "exec", pair.client, sys.executable, "-c",
+        subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c",
                         f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'end', "
                         f"('{SERVER_IP}', 9))"], check=True)
-
-    return netns.capture_http(path, "rstp", CLIENT, server_ip=SERVER_IP, before_stop=end_marker)
+        time.sleep(0.3)
+        td.send_signal(signal.SIGINT)
+        td.wait(10)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        for ns in (a, b):
+            _sh("ip", "netns", "del", ns, check=False)
+    return path
 
 
 def _workdir() -> Path:
