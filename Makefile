@@ -24,7 +24,8 @@ bench:  ## analyze vs tcpdump -r on a 1.6M-packet capture made with nginx and ab
 faults:  ## the fault tests as CI runs them (real 3-broker cluster)
 	python3 -m pytest tests/faults -m faults -q -p no:cacheprovider
 
-soak:  ## 10 random worker kills, 1,000,000 inputs per fuzz target (pip install atheris); figures in soak-report.jsonl
+soak:  ## 10 random worker kills, 1,000,000 inputs per fuzz target under atheris; figures in soak-report.jsonl
+	python3 -m pip install -q atheris
 	rm -f soak-report.jsonl
 	RSTSCOPE_FAULT_RUNS=10 RSTSCOPE_FUZZ_INPUTS=1000000 RSTSCOPE_FAULTS_REPORT=soak-report.jsonl \
 	  python3 -m pytest tests/faults -m faults -q -p no:cacheprovider

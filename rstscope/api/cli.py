@@ -81,7 +81,13 @@ def sink(args: argparse.Namespace) -> int:
     store = Store(args.db, hold=False)  # the file lock is held only while writing a batch
     stop = threading.Event()
     sk.install_stop_handlers(stop)
-    consumer = sk.make_consumer(args.bootstrap or default_bootstrap(), args.group or sk.GROUP_ID)
+    from rstscope.kafka.security import SecurityConfigError
+
+    try:
+        consumer = sk.make_consumer(args.bootstrap or default_bootstrap(), args.group or sk.GROUP_ID)
+    except SecurityConfigError as e:
+        print(f"rstscope sink: {e}", file=sys.stderr)
+        return 2
     stats = sk.run(consumer, store, topic, stop=stop)
     print(f"rstscope: sink stopped: {stats.upserted} rows upserted, {stats.deleted} deleted, "
           f"{stats.bad} bad", file=sys.stderr)

@@ -117,7 +117,10 @@ def run(consumer: Consumer, store: Store, topic: str, *, stop: threading.Event,
 def make_consumer(bootstrap: str, group_id: str = GROUP_ID) -> Consumer:
     from confluent_kafka import Consumer as KafkaConsumer
 
+    from rstscope.kafka import security
+
     c: Consumer = KafkaConsumer({  # type: ignore[assignment]  # its commit() is overloaded, same call shape
+        **security.load().librdkafka(),  # TLS / SASL from the environment or $RSTSCOPE_KAFKA_CONFIG
         "bootstrap.servers": bootstrap,
         "group.id": group_id,
         "enable.auto.commit": False,

@@ -318,9 +318,15 @@ def main(argv: list[str] | None = None) -> int:
             source = LiveCapture(f"nflog:{args.nflog_group}", netns=args.netns)
     except LiveError as e:
         return _fail(str(e))
+    from rstscope.kafka import security
+
+    try:  # TLS / SASL from the environment or $RSTSCOPE_KAFKA_CONFIG, never from the command line
+        sec = security.load()
+    except security.SecurityConfigError as e:
+        return _fail(str(e))
     bootstrap = args.bootstrap or default_bootstrap()
     conf = {**DEFAULT_CONF, "bootstrap.servers": bootstrap, "queue.buffering.max.messages": args.queue_max,
-            **dict(args.conf)}
+            **sec.librdkafka(), **dict(args.conf)}
     try:
         producer = Producer(conf)
         md = producer.list_topics(spec.name, timeout=15)

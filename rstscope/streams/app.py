@@ -13,8 +13,9 @@ from typing import Any
 from rstscope.config import Topology
 from rstscope.geo import GeoDB
 from rstscope.kafka.security import ClientSecurity
-from rstscope.streams.connection_agent import ConnectionStage, OffsetWatch
+from rstscope.streams.connection_agent import ConnectionStage
 from rstscope.streams.connection_agent import build as build_connections
+from rstscope.streams.offsets import OffsetGuard, gapless_app_class
 from rstscope.streams.rollup_agent import RollupStage
 from rstscope.streams.rollup_agent import build as build_rollups
 from rstscope.streams.topics import RECORDS_TABLE, internal_specs, role_spec
@@ -44,13 +45,11 @@ def broker_url(bootstrap: str) -> str:
 
 
 def make_app(s: Settings) -> Pipeline:
-    import faust
-
     topo = s.topology
     creds = s.security.faust_credentials() if s.security is not None else None
     if creds is not None:
         s.extra.setdefault("broker_credentials", creds)
-    app = faust.App(
+    app = gapless_app_class()(
         s.app_id,
         broker=broker_url(s.bootstrap),
         store="memory://",
@@ -80,20 +79,18 @@ def make_app(s: Settings) -> Pipeline:
 
     cstage = ConnectionStage(topo, s.geo)
     rstage = RollupStage(topo.window.size_s)
-    cwatch = OffsetWatch(app, cstage.counters, "connections")
-    rwatch = OffsetWatch(app, rstage.counters, "rollup")
-    fwatch = OffsetWatch(app, rstage.counters, "forward")
-    build_connections(app, cstage, packets, connections, dead, cwatch)
-    build_rollups(app, rstage, connections, rollup_input, rollups, dead, records, rwatch, fwatch)
+    guards = [OffsetGuard(app, cstage.counters, "connections"), OffsetGuard(app, rstage.counters, "rollup"),
+              OffsetGuard(app, rstage.counters, "forward")]
+    build_connections(app, cstage, packets, connections, dead, guards[0])
+    build_rollups(app, rstage, connections, rollup_input, rollups, dead, records, guards[1], guards[2])
 
     @app.on_partitions_revoked.connect
     async def on_revoked(*args: Any, **kwargs: Any) -> None:
         revoked = kwargs.get("revoked") or next((a for a in args if isinstance(a, (set, frozenset))), set())
         cstage.revoke(tp.partition for tp in revoked if tp.topic == packets.get_topic_name())
         rstage.revoke(tp.partition for tp in revoked if tp.topic == inner.name)
-        cwatch.revoke(revoked)
-        rwatch.revoke(revoked)
-        fwatch.revoke(revoked)
+        for guard in guards:
+            guard.revoke(revoked)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report() -> None:

@@ -32,6 +32,7 @@ from rstscope.core.record import make_record
 from rstscope.core.table import ConnectionTable, Finished, Key
 from rstscope.geo import GeoDB
 from rstscope.packet import PacketRecord
+from rstscope.streams.offsets import OffsetGuard
 
 log = logging.getLogger(__name__)
 # Event times outside this range are refused (dead letter): NaN/inf or absurd values would crash or
@@ -170,37 +171,6 @@ class ConnectionStage:
         return sum(len(st.queue) for st in self.parts.values())
 
 
-class OffsetWatch:
-    """Evidence for a suspected Faust race (docs/reliability.md, known gaps): per partition, the offsets
-    an agent is given must be contiguous, starting at the committed offset after an assignment.
-    Only counts and logs (``offset_gap``, ``offset_start``); it changes nothing in processing."""
-
-    def __init__(self, app: Any, counters: Counter[str], name: str) -> None:
-        self.app = app
-        self.counters = counters
-        self.name = name
-        self.next: dict[Any, int] = {}
-
-    def revoke(self, tps: Iterable[Any]) -> None:
-        for tp in tps:
-            self.next.pop(tp, None)
-
-    def see(self, msg: Any) -> None:
-        tp, offset = msg.tp, msg.offset
-        want = self.next.get(tp)
-        if want is None:
-            committed = getattr(getattr(self.app, "consumer", None), "_committed_offset", {}).get(tp)
-            if committed is not None and offset not in (committed, committed + 1):
-                self.counters[f"offset_start:{self.name}"] += 1
-                log.warning("rstscope %s: first offset %d of %s after an assignment, committed %s",
-                            self.name, offset, tp, committed)
-        elif offset != want:
-            self.counters[f"offset_gap:{self.name}"] += 1
-            log.warning("rstscope %s: offset %d of %s, expected %d (gen %s)", self.name, offset, tp, want,
-                        getattr(msg, "generation_id", None))
-        self.next[tp] = offset + 1
-
-
 def dead_letter(err: CodecError, topic: str, partition: int, offset: int, key: bytes | None,
                 value: bytes | None) -> bytes:
     """A dead-letter message: why, where from, and the original bytes (hex, capped)."""
@@ -211,15 +181,15 @@ def dead_letter(err: CodecError, topic: str, partition: int, offset: int, key: b
 
 
 def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, dead_letters: Any,
-          watch: OffsetWatch | None = None) -> Any:
+          guard: OffsetGuard) -> Any:
     """Register the connection agent on a Faust app (manual acks, strictly in offset order)."""
 
     async def connection_agent(stream: Any) -> None:
         s = stream.noack()
         async for event in s.events():
             msg = event.message
-            if watch is not None:
-                watch.see(msg)
+            if not await guard.admit(msg):
+                continue
             p = msg.partition
             records, err = stage.feed(p, event.value, event)
             for rec in records:

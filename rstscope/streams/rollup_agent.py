@@ -28,6 +28,7 @@ import orjson
 from rstscope.codecs.errors import CodecError, MalformedRecord
 from rstscope.codecs.jsonl import dumps, loads
 from rstscope.core.rollup import Rollup, RowKey, dimension_keys, row_key_text
+from rstscope.streams.offsets import OffsetGuard
 
 FLUSH_S = 0.2
 FLUSH_EVENTS = 2000
@@ -106,13 +107,15 @@ class RollupStage:
 
 
 def build(app: Any, stage: RollupStage, connections: Any, rollup_input: Any, rollups: Any,
-          dead_letters: Any, records: Any, watch: Any = None, forward_watch: Any = None) -> tuple[Any, Any]:
+          dead_letters: Any, records: Any, guard: OffsetGuard, forward_guard: OffsetGuard) -> tuple[Any, Any]:
     """Register the forward (re-key by bucket) and rollup agents on a Faust app."""
 
     async def forward_agent(stream: Any) -> None:
-        async for event in stream.events():
-            if forward_watch is not None:
-                forward_watch.see(event.message)
+        # manual acks, each after its send: an auto-acked stream also acks what the guard drops
+        s = stream.noack()
+        async for event in s.events():
+            if not await forward_guard.admit(event.message):
+                continue
             try:
                 rec = loads(event.value or b"")
                 bucket = bucket_of(rec, stage.bucket_s)
@@ -121,8 +124,11 @@ def build(app: Any, stage: RollupStage, connections: Any, rollup_input: Any, rol
                 reason = e.reason if isinstance(e, CodecError) else "malformed_record"
                 await dead_letters.send(value=dumps({"reason": reason, "error": str(e), "topic": m.topic,
                                                      "partition": m.partition, "offset": m.offset}), force=True)
-                continue
-            await rollup_input.send(key=str(bucket).encode(), value=event.value, force=True)
+            else:
+                await rollup_input.send(key=str(bucket).encode(), value=event.value, force=True)
+            # Faust flushes the producer before it commits, so the send is durable before this offset is
+            if event.message.generation_id == app.consumer_generation_id:
+                await s.ack(event)
 
     held: list[Any] = []  # rollup-input events processed but not acked (their rows not sent yet)
     source: list[Any] = []  # the agent's noack stream, for acking from the timer
@@ -143,8 +149,8 @@ def build(app: Any, stage: RollupStage, connections: Any, rollup_input: Any, rol
         source[:] = [s]
         async for event in s.events():
             m = event.message
-            if watch is not None:
-                watch.see(m)
+            if not await guard.admit(m):
+                continue
             try:
                 stage.add(m.partition, event.value, records)
             except CodecError as e:

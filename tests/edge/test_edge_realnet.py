@@ -236,7 +236,7 @@ class Edge:
         self.pcap = p.tmp / f"{uuid.uuid4().hex[:6]}.pcap"
         self.log = p.tmp / f"edge-{uuid.uuid4().hex[:6]}.log"
         self.td = subprocess.Popen(["ip", "netns", "exec", p.server, "tcpdump", "-i", p.sdev, "-nn", "-U",
-                                    "-w", str(self.pcap), "tcp"], stdout=subprocess.DEVNULL,
+                                    "--immediate-mode", "-w", str(self.pcap), "tcp"], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE)
         with open(self.log, "wb") as log:
             # the edge runs on the host (where the broker is) and opens its capture in the server namespace

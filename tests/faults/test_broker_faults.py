@@ -90,7 +90,9 @@ def test_cluster_down_30s_under_load(kafka_cluster3: Any, work: Path, capture: P
     - B: a 500-message buffer and 8 s message timeout: records time out, are counted as delivery
       failures, the edge keeps reading to the end and exits 1; the topic holds exactly what it reports
       delivered;
-    - C: a 500-message buffer, default timeout: shows what a full buffer does to the reader (figure).
+    - C: a 500-message buffer that may block the reader at most 0.5 s (`--max-wait`, the live-capture
+      default): records that find it full are dropped and counted (``queue_full``), the edge keeps
+      reading to the end and exits 3 (data lost at the edge).
     """
     a = Run(work / "a", kafka_cluster3.bootstrap)
     b = Run(work / "b", kafka_cluster3.bootstrap)
@@ -103,7 +105,7 @@ def test_cluster_down_30s_under_load(kafka_cluster3: Any, work: Path, capture: P
         a.wait_log(w1, READY)
         ea = a.edge(capture, rate=RATE)
         eb = b.edge(capture, "-X", "queue.buffering.max.messages=500", "-X", "message.timeout.ms=8000", rate=RATE)
-        ec = c.edge(capture, "-X", "queue.buffering.max.messages=500", rate=RATE)
+        ec = c.edge(capture, "-X", "queue.buffering.max.messages=500", "--max-wait", "0.5", rate=RATE)
         time.sleep(3)
         before = _sum_ends(a)
         t_down = time.monotonic()
@@ -139,11 +141,17 @@ def test_cluster_down_30s_under_load(kafka_cluster3: Any, work: Path, capture: P
         assert sb["delivered"] <= on_topic <= sb["sent"] + sb["watermarks"], (on_topic, sb)
         assert sb["read"] == sa["read"], "edge B stopped reading"
         assert "delivery failures" in b.tail(eb)
+        # C: a full buffer drops and counts, keeps reading, and says so in its exit code
+        assert rc_c == 3 and sc["dropped"].get("queue_full", 0) > 0, (rc_c, sc, c.logs())
+        assert sc["read"] == sa["read"], "edge C stopped reading"
+        on_topic_c = len(read_topic(c.conf, c.topic("packets")))
+        assert sc["delivered"] <= on_topic_c, (on_topic_c, sc)
         figures.update(produced=sa["delivered"], **v, outage_s=round(down_s, 1), buffered_during_outage=buffered,
                        worker_restarts=restarted, b_sent=sb["sent"] + sb["watermarks"], b_delivered=sb["delivered"],
                        b_failures=sb["delivery_failures"], b_errors=sb.get("errors"), b_exit=rc_b,
                        b_on_topic=on_topic, b_failed_but_written=on_topic - sb["delivered"],
-                       c_exit=rc_c, c_failures=sc.get("delivery_failures"), c_done_s=round(t_done, 1),
+                       c_exit=rc_c, c_dropped_queue_full=sc["dropped"].get("queue_full", 0),
+                       c_delivered=sc["delivered"], c_on_topic=on_topic_c, c_done_s=round(t_done, 1),
                        ended_during_outage=ended_during)
     finally:
         for r in (a, b, c):

@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+
+from tests.builders import append_end_marker
 
 from .harness import READY, Run
 
@@ -65,7 +66,8 @@ def make_capture(path: Path, marker: str) -> Path:
         procs.append(subprocess.Popen(["ip", "netns", "exec", b, sys.executable, "-m", "http.server", "80",
                                        "--bind", "10.97.0.2"], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, cwd=path.parent))
-        td = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", "vfb", "-s", "0", "-U", "-w", str(path)],
+        td = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", "vfb", "-s", "0", "-U", "--immediate-mode",
+                               "-w", str(path)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(td)
         time.sleep(1.5)
@@ -80,27 +82,8 @@ def make_capture(path: Path, marker: str) -> Path:
                 p.wait(10)
         for ns in (a, b):
             _sh("ip", "netns", "del", ns, check=False)
-    _append_tail(path)
+    append_end_marker(path)
     return path
-
-
-def _append_tail(path: Path) -> None:
-    """A UDP frame 30 s after the last one (so every connection is decided, none incomplete)."""
-    data = path.read_bytes()
-    magic = struct.unpack_from("<I", data)[0]
-    assert magic == 0xA1B2C3D4, "tcpdump wrote an unexpected format"
-    off, last = 24, 0.0
-    while off + 16 <= len(data):
-        sec, usec, incl, _orig = struct.unpack_from("<IIII", data, off)
-        last = sec + usec / 1e6
-        off += 16 + incl
-    udp = struct.pack(">HHHH", 5353, 9, 11, 0) + b"end"
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, bytes([10, 97, 0, 1]),
-                     bytes([10, 97, 0, 2]))
-    frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
-    t = last + 30
-    with open(path, "ab") as f:
-        f.write(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(frame), len(frame)) + frame)
 
 
 def _topic_bytes(conf: dict[str, Any], topics: list[str]) -> tuple[bytes, int]:

@@ -1,13 +1,17 @@
-"""TLS + SASL/SCRAM: the edge producer, the workers (Faust broker_credentials with an SSL context) and a
-plain consumer talk to the SASL_SSL listener of a local Kafka 4.4 node; the worker and `topics` take the
-credentials from the environment and a password file; the password appears in no log.
+"""TLS + SASL/SCRAM: the edge producer, the workers (Faust broker_credentials with an SSL context), the
+API's sink and a plain consumer talk to the SASL_SSL listener of a local Kafka 4.4 node; every one of
+them takes the credentials from the environment and a password file (none on a command line); the
+password appears in no log.
 """
 
 from __future__ import annotations
 
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +19,13 @@ from typing import Any
 
 import pytest
 
+from rstscope.api.store import Store
 from rstscope.kafka import local
 from rstscope.kafka.security import load
 
 from . import synth
-from .harness import READY, Run, rstscope
+from .harness import READY, Proc, Run, rstscope
+from .harness import env as harness_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 USER = "rstscope-edge"
@@ -77,15 +83,34 @@ def test_tls_scram_end_to_end_and_no_password_in_logs(secure_cluster: SecureClus
     try:
         w = run.start_worker()
         run.wait_log(w, READY, 120)
-        # the edge takes librdkafka settings with -X (it does not read rstscope.kafka.security yet)
-        x: list[str] = []
-        for key, value in sec.librdkafka().items():
-            x += ["-X", f"{key}={value}"]
-        edge = run.edge(capture, *x)
+        # the edge reads the same environment (no credentials on its command line)
+        edge = run.edge(capture)
         rc, stats = run.edge_result(edge)
         assert rc == 0 and stats["delivery_failures"] == 0, run.logs()
+        assert c.password not in " ".join(edge.popen.args), "the password is on the edge's command line"
         v = run.verdict(capture)  # a plain confluent consumer over SASL_SSL reads the rollups
         assert v["rows_equal"] and v["lost"] == 0 and v["double_counted"] == 0, (v, run.logs())
+        # the sink reads the rollups over SASL_SSL into the API's store
+        db = work / "sink.duckdb"
+        sink_log = work / "sink.log"
+        with open(sink_log, "wb") as out:
+            sink = subprocess.Popen([sys.executable, "-m", "rstscope.cli", "sink", "--bootstrap", c.secure,
+                                     "--db", str(db), "--topic", run.topic("rollups")],
+                                    stdout=out, stderr=subprocess.STDOUT, env=harness_env(env))
+        run.procs.append(Proc(sink, sink_log, "sink"))
+        want = v["rows"]
+        deadline = time.monotonic() + 60
+        stored = 0
+        while time.monotonic() < deadline and stored < want:
+            time.sleep(1)
+            if db.exists():
+                try:
+                    stored = Store(db, read_only=True).row_count()
+                except Exception:  # the sink holds the file lock while it writes a batch
+                    continue
+        sink.terminate()
+        sink.wait(30)
+        assert stored == want, (stored, want, sink_log.read_text(errors="replace"))
     finally:
         run.stop_all()
     logs = {str(p.log): p.log.read_text(errors="replace") for p in run.procs}

@@ -28,6 +28,7 @@ from rstscope import config
 from rstscope.analyze import Analyzer, Options
 from rstscope.codecs.jsonl import loads
 from rstscope.core.rollup import row_key_text
+from tests.builders import append_end_marker
 
 pytestmark = pytest.mark.kafka
 
@@ -67,8 +68,10 @@ def _sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
 def make_capture(path: Path) -> Path:
     """Real TCP between two network namespaces, captured on the server side with tcpdump.
 
-    The capture ends with a UDP packet 12 s after the traffic: connections whose last packet lies
-    within 10 s of the end of the input are incomplete, so the tail lets them all be decided.
+    An end marker 30 s after the traffic is appended to the file (tests/builders.py): connections whose
+    last packet lies within 10 s of the end of the input are incomplete, so the marker lets them all be
+    decided. (A marker sent through the namespaces instead was lost when libpcap had not handed over
+    its last block before tcpdump stopped: then every connection was incomplete.)
     """
     tag = f"{os.getpid() % 100000}"
     a, b = f"rstpA{tag}", f"rstpB{tag}"
@@ -87,16 +90,13 @@ def make_capture(path: Path) -> Path:
         srv = subprocess.Popen(["ip", "netns", "exec", b, sys.executable, "-m", "http.server", "80", "--bind",
                                 SERVER_IP], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(srv)
-        td = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", "vpb", "-U", "-w", str(path)],
+        td = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", "vpb", "-U", "--immediate-mode",
+                               "-w", str(path)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(td)
         time.sleep(1.5)
         subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", CLIENT], check=True, timeout=60)
-        time.sleep(12)
-        subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c",
-                        f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'end', "
-                        f"('{SERVER_IP}', 9))"], check=True)
-        time.sleep(0.3)
+        time.sleep(0.5)
         td.send_signal(signal.SIGINT)
         td.wait(10)
     finally:
@@ -106,6 +106,7 @@ def make_capture(path: Path) -> Path:
                 p.wait(10)
         for ns in (a, b):
             _sh("ip", "netns", "del", ns, check=False)
+    append_end_marker(path)
     return path
 
 

@@ -501,8 +501,8 @@ def run_scenario(i: int, sc: dict) -> list[dict]:
 
 
 def tcpdump(dev: str, path: Path, *opts: str) -> list[str]:
-    return ["ip", "netns", "exec", SRV, "tcpdump", "-i", dev, "-nn", "-s", "200", "-U", "-Z", "root", *opts,
-            "-w", str(path)]
+    return ["ip", "netns", "exec", SRV, "tcpdump", "-i", dev, "-nn", "-s", "200", "-U", "--immediate-mode",
+            "-Z", "root", *opts, "-w", str(path)]
 
 
 def analyze(capture: Path, out: Path) -> list[dict]:
