@@ -1,7 +1,7 @@
 """OffsetGuard: the agents process each partition's offsets exactly in order from the committed offset.
 
 The consumer here is a small stand-in with the four things the guard reads (generation, assignment,
-committed offsets, earliest offsets) and records the seeks it is asked for; the race itself (a stale
+committed offsets; the log start comes from a function) and records the seeks it is asked for; the race itself (a stale
 batch delivered after a rebalance) is reproduced message by message. The real-cluster proof is
 tests/faults/test_worker_faults.py.
 """
@@ -11,25 +11,30 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from rstscope.streams.offsets import OffsetGuard
 
-TP = ("packets", 0)
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+P0 = TP("packets", 0)
 
 
 @dataclass
 class Msg:
     offset: int
     generation_id: int = 1
-    tp: Any = TP
+    tp: Any = P0
 
 
 @dataclass
 class Consumer:
     committed: dict[Any, int | None] = field(default_factory=dict)
-    earliest: int = 0
-    assigned: set[Any] = field(default_factory=lambda: {TP})
+    assigned: set[Any] = field(default_factory=lambda: {P0})
     seeks: list[tuple[Any, int]] = field(default_factory=list)
 
     @property
@@ -39,11 +44,8 @@ class Consumer:
     def assignment(self) -> set[Any]:
         return self.assigned
 
-    async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
-        return {tp: self.earliest for tp in tps}
-
-    async def seek_wait(self, offsets: dict[Any, int]) -> None:
-        self.seeks.extend(offsets.items())
+    async def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp, offset))
 
 
 @dataclass
@@ -60,9 +62,9 @@ def run(guard: OffsetGuard, msgs: list[Msg]) -> list[int]:
 
 
 def make(committed: int | None = None, earliest: int = 0) -> tuple[OffsetGuard, Consumer, Counter[str]]:
-    c = Consumer(committed={TP: committed}, earliest=earliest)
+    c = Consumer(committed={P0: committed})
     counters: Counter[str] = Counter()
-    return OffsetGuard(App(c), counters, "t"), c, counters
+    return OffsetGuard(App(c), counters, "t", lambda topic, partition: earliest), c, counters
 
 
 def test_contiguous_from_committed_offset_all_admitted() -> None:
@@ -84,7 +86,7 @@ def test_stale_batch_ahead_of_committed_is_refused_and_the_partition_seeks_back(
     refetched = [Msg(o) for o in range(300, 460)]
     admitted = run(g, stale + refetched)
     assert admitted == list(range(300, 460))
-    assert c.seeks == [(TP, 300)]  # one seek, not one per stale message
+    assert c.seeks == [(P0, 300)]  # one seek, not one per stale message
     assert n["offset_gap:t"] == 5 and n["offset_seek:t"] == 1
 
 
@@ -92,13 +94,13 @@ def test_a_gap_mid_stream_seeks_back_and_older_offsets_are_dropped() -> None:
     g, c, n = make(committed=0)
     admitted = run(g, [Msg(0), Msg(1), Msg(5), Msg(1), Msg(2), Msg(3)])
     assert admitted == [0, 1, 2, 3]
-    assert c.seeks == [(TP, 2)]
+    assert c.seeks == [(P0, 2)]
     assert n["offset_behind:t"] == 1
 
 
 def test_old_generation_and_unassigned_partitions_are_dropped() -> None:
     g, c, n = make(committed=0)
-    other = ("packets", 1)
+    other = TP("packets", 1)
     assert run(g, [Msg(0, generation_id=0), Msg(0, tp=other), Msg(0)]) == [0]
     assert n["offset_stale:t"] == 1 and n["offset_unassigned:t"] == 1
 
@@ -106,7 +108,22 @@ def test_old_generation_and_unassigned_partitions_are_dropped() -> None:
 def test_revoke_restarts_from_the_new_committed_offset() -> None:
     g, c, _ = make(committed=0)
     assert run(g, [Msg(0), Msg(1)]) == [0, 1]
-    g.revoke([TP])
-    c.committed[TP] = 1  # the new generation starts from what the group committed
+    g.revoke([P0])
+    c.committed[P0] = 1  # the new generation starts from what the group committed
     g.app.consumer_generation_id = 2
     assert run(g, [Msg(1, 2), Msg(2, 2)]) == [1, 2]
+
+
+def test_tick_seeks_again_while_the_expected_offset_does_not_come() -> None:
+    """Stale messages delivered after the seek moved the transport past it again: the re-fetch was
+    dropped and no newer message arrives. The periodic tick repeats the seek."""
+    g, c, n = make(committed=7)
+    assert run(g, [Msg(44)]) == []
+    asyncio.run(g.tick())
+    assert c.seeks == [(P0, 7)]  # too soon for another
+    g.seeked[P0] -= 1.5
+    asyncio.run(g.tick())
+    assert c.seeks == [(P0, 7), (P0, 7)]
+    assert run(g, [Msg(7), Msg(8)]) == [7, 8]
+    asyncio.run(g.tick())
+    assert len(c.seeks) == 2  # once the expected offset came, no more seeks

@@ -1,4 +1,4 @@
-"""The Faust app: topics, the rollup table and the three agents, built from topology.yaml at start-up.
+"""The Faust app: topics, the rollup table and the two agents, built from topology.yaml at start-up.
 
 Transport is ``kafka://`` (aiokafka): the confluent transport cannot run tables (NOTES-faust.md).
 Values are raw bytes (msgpack packets in, JSON records out), decoded by hand in the agents.
@@ -15,7 +15,7 @@ from rstscope.geo import GeoDB
 from rstscope.kafka.security import ClientSecurity
 from rstscope.streams.connection_agent import ConnectionStage
 from rstscope.streams.connection_agent import build as build_connections
-from rstscope.streams.offsets import OffsetGuard, gapless_app_class
+from rstscope.streams.offsets import RESEEK_S, OffsetGuard, gapless_app_class, log_start_reader
 from rstscope.streams.rollup_agent import RollupStage
 from rstscope.streams.rollup_agent import build as build_rollups
 from rstscope.streams.topics import RECORDS_TABLE, internal_specs, role_spec
@@ -79,10 +79,11 @@ def make_app(s: Settings) -> Pipeline:
 
     cstage = ConnectionStage(topo, s.geo)
     rstage = RollupStage(topo.window.size_s)
-    guards = [OffsetGuard(app, cstage.counters, "connections"), OffsetGuard(app, rstage.counters, "rollup"),
-              OffsetGuard(app, rstage.counters, "forward")]
-    build_connections(app, cstage, packets, connections, dead, guards[0])
-    build_rollups(app, rstage, connections, rollup_input, rollups, dead, records, guards[1], guards[2])
+    log_start = log_start_reader(s.bootstrap, s.security.librdkafka() if s.security is not None else None)
+    guards = [OffsetGuard(app, cstage.counters, "connections", log_start),
+              OffsetGuard(app, rstage.counters, "rollup", log_start)]
+    build_connections(app, cstage, packets, connections, rollup_input, dead, guards[0])
+    build_rollups(app, rstage, rollup_input, rollups, dead, records, guards[1])
 
     @app.on_partitions_revoked.connect
     async def on_revoked(*args: Any, **kwargs: Any) -> None:
@@ -91,6 +92,11 @@ def make_app(s: Settings) -> Pipeline:
         rstage.revoke(tp.partition for tp in revoked if tp.topic == inner.name)
         for guard in guards:
             guard.revoke(revoked)
+
+    @app.timer(interval=RESEEK_S)  # type: ignore[untyped-decorator]
+    async def reseek() -> None:
+        for guard in guards:
+            await guard.tick()
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report() -> None:

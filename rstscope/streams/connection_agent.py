@@ -33,6 +33,7 @@ from rstscope.core.table import ConnectionTable, Finished, Key
 from rstscope.geo import GeoDB
 from rstscope.packet import PacketRecord
 from rstscope.streams.offsets import OffsetGuard
+from rstscope.streams.rollup_agent import bucket_of
 
 log = logging.getLogger(__name__)
 # Event times outside this range are refused (dead letter): NaN/inf or absurd values would crash or
@@ -180,9 +181,13 @@ def dead_letter(err: CodecError, topic: str, partition: int, offset: int, key: b
                   "value_len": len(raw)})
 
 
-def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, dead_letters: Any,
+def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, rollup_input: Any, dead_letters: Any,
           guard: OffsetGuard) -> Any:
-    """Register the connection agent on a Faust app (manual acks, strictly in offset order)."""
+    """Register the connection agent on a Faust app (manual acks, strictly in offset order).
+
+    Each record goes to the connections topic (keyed by id, for subscribers) and to the rollup input
+    (keyed by its bucket, for the rollup agent)."""
+    bucket_s = stage.topology.window.size_s
 
     async def connection_agent(stream: Any) -> None:
         s = stream.noack()
@@ -193,8 +198,9 @@ def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, dead
             p = msg.partition
             records, err = stage.feed(p, event.value, event)
             for rec in records:
-                await connections.send(key=rec["id"].encode(), value=dumps(rec), timestamp=rec["last_ts"],
-                                       force=True)
+                body = dumps(rec)
+                await connections.send(key=rec["id"].encode(), value=body, timestamp=rec["last_ts"], force=True)
+                await rollup_input.send(key=b"%d" % bucket_of(rec, bucket_s), value=body, force=True)
             if err is not None:
                 await dead_letters.send(key=None, value=dead_letter(err, msg.topic, p, msg.offset, msg.key,
                                                                      event.value), force=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -31,14 +31,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LogStart = Callable[[str, int], int]  # (topic, partition) -> the partition's first offset (blocking call)
 RESEEK_S = 1.0  # while waiting for a seek to take effect, at most one further seek per partition per second
 
 
 class OffsetGuard:
     """Admit each partition's messages strictly in offset order from the committed offset on."""
 
-    def __init__(self, app: Any, counters: Counter[str], name: str) -> None:
+    def __init__(self, app: Any, counters: Counter[str], name: str, log_start: LogStart) -> None:
         self.app = app
+        self.log_start = log_start
         self.counters = counters
         self.name = name
         self.next: dict[Any, int] = {}  # tp -> the only offset that may be processed next
@@ -57,8 +59,9 @@ class OffsetGuard:
         committed = consumer._committed_offset.get(tp)  # set by Faust's seek to committed on assignment
         if committed is not None:
             return int(committed)
-        earliest = await consumer.earliest_offsets(tp)
-        return int(earliest.get(tp) or 0)
+        # A blocking lookup on purpose (~ms on its own client, only when the group never committed):
+        # an agent that yields here while Faust starts its partitions was seen to get gaps and stalls.
+        return self.log_start(tp.topic, tp.partition)
 
     async def admit(self, msg: Any) -> bool:
         """True if ``msg`` is the next offset of its partition and may be processed (and acked)."""
@@ -82,14 +85,43 @@ class OffsetGuard:
             self._count("behind")  # already processed in this generation (a batch delivered twice)
             return False
         self._count("gap")
-        now = time.monotonic()
-        if now - self.seeked.get(tp, -RESEEK_S) >= RESEEK_S:
-            self.seeked[tp] = now
-            self._count("seek")
-            log.warning("rstscope %s: offset %d of %s but %d expected: seeking back to %d",
-                        self.name, offset, tp, want, want)
-            await consumer.seek_wait({tp: want})
+        if time.monotonic() - self.seeked.get(tp, -RESEEK_S) >= RESEEK_S:
+            log.warning("rstscope %s: offset %d of %s but %d expected: seeking back", self.name, offset, tp, want)
+            await self._seek(consumer, tp, want)
         return False
+
+    async def _seek(self, consumer: Any, tp: Any, offset: int) -> None:
+        self.seeked[tp] = time.monotonic()
+        self._count("seek")
+        await consumer.seek(tp, offset)  # aiokafka's fetch position and Faust's read offset
+
+    async def tick(self) -> None:
+        """Seek again where the expected offset has not come since the last seek (call every second).
+
+        Messages fetched before a seek can still be delivered after it and move Faust's read offset
+        past the seek, so the re-fetch is dropped again; with no newer message to trigger `admit`, the
+        partition would wait forever."""
+        app = self.app
+        now = time.monotonic()
+        for tp, t in list(self.seeked.items()):
+            if now - t >= RESEEK_S and tp in self.next and tp in app.consumer.assignment():
+                await self._seek(app.consumer, tp, self.next[tp])
+
+
+def log_start_reader(bootstrap: str, security: dict[str, str] | None = None) -> LogStart:
+    """A blocking (topic, partition) -> low watermark lookup on its own confluent-kafka client."""
+    client: list[Any] = []
+
+    def low(topic: str, partition: int) -> int:
+        from confluent_kafka import Consumer, TopicPartition
+
+        if not client:
+            client.append(Consumer({**(security or {}), "bootstrap.servers": bootstrap,
+                                    "group.id": "rstscope-offset-guard", "enable.auto.commit": False}))
+        lo, _hi = client[0].get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        return int(lo)
+
+    return low
 
 
 def gapless_app_class() -> type[faust.App]:

@@ -1,8 +1,10 @@
-"""The rollup stage: connections topic -> (re-keyed by bucket) -> Rollup -> upserts on the rollups topic.
+"""The rollup stage: rollup input (records keyed by bucket) -> Rollup -> upserts on the rollups topic.
 
-A rollup row (bucket, dimension, value) sums connections from every connections partition, so one
-owner per row is needed: the forward agent re-keys each record by its 15-minute bucket onto the
-internal ``<app id>-rollup-input`` topic, and every bucket then lives on exactly one partition there.
+A rollup row (bucket, dimension, value) sums connections from every packets partition, so one owner
+per row is needed: the connection agent sends each record twice, to the public connections topic
+(keyed by id) and to the internal ``<app id>-rollup-input`` topic keyed by its 15-minute bucket, so
+every bucket lives on exactly one partition there. (A separate agent re-keying the connections topic
+cost a consume and a send per record, and one more set of offsets to keep in order.)
 
 State is one Faust table, ``rollup-records`` (changelog ``<app id>-rollup-records-changelog``,
 compacted, co-partitioned with the rollup input): connection id -> the few fields the rollup reads.
@@ -106,29 +108,9 @@ class RollupStage:
             yield from r.rows()
 
 
-def build(app: Any, stage: RollupStage, connections: Any, rollup_input: Any, rollups: Any,
-          dead_letters: Any, records: Any, guard: OffsetGuard, forward_guard: OffsetGuard) -> tuple[Any, Any]:
-    """Register the forward (re-key by bucket) and rollup agents on a Faust app."""
-
-    async def forward_agent(stream: Any) -> None:
-        # manual acks, each after its send: an auto-acked stream also acks what the guard drops
-        s = stream.noack()
-        async for event in s.events():
-            if not await forward_guard.admit(event.message):
-                continue
-            try:
-                rec = loads(event.value or b"")
-                bucket = bucket_of(rec, stage.bucket_s)
-            except (CodecError, KeyError, TypeError, ValueError) as e:
-                m = event.message
-                reason = e.reason if isinstance(e, CodecError) else "malformed_record"
-                await dead_letters.send(value=dumps({"reason": reason, "error": str(e), "topic": m.topic,
-                                                     "partition": m.partition, "offset": m.offset}), force=True)
-            else:
-                await rollup_input.send(key=str(bucket).encode(), value=event.value, force=True)
-            # Faust flushes the producer before it commits, so the send is durable before this offset is
-            if event.message.generation_id == app.consumer_generation_id:
-                await s.ack(event)
+def build(app: Any, stage: RollupStage, rollup_input: Any, rollups: Any, dead_letters: Any, records: Any,
+          guard: OffsetGuard) -> Any:
+    """Register the rollup agent on a Faust app (its input is re-keyed by bucket by the connection agent)."""
 
     held: list[Any] = []  # rollup-input events processed but not acked (their rows not sent yet)
     source: list[Any] = []  # the agent's noack stream, for acking from the timer
@@ -161,7 +143,4 @@ def build(app: Any, stage: RollupStage, connections: Any, rollup_input: Any, rol
                 await flush()
 
     app.timer(interval=FLUSH_S)(flush)
-
-    fwd = app.agent(connections, name="rollup-forward")(forward_agent)
-    agg = app.agent(rollup_input, name="rollup")(rollup_agent)
-    return fwd, agg
+    return app.agent(rollup_input, name="rollup")(rollup_agent)

@@ -1,4 +1,4 @@
-"""`rstscope worker`: run the Faust worker (connection, rollup-forward and rollup agents).
+"""`rstscope worker`: run the Faust worker (connection and rollup agents).
 
 Before anything starts, the broker's topics are compared with topology.yaml: a worker that joined
 with other partition counts would route connections or rollup rows to the wrong state, so it refuses.
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commit-interval", type=float, default=2.8, metavar="S",
                    help="how often acked offsets are committed (Faust broker_commit_interval)")
     p.add_argument("--loglevel", default="info")
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                   help="event loop (uvloop: less per-message overhead; asyncio if uvloop is not installed)")
     args = p.parse_args(argv)
     from rstscope.kafka import security
 
@@ -63,6 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         print("rstscope worker: aiokafka cannot decompress lz4/zstd batches: install cramjam "
               "(pip install 'aiokafka[lz4,zstd]')", file=sys.stderr)
         return 2
+
+    if args.loop == "uvloop":
+        try:
+            import asyncio
+
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        except ImportError:
+            print("rstscope worker: uvloop is not installed, using asyncio's loop", file=sys.stderr)
 
     from faust.worker import Worker
 
