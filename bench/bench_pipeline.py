@@ -3,7 +3,7 @@
 1. Edge: `rstscope edge`'s loop (read, decode, gate, encode, produce, flush) vs a raw confluent-kafka
    producer sending the same pre-encoded records with the same settings: what the edge costs on top
    of the client.
-2. Worker: `rstscope worker` (all three agents) vs a trivial Faust agent that only decodes the same
+2. Worker: `rstscope worker` (both agents) vs a trivial Faust agent that only decodes the same
    packets topic: what the connection table, records and rollups cost on top of Faust. Each is timed
    from the consumer group's first commit to the commit that reaches the end offsets.
 3. In-process: ConnectionStage.feed without Kafka (the core's own cost).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 
 from rstscope import config  # noqa: E402
@@ -159,9 +160,16 @@ W(app, loglevel="warning", quiet=True).execute_from_commandline()
 '''
 
 
-def committed(admin: AdminClient, group: str, topic: str) -> dict[int, int]:
-    res = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(10)
-    return {tp.partition: tp.offset for tp in res.topic_partitions if tp.topic == topic and tp.offset >= 0}
+def committed(reader: Consumer, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offsets (OffsetFetch on a consumer that never joins the group: polling
+    AdminClient.list_consumer_group_offsets ten times a second crashed librdkafka 2.x here)."""
+    from confluent_kafka import KafkaException
+
+    try:
+        res = reader.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    except KafkaException:  # the group coordinator is still loading: nothing committed yet
+        return {}
+    return {tp.partition: tp.offset for tp in res if tp.offset >= 0}
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -175,8 +183,8 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 def time_consumer(cmd: list[str], bootstrap: str, group: str, topic: str, log: Path) -> float:
     """Seconds from the group's first commit to the commit that reaches the end of the topic."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     ends = end_offsets(bootstrap, topic)
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -185,7 +193,7 @@ def time_consumer(cmd: list[str], bootstrap: str, group: str, topic: str, log: P
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()[-3000:]
-            c = committed(admin, group, topic)
+            c = committed(reader, topic, len(ends))
             now = time.monotonic()
             if c and first is None:
                 first = now
@@ -195,14 +203,20 @@ def time_consumer(cmd: list[str], bootstrap: str, group: str, topic: str, log: P
             time.sleep(0.1)
         raise TimeoutError(f"{cmd[0]} did not reach the end offsets: {log}")
     finally:
-        proc.terminate()
-        proc.wait(30)
+        reader.close()
+        if cmd[0] == "py-spy":
+            proc.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+        else:
+            proc.terminate()
+        proc.wait(60)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     ap.add_argument("--connections", type=int, default=25000)
+    ap.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                    help="record the worker with py-spy into FILE (collapsed stacks)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rstscope-bench-"))
     started = None
@@ -212,7 +226,7 @@ def main() -> int:
         started = tmp / "kafka"
         args.bootstrap = local.start(1, started)
     try:
-        return run(args.bootstrap, args.connections, tmp)
+        return run(args.bootstrap, args.connections, tmp, args.profile)
     finally:
         if started is not None:
             from rstscope.kafka import local
@@ -220,7 +234,7 @@ def main() -> int:
             local.stop(started)
 
 
-def run(bootstrap: str, n: int, tmp: Path) -> int:
+def run(bootstrap: str, n: int, tmp: Path, profile: Path | None = None) -> int:
     tag = f"bench{uuid.uuid4().hex[:6]}"
     topo_path = topology_file(tmp, tag)
     topo = config.load(topo_path)
@@ -234,6 +248,9 @@ def run(bootstrap: str, n: int, tmp: Path) -> int:
     frames = synth_pcap(pcap, n)
     print(f"input: {frames} frames, {n} connections, {pcap.stat().st_size / 1e6:.1f} MB; broker {bootstrap}")
 
+    warm = Producer({**DEFAULT_CONF, "bootstrap.servers": bootstrap})  # the broker's first idempotent
+    warm.produce(raw_topic, b"warm-up")  # producer waits for its coordinator: not part of any timing
+    warm.flush(60)
     edge_s, edge_n = bench_edge(bootstrap, topo, pcap)
     raw_s, raw_n = bench_raw(bootstrap, raw_topic, pcap, topo)
     stage_s, stage_n = bench_stage(topo, pcap)
@@ -241,6 +258,8 @@ def run(bootstrap: str, n: int, tmp: Path) -> int:
     worker_cmd = [sys.executable, "-m", "rstscope.cli", "worker", "--bootstrap", bootstrap, "--topology",
                   str(topo_path), "--app-id", f"{tag}-app", "--workers-dir", str(tmp / "w"),
                   "--session-timeout", "6", "--commit-interval", "0.5", "--loglevel", "warning"]
+    if profile is not None:
+        worker_cmd = ["py-spy", "record", "-r", "250", "-f", "raw", "-o", str(profile), "--", *worker_cmd]
     worker_s = time_consumer(worker_cmd, bootstrap, f"{tag}-app", packets, tmp / "worker.log")
     trivial_cmd = [sys.executable, "-c", TRIVIAL, bootstrap, packets, f"{tag}-trivial", "8"]
     trivial_s = time_consumer(trivial_cmd, bootstrap, f"{tag}-trivial", packets, tmp / "trivial.log")
@@ -249,7 +268,7 @@ def run(bootstrap: str, n: int, tmp: Path) -> int:
     rows: list[tuple[str, float, Any]] = [
         ("edge (rstscope edge loop)", edge_n / edge_s, f"{edge_n / edge_s / (raw_n / raw_s):.2f} x raw"),
         ("raw confluent-kafka producer", raw_n / raw_s, "1.00"),
-        ("worker (rstscope worker, 3 agents)", total / worker_s,
+        ("worker (rstscope worker, 2 agents)", total / worker_s,
          f"{(total / worker_s) / (total / trivial_s):.2f} x trivial"),
         ("trivial Faust agent (decode only)", total / trivial_s, "1.00"),
         ("ConnectionStage.feed in-process", stage_n / stage_s, "(no Kafka)"),

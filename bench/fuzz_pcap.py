@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zlib
 from pathlib import Path
 
 from fuzz_common import FIXTURES, Target, main
@@ -34,11 +33,6 @@ def make_target() -> Target:
                     packets += 1
         except CaptureError:
             return "capture_error"
-        except zlib.error:
-            # KNOWN BUG (rstscope/capture/files.py, not owned here): a damaged gzip stream raises
-            # zlib.error out of read_frames instead of counting compressed_stream_error. Counted
-            # separately so the fuzzer goes on; tests/faults/test_fuzz.py pins it with a strict xfail.
-            return "KNOWN_BUG:zlib.error"
         if st.errors:
             return "file_errors:" + ",".join(sorted(st.errors))
         return "packets" if packets else "frames" if frames else "empty"

@@ -39,16 +39,15 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import maxminddb
+if TYPE_CHECKING:  # imported where used: `rstscope analyze` without a database should not pay for them
+    import maxminddb
 
 __all__ = [
     "DEFAULT_NPM_PACKAGES",
@@ -179,6 +178,8 @@ class _Mmdb:
 
 def _open_mmdb(path: Path) -> _Mmdb:
     try:
+        import maxminddb
+
         reader = maxminddb.open_database(str(path), maxminddb.MODE_AUTO)
     except Exception as exc:  # OSError, InvalidDatabaseError (RuntimeError), ValueError
         raise GeoError(f"cannot read MaxMind database {path}: {exc}") from exc
@@ -601,6 +602,9 @@ def _fetch_npm(dest: Path, packages: Sequence[str]) -> list[Path]:
 
 def _download(url: str, target: Path) -> bool:
     """Stream-gunzip ``url`` into ``target``; False on 404 (month not published yet)."""
+    import urllib.error
+    import urllib.request
+
     req = urllib.request.Request(url, headers={"User-Agent": "rstscope-geo-fetch"})
     try:
         with (

@@ -64,7 +64,10 @@ def run(guard: OffsetGuard, msgs: list[Msg]) -> list[int]:
 def make(committed: int | None = None, earliest: int = 0) -> tuple[OffsetGuard, Consumer, Counter[str]]:
     c = Consumer(committed={P0: committed})
     counters: Counter[str] = Counter()
-    return OffsetGuard(App(c), counters, "t", lambda topic, partition: earliest), c, counters
+    marks = {"lo": earliest, "hi": 10_000}
+    g = OffsetGuard(App(c), counters, "t", "packets", lambda topic, partition: (marks["lo"], marks["hi"]))
+    g.marks = marks  # type: ignore[attr-defined]  # the test moves the log's end
+    return g, c, counters
 
 
 def test_contiguous_from_committed_offset_all_admitted() -> None:
@@ -127,3 +130,28 @@ def test_tick_seeks_again_while_the_expected_offset_does_not_come() -> None:
     assert run(g, [Msg(7), Msg(8)]) == [7, 8]
     asyncio.run(g.tick())
     assert len(c.seeks) == 2  # once the expected offset came, no more seeks
+
+
+def test_a_partition_that_stops_delivering_is_sought_again() -> None:
+    """Nothing admitted for STALL_S although the log holds more: seek to where processing stands."""
+    g, c, n = make(committed=0)
+    assert run(g, [Msg(0), Msg(1)]) == [0, 1]
+    asyncio.run(g.tick())
+    assert c.seeks == []  # it just made progress
+    g.progress[P0] -= 3.5
+    asyncio.run(g.tick())
+    assert c.seeks == [(P0, 2)] and n["offset_stall:t"] == 1
+    # an idle partition at the end of its log is left alone
+    g.marks["hi"] = 2  # type: ignore[attr-defined]
+    g.seeked.clear()
+    g.progress[P0] -= 3.5
+    asyncio.run(g.tick())
+    assert c.seeks == [(P0, 2)]
+
+
+def test_a_partition_that_never_delivered_is_sought_to_its_start() -> None:
+    g, c, n = make(committed=None, earliest=5)
+    asyncio.run(g.tick())  # starts the clock
+    g.progress[P0] -= 3.5
+    asyncio.run(g.tick())
+    assert c.seeks == [(P0, 5)]

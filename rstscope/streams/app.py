@@ -15,7 +15,7 @@ from rstscope.geo import GeoDB
 from rstscope.kafka.security import ClientSecurity
 from rstscope.streams.connection_agent import ConnectionStage
 from rstscope.streams.connection_agent import build as build_connections
-from rstscope.streams.offsets import RESEEK_S, OffsetGuard, gapless_app_class, log_start_reader
+from rstscope.streams.offsets import RESEEK_S, OffsetGuard, gapless_app_class, periodic, watermark_reader
 from rstscope.streams.rollup_agent import RollupStage
 from rstscope.streams.rollup_agent import build as build_rollups
 from rstscope.streams.topics import RECORDS_TABLE, internal_specs, role_spec
@@ -79,9 +79,9 @@ def make_app(s: Settings) -> Pipeline:
 
     cstage = ConnectionStage(topo, s.geo)
     rstage = RollupStage(topo.window.size_s)
-    log_start = log_start_reader(s.bootstrap, s.security.librdkafka() if s.security is not None else None)
-    guards = [OffsetGuard(app, cstage.counters, "connections", log_start),
-              OffsetGuard(app, rstage.counters, "rollup", log_start)]
+    marks = watermark_reader(s.bootstrap, s.security.librdkafka() if s.security is not None else None)
+    guards = [OffsetGuard(app, cstage.counters, "connections", packets.get_topic_name(), marks),
+              OffsetGuard(app, rstage.counters, "rollup", inner.name, marks)]
     build_connections(app, cstage, packets, connections, rollup_input, dead, guards[0])
     build_rollups(app, rstage, rollup_input, rollups, dead, records, guards[1])
 
@@ -93,7 +93,7 @@ def make_app(s: Settings) -> Pipeline:
         for guard in guards:
             guard.revoke(revoked)
 
-    @app.timer(interval=RESEEK_S)  # type: ignore[untyped-decorator]
+    @periodic(app, RESEEK_S, cstage.counters, "offset-reseek")
     async def reseek() -> None:
         for guard in guards:
             await guard.tick()

@@ -18,10 +18,11 @@ already emitted come out again with the same id, and the rollup stage drops them
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from rstscope.codecs.errors import CodecError, MalformedRecord
@@ -32,7 +33,7 @@ from rstscope.core.record import make_record
 from rstscope.core.table import ConnectionTable, Finished, Key
 from rstscope.geo import GeoDB
 from rstscope.packet import PacketRecord
-from rstscope.streams.offsets import OffsetGuard
+from rstscope.streams.offsets import OffsetGuard, periodic
 from rstscope.streams.rollup_agent import bucket_of
 
 log = logging.getLogger(__name__)
@@ -181,34 +182,72 @@ def dead_letter(err: CodecError, topic: str, partition: int, offset: int, key: b
                   "value_len": len(raw)})
 
 
+FLUSH_S = 0.2  # records reach the rollup input (and their packets are acked) at least this often
+FLUSH_RECORDS = 1000  # ... or as soon as this many are waiting
+BATCH_RECORDS = 500  # records per rollup-input message
+
+
+def rollup_batches(pending: dict[int, list[bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) rollup-input messages: a JSON array of records of one bucket, keyed by the bucket."""
+    for bucket, bodies in pending.items():
+        for i in range(0, len(bodies), BATCH_RECORDS):
+            yield b"%d" % bucket, b"[" + b",".join(bodies[i:i + BATCH_RECORDS]) + b"]"
+
+
 def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, rollup_input: Any, dead_letters: Any,
           guard: OffsetGuard) -> Any:
     """Register the connection agent on a Faust app (manual acks, strictly in offset order).
 
-    Each record goes to the connections topic (keyed by id, for subscribers) and to the rollup input
-    (keyed by its bucket, for the rollup agent)."""
+    Each record goes to the connections topic at once (one message, keyed by id, for subscribers) and,
+    batched per bucket, to the rollup input (keyed by its bucket, for the rollup agent): one Faust
+    event in the rollup agent per batch rather than per record. Messages are acked only by `flush`,
+    after the batches holding their records were sent; a lock keeps a flush from running between a
+    message's processing and its sends."""
     bucket_s = stage.topology.window.size_s
+    pending: dict[int, list[bytes]] = {}  # bucket -> record bodies not yet sent to the rollup input
+    waiting = [0]  # number of records in pending
+    source: list[Any] = []  # the agent's noack stream, for acking from the timer
+    lock = asyncio.Lock()
+
+    async def flush() -> None:
+        async with lock:
+            # every message that is done by now has its records in `pending` (processing and sends
+            # happen under the lock), so once these batches are sent its offset may be acked
+            ready = [h for p in list(stage.parts) for h in stage.ackable(p)]
+            batches = list(rollup_batches(pending))
+            pending.clear()
+            waiting[0] = 0
+            for key, value in batches:
+                await rollup_input.send(key=key, value=value, force=True)
+            # Faust flushes the producer before it commits, so these sends are durable before the
+            # offsets acked below are.
+            if source:
+                gen = app.consumer_generation_id
+                for ev in ready:
+                    if ev.message.generation_id == gen:
+                        await source[0].ack(ev)
 
     async def connection_agent(stream: Any) -> None:
         s = stream.noack()
+        source[:] = [s]
         async for event in s.events():
             msg = event.message
             if not await guard.admit(msg):
                 continue
             p = msg.partition
-            records, err = stage.feed(p, event.value, event)
-            for rec in records:
-                body = dumps(rec)
-                await connections.send(key=rec["id"].encode(), value=body, timestamp=rec["last_ts"], force=True)
-                await rollup_input.send(key=b"%d" % bucket_of(rec, bucket_s), value=body, force=True)
-            if err is not None:
-                await dead_letters.send(key=None, value=dead_letter(err, msg.topic, p, msg.offset, msg.key,
-                                                                     event.value), force=True)
-            # Faust flushes the producer before it commits, so these sends are durable before the
-            # offsets of the messages acked below are.
-            gen = app.consumer_generation_id
-            for ev in stage.ackable(p):
-                if ev.message.generation_id == gen:
-                    await s.ack(ev)
+            async with lock:
+                records, err = stage.feed(p, event.value, event)
+                for rec in records:
+                    body = dumps(rec)
+                    pending.setdefault(bucket_of(rec, bucket_s), []).append(body)
+                    await connections.send(key=rec["id"].encode(), value=body, timestamp=rec["last_ts"],
+                                           force=True)
+                waiting[0] += len(records)
+                if err is not None:
+                    await dead_letters.send(key=None, value=dead_letter(err, msg.topic, p, msg.offset, msg.key,
+                                                                         event.value), force=True)
+            if waiting[0] >= FLUSH_RECORDS:
+                await flush()
 
+    periodic(app, FLUSH_S, stage.counters, "connections-flush")(flush)
     return app.agent(packets, name="connections")(connection_agent)

@@ -31,25 +31,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LogStart = Callable[[str, int], int]  # (topic, partition) -> the partition's first offset (blocking call)
+Watermarks = Callable[[str, int], tuple[int, int]]  # (topic, partition) -> (log start, end offset), blocking
 RESEEK_S = 1.0  # while waiting for a seek to take effect, at most one further seek per partition per second
+STALL_S = 3.0  # a partition with more in its log that delivered nothing this long is sought again
 
 
 class OffsetGuard:
     """Admit each partition's messages strictly in offset order from the committed offset on."""
 
-    def __init__(self, app: Any, counters: Counter[str], name: str, log_start: LogStart) -> None:
+    def __init__(self, app: Any, counters: Counter[str], name: str, topic: str, watermarks: Watermarks) -> None:
         self.app = app
-        self.log_start = log_start
+        self.watermarks = watermarks
         self.counters = counters
         self.name = name
+        self.topic = topic
         self.next: dict[Any, int] = {}  # tp -> the only offset that may be processed next
         self.seeked: dict[Any, float] = {}  # tp -> monotonic time of the last seek back
+        self.progress: dict[Any, float] = {}  # tp -> monotonic time of the last admitted message
 
     def revoke(self, tps: Iterable[Any]) -> None:
         for tp in tps:
             self.next.pop(tp, None)
             self.seeked.pop(tp, None)
+            self.progress.pop(tp, None)
 
     def _count(self, what: str) -> None:
         self.counters[f"offset_{what}:{self.name}"] += 1
@@ -61,7 +65,7 @@ class OffsetGuard:
             return int(committed)
         # A blocking lookup on purpose (~ms on its own client, only when the group never committed):
         # an agent that yields here while Faust starts its partitions was seen to get gaps and stalls.
-        return self.log_start(tp.topic, tp.partition)
+        return self.watermarks(tp.topic, tp.partition)[0]
 
     async def admit(self, msg: Any) -> bool:
         """True if ``msg`` is the next offset of its partition and may be processed (and acked)."""
@@ -71,15 +75,17 @@ class OffsetGuard:
             return False
         consumer = app.consumer
         tp, offset = msg.tp, msg.offset
-        if tp not in consumer.assignment():
-            self._count("unassigned")
-            return False
         want = self.next.get(tp)
-        if want is None:
+        if want is None:  # the first message of the partition since its assignment (revoke clears `next`)
+            if tp not in consumer.assignment():
+                self._count("unassigned")
+                return False
             want = self.next[tp] = await self._start(consumer, tp)
         if offset == want:
             self.next[tp] = offset + 1
-            self.seeked.pop(tp, None)
+            self.progress[tp] = time.monotonic()
+            if self.seeked:
+                self.seeked.pop(tp, None)
             return True
         if offset < want:
             self._count("behind")  # already processed in this generation (a batch delivered twice)
@@ -96,32 +102,73 @@ class OffsetGuard:
         await consumer.seek(tp, offset)  # aiokafka's fetch position and Faust's read offset
 
     async def tick(self) -> None:
-        """Seek again where the expected offset has not come since the last seek (call every second).
+        """Repair partitions that stopped delivering (call every second).
 
-        Messages fetched before a seek can still be delivered after it and move Faust's read offset
-        past the seek, so the re-fetch is dropped again; with no newer message to trigger `admit`, the
-        partition would wait forever."""
-        app = self.app
+        - After a seek back, seek again while the expected offset has not come: messages fetched
+          before the seek can still be delivered after it and move Faust's read offset past it, so the
+          re-fetch is dropped again, and with no newer message `admit` would never run.
+        - A partition of ours that admitted nothing for `STALL_S` although its log holds more than we
+          processed is sought to where we are (`offset_stall`): faust-streaming was seen to stop
+          delivering a partition after a rebalance, with nothing logged."""
+        consumer = self.app.consumer
         now = time.monotonic()
-        for tp, t in list(self.seeked.items()):
-            if now - t >= RESEEK_S and tp in self.next and tp in app.consumer.assignment():
-                await self._seek(app.consumer, tp, self.next[tp])
+        for tp in consumer.assignment():
+            if tp.topic != self.topic:
+                continue
+            seeked = self.seeked.get(tp)
+            if seeked is not None:
+                if now - seeked >= RESEEK_S and tp in self.next:
+                    await self._seek(consumer, tp, self.next[tp])
+                continue
+            last = self.progress.setdefault(tp, now)  # the clock starts at the first tick after assignment
+            if now - last < STALL_S:
+                continue
+            self.progress[tp] = now  # look again in STALL_S
+            lo, hi = self.watermarks(tp.topic, tp.partition)  # blocking, ~ms, only for idle partitions
+            pos = self.next.get(tp)
+            if pos is None:
+                committed = consumer._committed_offset.get(tp)
+                pos = int(committed) if committed is not None else lo
+            if hi > pos:
+                self._count("stall")
+                log.warning("rstscope %s: %s delivered nothing for %.0f s, at %d of %d: seeking to %d",
+                            self.name, tp, STALL_S, pos, hi, pos)
+                await self._seek(consumer, tp, pos)
 
 
-def log_start_reader(bootstrap: str, security: dict[str, str] | None = None) -> LogStart:
-    """A blocking (topic, partition) -> low watermark lookup on its own confluent-kafka client."""
+def periodic(app: Any, interval: float, counters: Counter[str], name: str) -> Callable[[Any], Any]:
+    """`app.timer` that survives its function raising: a Faust timer whose function raises once stops
+    for good (a flush that never runs again holds every later offset and row). Counted and logged."""
+
+    def register(fun: Any) -> Any:
+        async def guarded() -> None:
+            try:
+                await fun()
+            except Exception:
+                counters[f"timer_error:{name}"] += 1
+                log.exception("rstscope: %s failed (retried in %.1f s)", name, interval)
+
+        guarded.__qualname__ = guarded.__name__ = name
+        return app.timer(interval=interval, name=name)(guarded)
+
+    return register
+
+
+def watermark_reader(bootstrap: str, security: dict[str, str] | None = None) -> Watermarks:
+    """A blocking (topic, partition) -> (low, high) watermark lookup on its own confluent-kafka client
+    (not through Faust's consumer thread)."""
     client: list[Any] = []
 
-    def low(topic: str, partition: int) -> int:
+    def watermarks(topic: str, partition: int) -> tuple[int, int]:
         from confluent_kafka import Consumer, TopicPartition
 
         if not client:
             client.append(Consumer({**(security or {}), "bootstrap.servers": bootstrap,
                                     "group.id": "rstscope-offset-guard", "enable.auto.commit": False}))
-        lo, _hi = client[0].get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-        return int(lo)
+        lo, hi = client[0].get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        return int(lo), int(hi)
 
-    return low
+    return watermarks
 
 
 def gapless_app_class() -> type[faust.App]:

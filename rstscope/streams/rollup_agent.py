@@ -2,9 +2,10 @@
 
 A rollup row (bucket, dimension, value) sums connections from every packets partition, so one owner
 per row is needed: the connection agent sends each record twice, to the public connections topic
-(keyed by id) and to the internal ``<app id>-rollup-input`` topic keyed by its 15-minute bucket, so
-every bucket lives on exactly one partition there. (A separate agent re-keying the connections topic
-cost a consume and a send per record, and one more set of offsets to keep in order.)
+(keyed by id) and, in batches (a JSON array per message), to the internal ``<app id>-rollup-input``
+topic keyed by its 15-minute bucket, so every bucket lives on exactly one partition there. (A separate
+agent re-keying the connections topic cost a consume and a send per record, and one more set of
+offsets to keep in order.)
 
 State is one Faust table, ``rollup-records`` (changelog ``<app id>-rollup-records-changelog``,
 compacted, co-partitioned with the rollup input): connection id -> the few fields the rollup reads.
@@ -30,7 +31,7 @@ import orjson
 from rstscope.codecs.errors import CodecError, MalformedRecord
 from rstscope.codecs.jsonl import dumps, loads
 from rstscope.core.rollup import Rollup, RowKey, dimension_keys, row_key_text
-from rstscope.streams.offsets import OffsetGuard
+from rstscope.streams.offsets import OffsetGuard, periodic
 
 FLUSH_S = 0.2
 FLUSH_EVENTS = 2000
@@ -73,9 +74,26 @@ class RollupStage:
             self.counters["rebuilds"] += 1
         return r
 
+    def add_batch(self, partition: int, value: bytes, records: Any) -> int:
+        """Count a rollup-input message: a JSON array of connection records. Returns how many."""
+        try:
+            recs = orjson.loads(value)
+        except orjson.JSONDecodeError as e:
+            raise MalformedRecord(f"not JSON: {e}") from e
+        if not isinstance(recs, list):
+            raise MalformedRecord("rollup input is not a JSON array of records")
+        for rec in recs:
+            self.add_record(partition, rec, records)
+        return len(recs)
+
     def add(self, partition: int, value: bytes, records: Any) -> list[RowKey]:
+        """Count one connection record given as JSON bytes."""
+        return self.add_record(partition, loads(value), records)
+
+    def add_record(self, partition: int, rec: Any, records: Any) -> list[RowKey]:
         """Count one connection record (once per id); returns (and marks dirty) the rows it touches."""
-        rec = loads(value)
+        if not isinstance(rec, dict):
+            raise MalformedRecord("connection record is not a JSON object")
         rid = rec.get("id")
         if not isinstance(rid, str) or "window_start" not in rec or "stage" not in rec:
             raise MalformedRecord("connection record without id, window_start or stage")
@@ -134,13 +152,14 @@ def build(app: Any, stage: RollupStage, rollup_input: Any, rollups: Any, dead_le
             if not await guard.admit(m):
                 continue
             try:
-                stage.add(m.partition, event.value, records)
+                stage.add_batch(m.partition, event.value, records)
             except CodecError as e:
+                stage.counters[f"dead:{e.reason}"] += 1
                 await dead_letters.send(value=dumps({"reason": e.reason, "error": str(e), "topic": m.topic,
                                                      "partition": m.partition, "offset": m.offset}), force=True)
             held.append(event)
             if len(held) >= FLUSH_EVENTS:
                 await flush()
 
-    app.timer(interval=FLUSH_S)(flush)
+    periodic(app, FLUSH_S, stage.counters, "rollup-flush")(flush)
     return app.agent(rollup_input, name="rollup")(rollup_agent)

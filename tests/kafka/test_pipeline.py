@@ -119,7 +119,8 @@ def _workdir() -> Path:
 def work() -> Iterator[Path]:
     d = _workdir()
     yield d
-    shutil.rmtree(d, ignore_errors=True)
+    if not os.environ.get("RSTSCOPE_KEEP_WORK"):  # keep the worker logs for a post-mortem
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
