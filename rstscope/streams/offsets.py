@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 Watermarks = Callable[[str, int], tuple[int, int]]  # (topic, partition) -> (log start, end offset), blocking
 RESEEK_S = 1.0  # while waiting for a seek to take effect, at most one further seek per partition per second
-STALL_S = 3.0  # a partition with more in its log that delivered nothing this long is sought again
+STALL_S = 10.0  # a partition with more in its log that delivered nothing this long is sought again
 
 
 class OffsetGuard:
@@ -91,15 +91,24 @@ class OffsetGuard:
             self._count("behind")  # already processed in this generation (a batch delivered twice)
             return False
         self._count("gap")
-        if time.monotonic() - self.seeked.get(tp, -RESEEK_S) >= RESEEK_S:
+        if tp not in self.seeked:  # the next tick seeks back (within RESEEK_S), then again until it comes
             log.warning("rstscope %s: offset %d of %s but %d expected: seeking back", self.name, offset, tp, want)
-            await self._seek(consumer, tp, want)
+            self.seeked[tp] = -RESEEK_S
         return False
 
     async def _seek(self, consumer: Any, tp: Any, offset: int) -> None:
+        """Move the fetch position (on the consumer's own thread) and Faust's read offset."""
         self.seeked[tp] = time.monotonic()
         self._count("seek")
-        await consumer.seek(tp, offset)  # aiokafka's fetch position and Faust's read offset
+        thread = getattr(consumer, "_thread", None)
+        if thread is None:
+            await consumer.seek(tp, offset)
+            return
+        # Faust's own `seek` calls aiokafka from this thread while the fetcher runs on the consumer's
+        # thread: under load that crashed the fetcher (KeyError in `fetched_records`). Enqueue it
+        # there instead (not awaited: a call into that thread from an agent was seen to stall).
+        await thread.cast_thread(thread.seek, tp, offset)
+        consumer._read_offset[tp] = offset if offset else None  # what Faust's `seek` sets besides
 
     async def tick(self) -> None:
         """Repair partitions that stopped delivering (call every second).
