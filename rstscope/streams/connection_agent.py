@@ -211,14 +211,15 @@ def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, roll
 
     async def flush() -> None:
         async with lock:
-            # every message that is done by now has its records in `pending` (processing and sends
-            # happen under the lock), so once these batches are sent its offset may be acked
-            ready = [h for p in list(stage.parts) for h in stage.ackable(p)]
-            batches = list(rollup_batches(pending))
+            # Under the lock the agent cannot process: every message that is done now has its records
+            # in `pending`, so once these batches are sent its offset may be acked. Nothing is taken
+            # out of `pending` or the ack queues before every send went out: if one raises, the next
+            # flush sends them all again (the rollup drops the duplicates by id).
+            for key, value in rollup_batches(pending):
+                await rollup_input.send(key=key, value=value, force=True)
             pending.clear()
             waiting[0] = 0
-            for key, value in batches:
-                await rollup_input.send(key=key, value=value, force=True)
+            ready = [h for p in list(stage.parts) for h in stage.ackable(p)]
             # Faust flushes the producer before it commits, so these sends are durable before the
             # offsets acked below are.
             if source:

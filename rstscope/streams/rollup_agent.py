@@ -136,8 +136,15 @@ def build(app: Any, stage: RollupStage, rollup_input: Any, rollups: Any, dead_le
     async def flush() -> None:
         nonlocal held
         events, held = held, []
-        for key, row in stage.take_dirty():
-            await rollups.send(key=key.encode(), value=dumps(row), force=True)
+        taken = {p: set(keys) for p, keys in stage.dirty.items()}
+        try:
+            for key, row in stage.take_dirty():
+                await rollups.send(key=key.encode(), value=dumps(row), force=True)
+        except BaseException:  # nothing is lost: the rows and their input go out with the next flush
+            held = events + held
+            for p, keys in taken.items():
+                stage.dirty.setdefault(p, set()).update(keys)
+            raise
         if source:
             gen = app.consumer_generation_id
             for ev in events:

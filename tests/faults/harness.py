@@ -196,7 +196,14 @@ class Run:
                 p.popen.wait(10)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.log}\n{self.tail(p, 2500)}" for p in self.procs)
+        """The tail of every process's log, and the first traceback of each (the tail is mostly stats)."""
+        out = []
+        for p in self.procs:
+            text = p.log.read_text(errors="replace")
+            i = text.find("Traceback")
+            first = f"\n[first traceback]\n{text[max(0, i - 300):i + 2500]}" if i >= 0 else ""
+            out.append(f"--- {p.log}{first}\n[tail]\n{self.tail(p, 2500)}")
+        return "\n".join(out)
 
     # -- edge ----------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,14 @@ def _has_atheris() -> bool:
 @pytest.mark.parametrize("name", TARGETS)
 def test_fuzz_target(name: str, figures: dict[str, Any]) -> None:
     if _has_atheris():
+        # libFuzzer writes crash-*/timeout-* artifacts to its working directory: keep them out of the repo
+        artifacts = tempfile.mkdtemp(prefix=f"rstscope-fuzz-{name}-")
         r = subprocess.run([sys.executable, str(BENCH / f"fuzz_{name}.py"), "--engine", "atheris",
-                            f"-runs={INPUTS}", "-seed=1"], capture_output=True, text=True, timeout=900)
+                            f"-runs={INPUTS}", "-seed=1", f"-artifact_prefix={artifacts}/"], capture_output=True,
+                           text=True, timeout=900)
         lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-        assert r.returncode == 0 and lines, f"fuzz_{name} crashed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+        assert r.returncode == 0 and lines, (f"fuzz_{name} crashed (artifacts in {artifacts}):\n{r.stdout[-3000:]}\n"
+                                             f"{r.stderr[-6000:]}")
         result = json.loads(lines[-1])
     else:
         from hypothesis import HealthCheck, given, settings
