@@ -68,3 +68,16 @@ def test_pcap_with_wrong_linktype_counts_every_frame(tmp_path: Path) -> None:
     f.write_bytes(bytes(data))
     (fr,) = list(read_frames(f))
     assert isinstance(decode_frame(fr.ts, fr.linktype, fr.data), str)
+
+
+def test_pcapng_interface_option_cut_by_the_block_end_is_not_a_crash(tmp_path: Path) -> None:
+    """Found by the soak's fuzzer: an if_tsresol option whose length runs past its block raised
+    IndexError out of read_frames. The options are read up to the block's end, nothing more."""
+    shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
+    opts = struct.pack("<HH", 9, 200)  # if_tsresol, 200 bytes long, in a 24-byte block
+    body = struct.pack("<HHI", 1, 0, 65535) + opts
+    idb = struct.pack("<II", 1, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+    p = tmp_path / "cut-option.pcapng"
+    p.write_bytes(shb + idb)
+    st = FileStats(str(p))
+    assert list(read_frames(p, st)) == []

@@ -185,7 +185,7 @@ def _idb_options(body: bytes, endian: str, start: int) -> tuple[float, int]:
     while i + 4 <= len(body):
         code, length = struct.unpack_from(endian + "HH", body, i)
         i += 4
-        if code == 0:
+        if code == 0 or i + length > len(body):  # end of options, or an option cut by the block's end
             break
         val = body[i:i + length]
         if code == 9 and length >= 1:
