@@ -131,3 +131,21 @@ def append_end_marker(path: str | os.PathLike[str], gap_s: float = 30.0) -> None
     t = last + gap_s
     with open(path, "ab") as f:
         f.write(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(frame), len(frame)) + frame)
+
+
+def wait_off_window_cutoff(duration_s: float, guard_s: float = 25.0, window_s: int = 900) -> float:
+    """Sleep until [now, now + duration_s] is at least guard_s from any 15-minute window boundary.
+
+    Captures made in real time near a boundary get their connections excluded as ``incomplete``
+    (last packet within the cutoff margin) or split across windows, and a test comparing outcomes
+    then sees none. Returns the seconds slept."""
+    import time
+
+    slept = 0.0
+    while True:
+        pos = time.time() % window_s
+        if pos >= guard_s and pos + duration_s + guard_s <= window_s:
+            return slept
+        wait = (window_s - pos) + guard_s if pos >= guard_s else guard_s - pos
+        time.sleep(wait + 0.5)
+        slept += wait + 0.5

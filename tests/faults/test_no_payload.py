@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from tests.builders import append_end_marker
+from tests.builders import append_end_marker, wait_off_window_cutoff
 
 from .harness import READY, Run
 
@@ -71,6 +71,7 @@ def make_capture(path: Path, marker: str) -> Path:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(td)
         time.sleep(1.5)
+        wait_off_window_cutoff(20)  # the traffic (a few seconds) must not straddle a window cutoff
         subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", CLIENT, marker], check=True, timeout=90)
         time.sleep(0.5)
         td.send_signal(signal.SIGINT)

@@ -28,7 +28,7 @@ from rstscope import config
 from rstscope.analyze import Analyzer, Options
 from rstscope.codecs.jsonl import loads
 from rstscope.core.rollup import row_key_text
-from tests.builders import append_end_marker
+from tests.builders import append_end_marker, wait_off_window_cutoff
 
 pytestmark = pytest.mark.kafka
 
@@ -95,6 +95,7 @@ def make_capture(path: Path) -> Path:
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(td)
         time.sleep(1.5)
+        wait_off_window_cutoff(20)  # the traffic (a few seconds) must not straddle a window cutoff
         subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", CLIENT], check=True, timeout=60)
         time.sleep(0.5)
         td.send_signal(signal.SIGINT)
