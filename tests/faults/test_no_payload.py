@@ -10,9 +10,6 @@ import base64
 import os
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +18,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from tests.builders import append_end_marker, wait_off_window_cutoff
+from tests.netns import capture_client_run
 
 from .harness import READY, Run
 
@@ -44,47 +41,9 @@ for i in range(12):
 """
 
 
-def _sh(*cmd: str, check: bool = True) -> None:
-    subprocess.run(cmd, check=check, capture_output=True)
-
-
 def make_capture(path: Path, marker: str) -> Path:
-    tag = f"{os.getpid() % 100000}"
-    a, b = f"rsfA{tag}", f"rsfB{tag}"
-    for ns in (a, b):
-        _sh("ip", "netns", "del", ns, check=False)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        _sh("ip", "netns", "add", a)
-        _sh("ip", "netns", "add", b)
-        _sh("ip", "link", "add", "vfa", "netns", a, "type", "veth", "peer", "name", "vfb", "netns", b)
-        _sh("ip", "-n", a, "addr", "add", "10.97.0.1/24", "dev", "vfa")
-        _sh("ip", "-n", b, "addr", "add", "10.97.0.2/24", "dev", "vfb")
-        for ns, dev in ((a, "vfa"), (b, "vfb")):
-            _sh("ip", "-n", ns, "link", "set", dev, "up")
-            _sh("ip", "-n", ns, "link", "set", "lo", "up")
-        procs.append(subprocess.Popen(["ip", "netns", "exec", b, sys.executable, "-m", "http.server", "80",
-                                       "--bind", "10.97.0.2"], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, cwd=path.parent))
-        td = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", "vfb", "-s", "0", "-U", "--immediate-mode",
-                               "-w", str(path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(td)
-        time.sleep(1.5)
-        wait_off_window_cutoff(20)  # the traffic (a few seconds) must not straddle a window cutoff
-        subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", CLIENT, marker], check=True, timeout=90)
-        time.sleep(0.5)
-        td.send_signal(signal.SIGINT)
-        td.wait(10)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                p.wait(10)
-        for ns in (a, b):
-            _sh("ip", "netns", "del", ns, check=False)
-    append_end_marker(path)
-    return path
+    # http.server serves the input directory: the marker files written there are what GETs fetch
+    return capture_client_run(path, "rsf", CLIENT, marker, timeout=90, server_cwd=path.parent)
 
 
 def _topic_bytes(conf: dict[str, Any], topics: list[str]) -> tuple[bytes, int]:

@@ -28,12 +28,11 @@ from rstscope import config
 from rstscope.analyze import Analyzer, Options
 from rstscope.codecs.jsonl import loads
 from rstscope.core.rollup import row_key_text
-from tests.builders import append_end_marker, wait_off_window_cutoff
+from tests.netns import SERVER_IP, capture_client_run
 
 pytestmark = pytest.mark.kafka
 
 REPO = Path(__file__).resolve().parents[2]
-SERVER_IP = "10.97.0.2"
 ROUNDS = 4
 
 CLIENT = r"""
@@ -61,10 +60,6 @@ for _ in range(ROUNDS):
 """.replace("ROUNDS", str(ROUNDS))
 
 
-def _sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(cmd, check=check, capture_output=True)
-
-
 def make_capture(path: Path) -> Path:
     """Real TCP between two network namespaces, captured on the server side with tcpdump.
 
@@ -73,42 +68,7 @@ def make_capture(path: Path) -> Path:
     decided. (A marker sent through the namespaces instead was lost when libpcap had not handed over
     its last block before tcpdump stopped: then every connection was incomplete.)
     """
-    tag = f"{os.getpid() % 100000}"
-    a, b = f"rstpA{tag}", f"rstpB{tag}"
-    for ns in (a, b):
-        _sh("ip", "netns", "del", ns, check=False)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        _sh("ip", "netns", "add", a)
-        _sh("ip", "netns", "add", b)
-        _sh("ip", "link", "add", "vpa", "netns", a, "type", "veth", "peer", "name", "vpb", "netns", b)
-        _sh("ip", "-n", a, "addr", "add", "10.97.0.1/24", "dev", "vpa")
-        _sh("ip", "-n", b, "addr", "add", f"{SERVER_IP}/24", "dev", "vpb")
-        for ns, dev in ((a, "vpa"), (b, "vpb")):
-            _sh("ip", "-n", ns, "link", "set", dev, "up")
-            _sh("ip", "-n", ns, "link", "set", "lo", "up")
-        srv = subprocess.Popen(["ip", "netns", "exec", b, sys.executable, "-m", "http.server", "80", "--bind",
-                                SERVER_IP], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(srv)
-        td = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", "vpb", "-U", "--immediate-mode",
-                               "-w", str(path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        procs.append(td)
-        time.sleep(1.5)
-        wait_off_window_cutoff(20)  # the traffic (a few seconds) must not straddle a window cutoff
-        subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", CLIENT], check=True, timeout=60)
-        time.sleep(0.5)
-        td.send_signal(signal.SIGINT)
-        td.wait(10)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                p.wait(10)
-        for ns in (a, b):
-            _sh("ip", "netns", "del", ns, check=False)
-    append_end_marker(path)
-    return path
+    return capture_client_run(path, "rstp", CLIENT, timeout=60)
 
 
 def _workdir() -> Path:

@@ -1,0 +1,66 @@
+"""A real capture between two network namespaces: an HTTP server, a client script, tcpdump on the server.
+
+Shared by the pipeline tests and the no-payload test. The capture gets an end marker appended (so every
+connection is decided) and its traffic is kept off a 15-minute window cutoff.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.builders import append_end_marker, wait_off_window_cutoff
+
+CLIENT_IP = "10.97.0.1"
+SERVER_IP = "10.97.0.2"
+
+
+def _sh(*cmd: str, check: bool = True) -> None:
+    subprocess.run(cmd, check=check, capture_output=True)
+
+
+def capture_client_run(path: Path, prefix: str, client: str, *client_args: str, timeout: float = 60,
+                       server_cwd: Path | None = None) -> Path:
+    """Run the Python source ``client`` in the client namespace against ``http.server`` on port 80 of
+    SERVER_IP, with tcpdump (full snap length) writing the server side to ``path``."""
+    tag = f"{os.getpid() % 100000}"
+    a, b = f"{prefix}A{tag}", f"{prefix}B{tag}"
+    da, db = f"v{prefix[-2:]}a", f"v{prefix[-2:]}b"
+    for ns in (a, b):
+        _sh("ip", "netns", "del", ns, check=False)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        _sh("ip", "netns", "add", a)
+        _sh("ip", "netns", "add", b)
+        _sh("ip", "link", "add", da, "netns", a, "type", "veth", "peer", "name", db, "netns", b)
+        _sh("ip", "-n", a, "addr", "add", f"{CLIENT_IP}/24", "dev", da)
+        _sh("ip", "-n", b, "addr", "add", f"{SERVER_IP}/24", "dev", db)
+        for ns, dev in ((a, da), (b, db)):
+            _sh("ip", "-n", ns, "link", "set", dev, "up")
+            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        procs.append(subprocess.Popen(["ip", "netns", "exec", b, sys.executable, "-m", "http.server", "80",
+                                       "--bind", SERVER_IP], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, cwd=server_cwd))
+        td = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", db, "-s", "0", "-U", "--immediate-mode",
+                               "-w", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(td)
+        time.sleep(1.5)
+        wait_off_window_cutoff(20)  # the traffic (a few seconds) must not straddle a window cutoff
+        subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", client, *client_args], check=True,
+                       timeout=timeout)
+        time.sleep(0.5)
+        td.send_signal(signal.SIGINT)
+        td.wait(10)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        for ns in (a, b):
+            _sh("ip", "netns", "del", ns, check=False)
+    append_end_marker(path)
+    return path
