@@ -15,13 +15,25 @@ def dumps(obj: Mapping[str, Any]) -> bytes:
     return orjson.dumps(obj)
 
 
-def loads(data: bytes | str) -> dict[str, Any]:
+def _parse(data: bytes | str) -> Any:
     try:
-        obj = orjson.loads(data)
+        return orjson.loads(data)
     except orjson.JSONDecodeError as e:
         raise MalformedRecord(f"not JSON: {e}") from e
+
+
+def loads(data: bytes | str) -> dict[str, Any]:
+    obj = _parse(data)
     if not isinstance(obj, dict):
         raise MalformedRecord("not a JSON object")
+    return obj
+
+
+def loads_array(data: bytes | str) -> list[Any]:
+    """A JSON array (a batch of records); its items are checked by whoever reads them."""
+    obj = _parse(data)
+    if not isinstance(obj, list):
+        raise MalformedRecord("not a JSON array")
     return obj
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from rstscope.codecs.errors import CodecError, MalformedRecord
-from rstscope.codecs.jsonl import dumps, loads
+from rstscope.codecs.jsonl import dumps, loads_array
 from rstscope.core.rollup import Rollup, RowKey, dimension_keys, row_key_text
 from rstscope.streams.offsets import OffsetGuard, periodic
 
@@ -76,19 +76,10 @@ class RollupStage:
 
     def add_batch(self, partition: int, value: bytes, records: Any) -> int:
         """Count a rollup-input message: a JSON array of connection records. Returns how many."""
-        try:
-            recs = orjson.loads(value)
-        except orjson.JSONDecodeError as e:
-            raise MalformedRecord(f"not JSON: {e}") from e
-        if not isinstance(recs, list):
-            raise MalformedRecord("rollup input is not a JSON array of records")
+        recs = loads_array(value)
         for rec in recs:
             self.add_record(partition, rec, records)
         return len(recs)
-
-    def add(self, partition: int, value: bytes, records: Any) -> list[RowKey]:
-        """Count one connection record given as JSON bytes."""
-        return self.add_record(partition, loads(value), records)
 
     def add_record(self, partition: int, rec: Any, records: Any) -> list[RowKey]:
         """Count one connection record (once per id); returns (and marks dirty) the rows it touches."""
