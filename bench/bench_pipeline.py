@@ -16,6 +16,7 @@ Without --bootstrap (and $KAFKA_BOOTSTRAP_SERVERS) a local broker is started in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import struct
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -219,19 +221,23 @@ def main() -> int:
                     help="record the worker with py-spy into FILE (collapsed stacks)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rstscope-bench-"))
-    started = None
-    if not args.bootstrap:
-        from rstscope.kafka import local
+    with local_broker(args.bootstrap, tmp) as bootstrap:
+        return run(bootstrap, args.connections, tmp, args.profile)
 
-        started = tmp / "kafka"
-        args.bootstrap = local.start(1, started)
+
+@contextlib.contextmanager
+def local_broker(bootstrap: str | None, tmp: Path) -> Iterator[str]:
+    """``bootstrap`` if given, else a one-node local broker in ``tmp`` for the duration."""
+    if bootstrap:
+        yield bootstrap
+        return
+    from rstscope.kafka import local
+
+    started = tmp / "kafka"
     try:
-        return run(args.bootstrap, args.connections, tmp, args.profile)
+        yield local.start(1, started)
     finally:
-        if started is not None:
-            from rstscope.kafka import local
-
-            local.stop(started)
+        local.stop(started)
 
 
 def run(bootstrap: str, n: int, tmp: Path, profile: Path | None = None) -> int:

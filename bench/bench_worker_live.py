@@ -44,6 +44,9 @@ from rstscope.packet import TH_ACK, TH_PSH, TH_RST, TH_SYN, PacketRecord  # noqa
 from rstscope.streams.connection_agent import ConnectionStage  # noqa: E402
 from rstscope.streams.topics import all_specs, apply  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pipeline import local_broker, topology_file  # noqa: E402
+
 SERVER = bytes([192, 0, 2, 1])
 
 
@@ -57,17 +60,6 @@ def client_packets(i: int, t: float, k: int, end: int | None = None) -> list[Pac
         specs.append((end, isn + 1 + (100 if k >= 3 else 0), 0, 0, 0))
     return [PacketRecord(t + j * 0.001, 4, src, SERVER, sport, 443, f, s, a, 100 + j, 64, 64240, pl, ol)
             for j, (f, s, a, pl, ol) in enumerate(specs)]
-
-
-def topology_file(tmp: Path, tag: str) -> Path:
-    import yaml
-
-    raw = yaml.safe_load(config.DEFAULT_PATH.read_text())
-    for role, t in raw["topics"].items():
-        t["name"] = f"{tag}.{role}"
-    path = tmp / f"topology-{tag}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def rss(pid: int) -> int:
@@ -237,22 +229,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rstscope-bench-"))
-    started = None
-    if not args.bootstrap:
-        from rstscope.kafka import local
-
-        started = tmp / "kafka"
-        args.bootstrap = local.start(1, started)
-    try:
+    with local_broker(args.bootstrap, tmp) as bootstrap:
         if args.what == "memory":
-            memory(args.bootstrap, tmp, args.connections, args.packets)
+            memory(bootstrap, tmp, args.connections, args.packets)
         else:
-            latency(args.bootstrap, tmp, args.rate, args.seconds)
-    finally:
-        if started is not None:
-            from rstscope.kafka import local
-
-            local.stop(started)
+            latency(bootstrap, tmp, args.rate, args.seconds)
     return 0
 
 
