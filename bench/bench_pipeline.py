@@ -88,7 +88,7 @@ def topology_file(tmp: Path, tag: str) -> Path:
 
 def gate(topo: config.Topology) -> Gate:
     w = topo.window
-    return Gate(Direction(["192.0.2.1"], [443]), Sampler(1.0), w.max_packets, w.idle_timeout_s)
+    return Gate(Direction(["192.0.2.1"], [443]), Sampler(1.0), w)
 
 
 def bench_edge(bootstrap: str, topo: config.Topology, pcap: Path) -> tuple[float, int]:

@@ -12,11 +12,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rstscope.capture.files import FileStats, read_frames
 from rstscope.config import Topology
-from rstscope.core.record import make_record
+from rstscope.core.record import ConnectionRecord, make_record
 from rstscope.core.rollup import Rollup
 from rstscope.core.summary import Summary
 from rstscope.core.table import ConnectionTable, Finished
@@ -26,7 +25,7 @@ from rstscope.geo import GeoDB
 from rstscope.packet import PacketRecord
 from rstscope.sampling import Gate, Sampler
 
-RecordSink = Callable[[dict[str, Any]], None]
+RecordSink = Callable[[ConnectionRecord], None]
 ENGINES = ("batch", "packet")
 
 
@@ -72,11 +71,10 @@ class Analyzer:
         w = topology.window
         self.topology = topology
         self.gate = Gate(Direction(options.server_ips, options.server_ports),
-                         Sampler(options.probability, options.sample_mode, options.sample_key),
-                         w.max_packets, w.idle_timeout_s)
+                         Sampler(options.probability, options.sample_mode, options.sample_key), w)
         self.table = ConnectionTable(w)
         self.geo = geo or GeoDB.empty()
-        self.summary = Summary()
+        self.summary = Summary(mode=w.mode)
         self.rollup = Rollup(w.size_s)
         self.on_record = on_record
         self.files: list[FileStats] = []
@@ -93,7 +91,7 @@ class Analyzer:
             if f.excluded:
                 continue
             g = self.geo.lookup(f.conn.key[0])
-            rec = make_record(f.conn, w.max_packets, ev, g.country, g.asn, g.as_name)
+            rec = make_record(f.conn, w.max_packets, ev, w.mode, g.country, g.asn, g.as_name)
             self.summary.count(rec)
             self.rollup.add(rec)
             if self.on_record is not None:
@@ -153,22 +151,9 @@ class Analyzer:
                 done = add(pkt)
                 if done:
                     finish(done)
-        # The input ends at its latest frame (TCP or not): what idled out before then is decided.
-        finish(self.table.advance(self.end_ts))
-        finish(self.table.close())
-        self._collect_counters()
+        # The input ends at its latest frame (TCP or not): the cutoff of what is still undecided.
+        finish(self.table.close(self.end_ts))
+        self.summary.take_counters(self.gate.counters, self.table.counters)
         if progress is not None:
             progress.done()
         return self.summary
-
-    def _collect_counters(self) -> None:
-        s = self.summary
-        g = self.gate.counters
-        t = self.table.counters
-        for k in ("server_to_client", "other_traffic", "unsampled", "beyond_max_packets", "sampled"):
-            s.packets[k] = g.get(k, 0)
-        s.packets["after_close"] = t.get("after_close", 0)
-        s.packets["client_to_server"] = s.packets["tcp"] - g.get("server_to_client", 0) - g.get("other_traffic", 0)
-        s.excluded["no_syn"] = g.get("no_syn", 0) + t.get("no_syn", 0)
-        for k in ("multi_syn", "incomplete", "superseded", "late"):
-            s.excluded[k] = t.get(k, 0)

@@ -49,9 +49,14 @@ def add_analyze(sub: Any) -> None:
                    help="probability of keeping a new connection (default 1: every connection)")
     p.add_argument("--sample-mode", choices=("random", "hash"), default=None,
                    help="random (secret key per run) or hash (same decision for a tuple on every host)")
-    p.add_argument("--idle", type=float, default=None, metavar="S", help="inactivity timeout in seconds")
-    p.add_argument("--margin", type=float, default=None, metavar="S",
-                   help="cutoff margin: flows this close to a window's end or the input's end are incomplete")
+    p.add_argument("--idle", type=float, default=None, metavar="S",
+                   help="idle mode (not the blog's method; results say so): a connection quiet for S seconds is a "
+                        "timeout at once (default: window mode, no inactivity timer)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="a connection that did not end is a timeout when its last packet lies S seconds or more "
+                        "before the cutoff (its window's end or the input's end), else incomplete (default 10)")
+    p.add_argument("--grace", type=float, default=None, metavar="S",
+                   help="an ended connection takes further packets for S seconds after its last one (default 10)")
     p.add_argument("--geo", type=Path, default=None, metavar="DIR", help="directory with .mmdb files")
     p.add_argument("--out", type=Path, default=None, metavar="FILE", help="write connections as JSON lines")
     p.add_argument("--rollups", type=Path, default=None, metavar="FILE", help="write rollup rows as JSON lines")
@@ -76,14 +81,20 @@ def run_analyze(args: argparse.Namespace) -> int:
 
     topo = config.load(args.topology)
     w = topo.window
-    if args.idle is not None or args.margin is not None:
-        w = dataclasses.replace(
-            w,
-            idle_timeout_s=args.idle if args.idle is not None else w.idle_timeout_s,
-            cutoff_margin_s=args.margin if args.margin is not None else w.cutoff_margin_s,
-        )
-        topo = dataclasses.replace(topo, window=w)
-        config.validate(topo)
+    changes: dict[str, object] = {}
+    if args.idle is not None:
+        changes.update(mode=config.MODE_IDLE, idle_s=args.idle)
+    if args.timeout is not None:
+        changes["timeout_s"] = args.timeout
+    if args.grace is not None:
+        changes["grace_s"] = args.grace
+    if changes:
+        topo = dataclasses.replace(topo, window=dataclasses.replace(w, **changes))  # type: ignore[arg-type]
+        try:
+            config.validate(topo)
+        except config.TopologyError as e:
+            print(f"rstscope: {e}", file=sys.stderr)
+            return 2
     for f in args.files:
         if not f.is_file():
             print(f"rstscope: {f}: no such file", file=sys.stderr)

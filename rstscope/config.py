@@ -19,12 +19,21 @@ class TopologyError(ValueError):
     """topology.yaml is missing a field or holds a value that makes no sense."""
 
 
+MODE_WINDOW = "window"  # the blog's method (SPEC 4): no inactivity timer, decided at the cutoff
+MODE_IDLE = "idle"  # explicit, lower latency and memory: quiet for idle_s -> timeout at once
+MODES = (MODE_WINDOW, MODE_IDLE)
+
+
 @dataclass(frozen=True, slots=True)
 class WindowParams:
-    size_s: int = 900
-    idle_timeout_s: float = 10.0
-    cutoff_margin_s: float = 10.0
-    max_packets: int = 10
+    """How packets become connections and when a connection is decided (SPEC section 4)."""
+
+    size_s: int = 900  # tumbling windows of event time (15 minutes)
+    max_packets: int = 10  # the first N client packets of a connection, the SYN included
+    timeout_s: float = 10.0  # not ended: a timeout when its last packet lies this long before the cutoff
+    grace_s: float = 10.0  # ended: emitted once the watermark passes its last packet by this much
+    mode: str = MODE_WINDOW  # window | idle
+    idle_s: float = 3.0  # idle mode only: quiet this long -> a timeout at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +67,13 @@ class Topology:
     source: str = "<defaults>"
 
 
+# Keys of earlier releases, with what replaced them (a clear error instead of a silent change of method).
+_RENAMED = {
+    "idle_timeout_s": "window.timeout_s (the cutoff rule) or window.mode: idle with window.idle_s",
+    "cutoff_margin_s": "window.timeout_s",
+}
+
+
 def _section(cls: type[Any], raw: Any, name: str) -> Any:
     if raw is None:
         return cls()
@@ -65,6 +81,9 @@ def _section(cls: type[Any], raw: Any, name: str) -> Any:
         raise TopologyError(f"topology: '{name}' must be a mapping")
     known = set(cls.__dataclass_fields__)
     unknown = set(raw) - known
+    old = sorted(k for k in unknown if k in _RENAMED)
+    if old:
+        raise TopologyError(f"topology: '{name}.{old[0]}' was replaced by {_RENAMED[old[0]]} (docs/method.md)")
     if unknown:
         raise TopologyError(f"topology: unknown key(s) in '{name}': {', '.join(sorted(unknown))}")
     try:
@@ -95,8 +114,10 @@ def load(path: Path | str | None = None) -> Topology:
 
 def validate(t: Topology) -> None:
     w = t.window
-    if w.size_s <= 0 or w.idle_timeout_s <= 0 or w.cutoff_margin_s < 0 or w.max_packets < 1:
+    if w.size_s <= 0 or w.idle_s <= 0 or w.timeout_s < 0 or w.grace_s < 0 or w.max_packets < 1:
         raise TopologyError("topology: window sizes, timeouts and max_packets must be positive")
+    if w.mode not in MODES:
+        raise TopologyError(f"topology: window.mode must be one of {', '.join(MODES)}")
     if not 0.0 < t.sampling.probability <= 1.0:
         raise TopologyError("topology: sampling.probability must be in (0, 1]")
     if t.sampling.mode not in ("random", "hash"):

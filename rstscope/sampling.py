@@ -4,18 +4,20 @@ The decision is a keyed hash of the connection's endpoints, so it needs no state
 of an unsampled connection recomputes the same "no" and costs nothing. ``hash`` mode uses a key
 shared by all hosts (the same tuple gets the same decision everywhere); ``random`` mode draws a
 secret key per process, which is uniform random selection that a client cannot predict.
-The gate then keeps a small entry only for sampled connections, to pass their first N packets.
+The gate then keeps a small entry only for sampled connections, to pass their first N packets, until
+their window closes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from collections import Counter
 
+from rstscope.config import WindowParams
+from rstscope.core.table import LATE, Step, Track, is_syn, track
 from rstscope.direction import Dir, Direction
-from rstscope.packet import TH_ACK, TH_RST, TH_SYN, PacketRecord
+from rstscope.packet import PacketRecord
 
 Key = tuple[bytes, int, bytes, int]
 _SCALE = float(1 << 64)
@@ -50,13 +52,6 @@ class Sampler:
         return h < self._threshold
 
 
-@dataclass(slots=True)
-class _Entry:
-    syn_seq: int
-    count: int
-    last_ts: float
-
-
 def _reverse(key: Key) -> Key:
     return (key[2], key[3], key[0], key[1])
 
@@ -64,18 +59,22 @@ def _reverse(key: Key) -> Key:
 class Gate:
     """Direction, sampling and the first-N gate: which packets leave the edge.
 
-    Counters (packets): server_to_client, other_traffic, unsampled, no_syn, beyond_max_packets, sampled.
+    It runs the connection table's own rule (``core.table.step``) without keeping packets, so it
+    passes exactly the packets a connection takes and counts the others by the same names.
+    Counters (packets): server_to_client, other_traffic, unsampled, sampled, and the rule's
+    no_syn, beyond_max_packets, after_close, after_idle, late.
     """
 
-    def __init__(self, direction: Direction, sampler: Sampler, max_packets: int = 10,
-                 idle_timeout_s: float = 10.0) -> None:
+    def __init__(self, direction: Direction, sampler: Sampler, params: WindowParams | None = None) -> None:
         self.direction = direction
         self.sampler = sampler
-        self.max_packets = max_packets
-        self.idle = idle_timeout_s
-        self.entries: OrderedDict[Key, _Entry] = OrderedDict()
+        self.params = params or WindowParams()
+        self.max_packets = self.params.max_packets
+        self.size = self.params.size_s
+        self.entries: dict[Key, Track] = {}
         self.counters: Counter[str] = Counter()
         self.watermark = float("-inf")
+        self.current_window = -1
 
     def admit(self, pkt: PacketRecord) -> bool:
         """True when this packet is one of the first N client packets of a sampled connection."""
@@ -87,47 +86,35 @@ class Gate:
         if d is Dir.OTHER:
             c["other_traffic"] += 1
             return False
-        if pkt.ts > self.watermark:
-            self.watermark = pkt.ts
-            self._expire()
+        ts = pkt.ts
+        if ts > self.watermark:
+            self.watermark = ts
+            current = int(ts // self.size) * self.size
+            if current > self.current_window:
+                self.current_window = current
+                self.entries = {k: e for k, e in self.entries.items() if e.window_start >= current}
+        window = int(ts // self.size) * self.size
+        if window < self.current_window:
+            c[LATE] += 1
+            return False
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
-        is_syn = pkt.flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN
         e = self.entries.get(key)
-        if e is not None and pkt.ts - e.last_ts >= self.idle:
-            del self.entries[key]  # idle: that connection is over
-            e = None
-        if e is None and not is_syn and d is Dir.UNKNOWN:
+        if (e is None or e.window_start != window) and d is Dir.UNKNOWN and not is_syn(pkt.flags):
             r = self.entries.get(_reverse(key))
-            if r is not None and pkt.ts - r.last_ts < self.idle:
-                c["server_to_client"] += 1
+            if r is not None and r.window_start == window:
+                c["server_to_client"] += 1  # learnt: the reverse tuple's client sent a SYN in this window
                 return False
         if not self.sampler.keep(key):
             c["unsampled"] += 1
             return False
-        if is_syn and (e is None or e.syn_seq != pkt.seq):
-            # A first SYN, or a new ISN on the tuple: a new connection starts its count.
-            # (A SYN with the same ISN is a retransmission and counts within its connection.)
-            self.entries[key] = _Entry(pkt.seq, 1, pkt.ts)
-            self.entries.move_to_end(key)
-            c["sampled"] += 1
-            return True
-        if e is None:
-            c["no_syn"] += 1
+        o, after = track(e, ts, pkt.flags, pkt.seq, window, self.params)
+        if after is not None and after is not e:
+            self.entries[key] = after
+        if o.step is Step.DROP:
+            c[o.counter] += 1
             return False
-        self.entries.move_to_end(key)
-        e.last_ts = max(e.last_ts, pkt.ts)
-        if e.count >= self.max_packets:
-            c["beyond_max_packets"] += 1
-            return False
-        e.count += 1
+        # OPEN, JOIN, FINISH_OPEN and FINISH_DROP leave the edge: a packet that decides its connection
+        # (FINISH_DROP) decides it in the table too, which then counts it; the table runs the same rule
+        # on the same packets and so never disagrees with the gate.
         c["sampled"] += 1
         return True
-
-    def _expire(self) -> None:
-        entries = self.entries
-        limit = self.watermark - self.idle
-        while entries:
-            key, e = next(iter(entries.items()))
-            if e.last_ts > limit:
-                break
-            del entries[key]

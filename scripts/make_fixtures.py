@@ -17,7 +17,9 @@ What it does
 * Captures on the SERVER side (tcpdump, dumpcap for pcapng) and stops the capture with SIGINT.
 * Derives the expected rstscope results from the captured packets with its own small,
   independent pcap/pcapng reader and classifier (``analyse()`` below, the rules of
-  docs/fixtures.md / SPEC sections 4-5), never by calling rstscope, and writes MANIFEST.json.
+  docs/fixtures.md / SPEC sections 4-5), never by calling rstscope, checks them against the
+  counts each scenario was designed to produce (``hint``; a difference FAILS the fixture: it is
+  not written) and writes MANIFEST.json.
 * Deletes everything it created in ``finally`` (idempotent: a previous run's leftovers are
   removed first).
 
@@ -25,12 +27,13 @@ Timing conventions every fixture follows
 ----------------------------------------
 * A capture never straddles a 15-minute (900 s) window boundary: before each capture the
   script waits until it is >= 90 s past a boundary and far enough from the next one.
-* The scenario traffic is followed by >= 12 s of silence and then one END MARKER: a single
-  SYN from the client to closed port 9 of the server (refused by the server's RST+ACK).
-  A pcap file has no "end of capture" timestamp, so the marker's timestamp is the capture
-  end; every scenario connection is therefore >= 12 s older than the end (not incomplete),
-  and the marker itself is the one connection excluded as ``incomplete`` in each fixture
-  (except ``incomplete.pcap``, which deliberately has no marker).
+* A capture ends when its traffic ends: tcpdump is stopped about 1 s after the scenario's last
+  packet. There is no end marker: a pcap file has no "end of capture" timestamp, so the end of
+  input is the last frame, exactly as for a user's capture. A connection that ended (RST, FIN or
+  10 packets) is classified however close to that end it lies; one that has not ended is a
+  timeout only when its last packet lies >= 10 s before the end, so every scenario that wants
+  timeouts makes real later traffic (an ordinary curl workload whose connections all close with
+  FIN) for more than 10 s after its idle connections went quiet.
 
 Debian packages needed (Debian 12): python3 (>= 3.9, stdlib only), iproute2, ethtool,
 iptables, tcpdump, libpcap0.8, curl, nginx-light, nmap, zmap, hping3, masscan,
@@ -68,10 +71,12 @@ CLI_MAC, SRV_MAC = "02:99:00:00:00:01", "02:99:00:00:00:02"
 C4, S4 = "10.99.0.1", "10.99.0.2"
 C6, S6 = "fd99::1", "fd99::2"
 SINK_PORTS = [22, 23, 443, 8080, 8081]  # "open" ports served by the sink (never answers data)
-MARKER_PORT = 9                          # closed port used for the end marker SYN
-WINDOW = 900
-IDLE_TIMEOUT = 10.0
+BLACKHOLE_PORT = 9999                    # server-ns iptables DROPs SYNs to it (syn_retries)
+WINDOW = 900                             # 15-minute tumbling windows
+GRACE = 10.0                             # grace period / timeout threshold of the method (SPEC 4)
+MAX_PKTS = 10                            # first 10 client packets, SYN included
 HTTP_REQ = b"GET / HTTP/1.1\r\nHost: fixture\r\nUser-Agent: rstscope-fixture\r\n\r\n"
+HTTP_REQ_CLOSE = b"GET / HTTP/1.1\r\nHost: fixture\r\nUser-Agent: rstscope-fixture\r\nConnection: close\r\n\r\n"
 
 NGINX_CONF = """\
 daemon off;
@@ -243,14 +248,6 @@ def helper_client(action: str, host: str, port: int, count: int, extra: list[str
     keep = []
     for _ in range(count):
         s = socket.socket(fam, socket.SOCK_STREAM)
-        if action == "marker":                     # one SYN to a closed port, refused
-            try:
-                s.connect((host, port))
-                raise SystemExit("marker port unexpectedly open")
-            except ConnectionRefusedError:
-                pass
-            s.close()
-            continue
         if action == "syn_only":                   # SYN-ACK is dropped; give up before the 1 s RTO
             s.settimeout(0.5)
             try:
@@ -290,6 +287,13 @@ def helper_client(action: str, host: str, port: int, count: int, extra: list[str
             s.sendall(HTTP_REQ)
             _read_http_response(s)
             keep.append(s)
+        elif action == "pause_fin":                # request, read the reply, pause extra[0] s, close (FIN)
+            s.sendall(HTTP_REQ)
+            _read_http_response(s)
+            time.sleep(float(extra[0]))
+            s.close()                              # nothing unread: the kernel sends a FIN, not a RST
+            time.sleep(0.3)
+            continue
         else:
             raise SystemExit(f"unknown client action {action}")
         if s not in keep:
@@ -300,6 +304,44 @@ def helper_client(action: str, host: str, port: int, count: int, extra: list[str
         print("ready", flush=True)
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
         # exit quietly: sockets are closed after the capture has been stopped
+
+
+def _bound_socket(fam: int, cport: int) -> socket.socket:
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("", cport))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def helper_port_reuse(host: str, port: int, cport: int, pause: float) -> None:
+    """Three connections from the SAME client port (SO_REUSEADDR + bind) to nginx, each with a new ISN.
+
+    1. `Connection: close` request; nginx answers and closes first (the server, not the client, holds
+       TIME_WAIT), the client reads to EOF and closes: FIN.  2. 1 s later: request, read the reply,
+       abort with SO_LINGER(1,0): RST+ACK.  3. `pause` s later: like 1 (FIN).
+    """
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for k in range(3):
+        if k == 1:
+            time.sleep(1.0)
+        elif k == 2:
+            time.sleep(pause)
+        s = _bound_socket(fam, cport)
+        s.connect((host, port))
+        if k == 1:
+            s.sendall(HTTP_REQ)
+            _read_http_response(s)
+            time.sleep(0.2)
+            _linger0(s)
+            s.close()
+        else:
+            s.sendall(HTTP_REQ_CLOSE)
+            while s.recv(4096):
+                pass
+            s.close()
+        time.sleep(0.3)
+    print("done", flush=True)
 
 
 def helper_sink(ports: list[int]) -> None:
@@ -493,53 +535,64 @@ def tcp_fields(ip: bytes) -> dict | None:
     fl = offflags & 0x3F
     return dict(src=src, dst=dst, sp=sp, dp=dp, seq=seq, ack=ack, win=win, ttl=ttl, ipid=ipid,
                 fin=bool(fl & 1), syn=bool(fl & 2), rst=bool(fl & 4), psh=bool(fl & 8), ackf=bool(fl & 16),
-                plen=l4len - doff, dstraw=ip[16:20] if v == 4 else None)
+                plen=l4len - doff, optlen=doff - 20, dstraw=ip[16:20] if v == 4 else None)
 
 
-def classify(pkts: list[dict]) -> dict:
-    """Apply the rules (SPEC 5 + team decisions) to the <= 10 client packets of one connection."""
+def is_syn(p: dict) -> bool:
+    """A SYN opens a connection: SYN set, ACK and RST clear."""
+    return p["syn"] and not p["ackf"] and not p["rst"]
+
+
+def is_data(p: dict) -> bool:
+    return not p["syn"] and not p["rst"] and (p["psh"] or p["plen"] > 0)
+
+
+def classify(pkts: list[dict], timed_out: bool) -> dict:
+    """Stage, tags and signature of one connection (its <= 10 client packets), SPEC 5.
+
+    `timed_out`: the connection did not end (no RST, no FIN, < 10 packets) and its last packet lies
+    >= 10 s before its cutoff. Packets are a set; where order matters it comes from sequence numbers.
+    """
     rsts = [p for p in pkts if p["rst"] and not p["ackf"]]
     rstacks = [p for p in pkts if p["rst"] and p["ackf"]]
     non_rst = [p for p in pkts if not p["rst"]]
     fin = any(p["fin"] for p in pkts)
-    data_seqs = []
-    for p in non_rst:
-        if not p["syn"] and (p["psh"] or p["plen"] > 0) and p["seq"] not in data_seqs:
-            data_seqs.append(p["seq"])
+    data_seqs = sorted({p["seq"] for p in non_rst if is_data(p)})
     ndata = len(data_seqs)
-    tags, sig = [], None
+    tags: list[str] = []
+    sig = None
     if rsts or rstacks:
         tags.append("reset")
         if ndata >= 2:
             stage = "later_in_flow"
         elif ndata == 1:
             stage = "post_psh"
-        elif any(not p["syn"] for p in non_rst):
+        elif any(not p["syn"] and p["ackf"] for p in non_rst):
             stage = "post_ack"
-        else:
+        else:  # only SYN(s), or packets without ACK (a bare FIN shows no progress past the SYN)
             stage = "post_syn"
         if fin:
             tags.append("fin")
-        if len(rsts) == 1:
+        nr, nra = len(rsts), len(rstacks)
+        acktag = None
+        if nr and nra:
+            tags.append("rst_and_rstacks")
+        elif nr == 1:
             tags.append("single_rst")
-        if len(rsts) > 1:
-            tags.append("multiple_rsts")
+        elif nr > 1:
             acks = [p["ack"] for p in rsts]
             if len(set(acks)) == 1:
                 acktag = "acknumsame0" if acks[0] == 0 else "acknumsame"
             else:
                 acktag = "acknumdiff0" if 0 in acks else "acknumdiff"
-            tags.append(acktag)
-        if len(rstacks) == 1:
+            tags += ["multiple_rsts", acktag]
+        elif nra == 1:
             tags.append("single_rstack")
-        if len(rstacks) > 1:
+        else:
             tags.append("multiple_rstacks")
-        if rsts and rstacks:
-            tags.append("rst_and_rstacks")
-        nr, nra = len(rsts), len(rstacks)
         if not fin:
             if stage == "post_syn":
-                sig = {(True, False): "SYN→RST", (False, True): "SYN→RST+ACK", (True, True): "SYN→RST;RST+ACK"}[(nr > 0, nra > 0)]
+                sig = "SYN→RST;RST+ACK" if nr and nra else ("SYN→RST" if nr else "SYN→RST+ACK")
             elif stage == "post_ack":
                 if nr and nra:
                     sig = None
@@ -559,27 +612,51 @@ def classify(pkts: list[dict]) -> dict:
                            "acknumdiff": "PSH+ACK→RST≠RST", "acknumdiff0": "PSH+ACK→RST;RST0"}[acktag]
             else:
                 sig = None if (nr and nra) else ("PSH+ACK;Data→RST" if nr else "PSH+ACK;Data→RST+ACK")
-    elif fin or len(pkts) >= 10:
-        stage = "no_match"
+        return {"stage": stage, "tags": tags, "signature": sig}
+    if not timed_out:  # ended by a FIN or by its 10th packet, without RST
+        return {"stage": "no_match", "tags": tags, "signature": None}
+    tags.append("timeout")
+    isn = pkts[0]["seq"]
+
+    def rel(x: int) -> int:  # sequence-number order, relative to the SYN's ISN
+        return (x - isn) % (1 << 32)
+
+    later = [p for p in pkts if not p["syn"]]
+    if not later:
+        stage, sig = "post_syn", "SYN→∅"
+    elif ndata == 0 and all(p["ackf"] for p in later) and len({p["ack"] for p in later}) == 1:
+        stage, sig = "post_ack", "SYN;ACK→∅"  # only the handshake ACK (retransmissions of it allowed)
+    elif ndata == 1 and all(rel(p["seq"]) <= rel(data_seqs[0]) for p in later):
+        stage, sig = "post_psh", "PSH+ACK→∅"  # the first data packet, and nothing after it in sequence space
     else:
-        tags.append("timeout")
-        last = pkts[-1]
-        non_syn = [p for p in pkts if not p["syn"]]
-        if not non_syn:
-            stage, sig = "post_syn", "SYN→∅"
-        elif ndata == 0 and not non_syn[0]["plen"] and all(p["ack"] == non_syn[0]["ack"] for p in non_syn):
-            stage, sig = "post_ack", "SYN;ACK→∅"
-        elif ndata == 1 and not last["syn"] and last["seq"] == data_seqs[0] and (last["psh"] or last["plen"] > 0) \
-                and all(not (p["psh"] or p["plen"]) for p in non_syn if p is not last and p["seq"] != data_seqs[0]):
-            stage, sig = "post_psh", "PSH+ACK→∅"
-        else:
-            stage = "no_match"
+        stage, sig = "no_match", None         # e.g. a keep-alive client that ACKed the response, then quiet
     return {"stage": stage, "tags": tags, "signature": sig}
 
 
-def analyse(path: Path) -> dict:
+def analyse(path: Path, single_window: bool = True) -> dict:
+    """The expected results for one capture file (SPEC 4: the blog's method, exactly).
+
+    Direction: the endpoint that received the first SYN of an endpoint pair is the server; only
+    client->server packets are used. Per 4-tuple, in capture order:
+    * no connection of the tuple in the packet's 15-minute window: a SYN opens one, anything else is
+      `no_syn` (ignored);
+    * open connection that has not ended (no RST, no FIN, < 10 packets): the packet joins it, whatever
+      it is (a second SYN, same or new seq, makes it `multi_syn`);
+    * ended (RST or FIN seen) and still collecting: a packet >= 10 s after its latest packet seals it
+      (then see below); otherwise a SYN with a new seq opens a new connection and anything else joins
+      (up to 10 packets);
+    * sealed (10 packets, or the grace rule): a SYN with a new seq opens a new connection, anything
+      else is `after_close` (ignored).
+    Decision: multi_syn (>= 2 SYNs) is excluded; an ended connection is classified; one that has not
+    ended times out when its last packet lies >= 10 s before min(window end, end of input), else it is
+    `incomplete` (excluded). End of input: the timestamp of the file's last frame of any kind.
+    """
+    frames = read_capture(path)
+    if not frames:
+        raise RuntimeError(f"{path}: empty capture")
+    end = max(ts for ts, _, _ in frames)
     pkts = []
-    for ts, lt, frame in read_capture(path):
+    for ts, lt, frame in frames:  # capture order, never re-sorted
         ip = l3(lt, frame)
         if ip is None or len(ip) < 20:
             continue
@@ -589,71 +666,80 @@ def analyse(path: Path) -> dict:
             pkts.append(t)
     if not pkts:
         raise RuntimeError(f"{path}: no TCP packets")
-    pkts.sort(key=lambda p: p["ts"])  # stable
-    end = max(ts for ts, _, _ in read_capture(path))
-    windows = {int(p["ts"] // WINDOW) for p in pkts}
-    if len(windows) != 1:
+    if single_window and len({int(p["ts"] // WINDOW) for p in pkts}) != 1:
         raise RuntimeError(f"{path}: capture straddles a 15-minute window boundary")
-    server_of: dict = {}   # unordered endpoint pair -> server endpoint (receiver of the first SYN)
-    current: dict = {}     # 5-tuple -> open connection
-    conns = []
-    facts = Counter()
+    server_of: dict = {}   # unordered endpoint pair -> server endpoint (receiver of the pair's first SYN)
+    current: dict = {}     # 4-tuple -> its latest connection
+    conns: list[dict] = []
+    facts: Counter = Counter()
     for p in pkts:
         a, b = (p["src"], p["sp"]), (p["dst"], p["dp"])
         pair = frozenset((a, b))
         if pair not in server_of:
-            if p["syn"] and not p["ackf"]:
-                server_of[pair] = b
-            else:
-                continue
+            if not is_syn(p):
+                continue  # direction not known yet
+            server_of[pair] = b
         if server_of[pair] != b:
             continue  # server -> client
         key = (p["src"], p["sp"], p["dst"], p["dp"])
+        win = int(p["ts"] // WINDOW)
+        syn = is_syn(p)
+        if syn:
+            facts["client_syn_packets"] += 1
         c = current.get(key)
-        if c is not None and not c["ended"] and p["ts"] - c["pkts"][-1]["ts"] >= IDLE_TIMEOUT:
-            c["ended"] = True  # finalized by inactivity
-        if p["syn"] and not p["ackf"]:
-            if c is not None and p["seq"] == c["pkts"][0]["seq"]:
-                if len(c["pkts"]) < 10:
-                    c["multi_syn"] = True
-                    c["pkts"].append(p)
-                continue
-            if c is not None and not c["ended"]:
-                raise RuntimeError(f"{path}: ambiguous new SYN on an open connection {key}")
-            c = {"key": key, "pkts": [p], "ended": False, "multi_syn": False}
-            current[key] = c
-            conns.append(c)
-            facts["client_syns"] += 1
-            if p["ipid"] == 54321 and p["win"] == 65535:
-                facts["zmap_syns"] += 1
-            if p["dstraw"] is not None and p["seq"] == struct.unpack("!I", p["dstraw"])[0]:
-                facts["mirai_syns_seq_eq_dst"] += 1
-            if p["ipid"] is not None and p["ipid"] == (struct.unpack("!I", p["dstraw"])[0] ^ p["dp"] ^ p["seq"]) & 0xFFFF:
-                facts["masscan_ipid_syns"] += 1
+        if c is not None and c["window"] != win:
+            c = None  # a connection only holds packets of its own window
+        if c is not None and not c["ended"]:
+            c["pkts"].append(p)  # joins, whatever it is
+            c["ended"] = p["rst"] or p["fin"] or len(c["pkts"]) >= MAX_PKTS
+            c["sealed"] = len(c["pkts"]) >= MAX_PKTS
             continue
-        if c is None or len(c["pkts"]) >= 10:
+        if c is not None and not c["sealed"] and p["ts"] - max(q["ts"] for q in c["pkts"]) >= GRACE:
+            c["sealed"] = True  # grace period over
+        new_syn = syn and c is not None and p["seq"] not in {q["seq"] for q in c["pkts"] if is_syn(q)}
+        if c is not None and not c["sealed"] and not new_syn:
+            c["pkts"].append(p)  # ended, still collecting (e.g. a further RST)
+            c["sealed"] = len(c["pkts"]) >= MAX_PKTS
             continue
-        c["pkts"].append(p)
-        if p["rst"] or p["fin"] or len(c["pkts"]) >= 10:
-            c["ended"] = True
+        if c is None and not syn:
+            facts["no_syn_packets"] += 1
+            continue
+        if c is not None and not new_syn:
+            facts["after_close_packets"] += 1
+            continue
+        # a new connection: no connection in this window, or a SYN with a new seq after the last one ended
+        c = {"key": key, "window": win, "pkts": [p], "ended": False, "sealed": False}
+        current[key] = c
+        conns.append(c)
+        facts["connections_opened"] += 1
+        if p["ipid"] == 54321 and p["win"] == 65535:
+            facts["zmap_syns"] += 1
+        if p["dstraw"] is not None and p["seq"] == struct.unpack("!I", p["dstraw"])[0]:
+            facts["mirai_syns_seq_eq_dst"] += 1
+        if p["ipid"] is not None and p["ipid"] == (struct.unpack("!I", p["dstraw"])[0] ^ p["dp"] ^ p["seq"]) & 0xFFFF:
+            facts["masscan_ipid_syns"] += 1
     expect = {"connections": 0, "stages": dict.fromkeys(["post_syn", "post_ack", "post_psh", "later_in_flow", "no_match"], 0),
               "tags": Counter(), "signatures": Counter(), "excluded": Counter()}
     detail = []
     for c in conns:
-        last = c["pkts"][-1]["ts"]
-        if end - last < IDLE_TIMEOUT:
-            if c["multi_syn"]:
-                raise RuntimeError(f"{path}: connection both multi_syn and incomplete {c['key']}")
-            expect["excluded"]["incomplete"] += 1
-            detail.append((c["key"], "excluded:incomplete"))
-            continue
-        if c["multi_syn"]:
+        ps = c["pkts"]
+        last = max(q["ts"] for q in ps)
+        ended = any(q["rst"] or q["fin"] for q in ps) or len(ps) >= MAX_PKTS
+        if sum(1 for q in ps if is_syn(q)) >= 2:
             expect["excluded"]["multi_syn"] += 1
-            detail.append((c["key"], "excluded:multi_syn"))
+            detail.append((c["key"], f"excluded:multi_syn ({len(ps)} packets)"))
             continue
-        r = classify(c["pkts"])
-        s = c["pkts"][0]
-        if s["ipid"] == 54321 and s["win"] == 65535:
+        timed_out = False
+        if not ended:
+            cutoff = min((c["window"] + 1) * WINDOW, end)
+            if cutoff - last < GRACE:
+                expect["excluded"]["incomplete"] += 1
+                detail.append((c["key"], f"excluded:incomplete (last packet {cutoff - last:.1f} s before the cutoff)"))
+                continue
+            timed_out = True
+        r = classify(ps, timed_out)
+        s = ps[0]
+        if s["win"] == 65535 and (s["ipid"] == 54321 or s["optlen"] <= 4):
             r["tags"].append("zmap")
         expect["connections"] += 1
         expect["stages"][r["stage"]] += 1
@@ -663,7 +749,8 @@ def analyse(path: Path) -> dict:
         detail.append((c["key"], r))
     for k in ("tags", "signatures", "excluded"):
         expect[k] = dict(sorted(expect[k].items()))
-    return {"expect": expect, "facts": dict(facts), "detail": detail, "duration": end - pkts[0]["ts"]}
+    return {"expect": expect, "facts": dict(sorted(facts.items())), "detail": detail,
+            "duration": end - min(ts for ts, _, _ in frames)}
 
 
 # ----------------------------------------------------------------------------------------
@@ -737,6 +824,21 @@ def tcpdump(dev: str, path: Path, *opts: str) -> list[str]:
     return ["tcpdump", "-i", dev, "-nn", "-s", "200", "-U", "-Z", "root", *opts, "-w", str(path)]
 
 
+WORKLOAD_CURLS = 14
+
+
+def workload(host: str = S4, n: int = WORKLOAD_CURLS) -> str:
+    """Ordinary later traffic: n curl GETs to nginx 1 s apart, each connection closed with FIN by curl.
+
+    It keeps the capture going for ~n s after the scenario's idle connections went quiet, as real
+    traffic on a server does, so those are >= 10 s older than the end of the capture (timeouts).
+    """
+    url = f"http://[{host}]/" if ":" in host else f"http://{host}/"
+    curl(url, n, extra="-6 -g" if ":" in host else "", gap=1.0)
+    return (f" Then an ordinary workload: {n} x `curl {url}` 1 s apart (nginx, each closed with FIN: {n} no_match), "
+            f"so the capture goes on for ~{n} s after the quiet connections' last packets.")
+
+
 def sc_http_ok(ctx):
     curl(f"http://{S4}/", 8)
     return "8 x `curl http://10.99.0.2/` (nginx), one connection each, closed gracefully with FIN by curl."
@@ -774,7 +876,7 @@ def sc_idle_timeouts(ctx):
     return ("Client-ns iptables drops SYN-ACKs from :8081 (whole run) and 2 python connects to :8081 give up after 0.5 s "
             "(one SYN each, before the 1 s SYN RTO); 2 clients connect to the sink :8080 and stay silent; 2 send one "
             "request to the sink and stay silent; 2 send a request to nginx:80, read the reply (kernel ACKs it) and "
-            "stay silent. All sockets stay open until the capture has stopped.")
+            "stay silent. All sockets stay open until the capture has stopped." + workload())
 
 
 def sc_nmap_syn(ctx):
@@ -782,7 +884,7 @@ def sc_nmap_syn(ctx):
     return ("`nmap -sS -Pn -n -p 21,22,25,80,443,3306,5432,8080 --max-retries 0 10.99.0.2`; open: 22,80,443,8080 "
             "(nginx + sink), closed: 21,25,3306,5432. Captured with `tcpdump -Q in` (client->server only). Open ports: "
             "SYN, server SYN-ACK, client kernel RST (nmap uses a raw socket; nmap itself sent no RST). Closed ports: only "
-            "the SYN is seen (server RST+ACK not captured), i.e. SYN→∅ timeouts.")
+            "the SYN is seen (server RST+ACK not captured), i.e. SYN→∅ timeouts." + workload())
 
 
 def sc_zmap(ctx):
@@ -796,7 +898,7 @@ def sc_hping3(ctx):
     nsx(CLI, f"hping3 -q -S -p 81 -c 5 -i u300000 {S4}", check=False)
     return ("`hping3 -S -p 80 -c 5` (open, nginx: SYN-ACK then the client kernel's RST) and `hping3 -S -p 81 -c 5` "
             "(closed: server RST+ACK, nothing more from the client); hping3 increments the source port per probe. "
-            "Captured with `tcpdump -Q in`.")
+            "Captured with `tcpdump -Q in`." + workload())
 
 
 def sc_synack_dropped(ctx):
@@ -813,9 +915,9 @@ def sc_nflog(ctx):
     curl(f"http://{S4}/", 4)
     client("abort_ack", S4, 80, 1)
     client("abort_later", S4, 80, 1, 3)
-    return ("Server-ns iptables `-A INPUT -p tcp --dport 80 -j NFLOG --nflog-group 5` (and the same for the end marker's "
-            "port 9), captured with `tcpdump -i nflog:5` (linktype NFLOG, ingress only): 4 curl to nginx, 1 linger abort "
-            "after the handshake, 1 client sending 3 segments to nginx then aborting.")
+    return ("Server-ns iptables `-A INPUT -p tcp --dport 80 -j NFLOG --nflog-group 5 --nflog-size 128`, captured with "
+            "`tcpdump -i nflog:5` (linktype NFLOG, ingress only): 4 curl to nginx, 1 linger abort after the handshake, "
+            "1 client sending 3 segments to nginx then aborting.")
 
 
 def sc_cooked(ctx):
@@ -848,12 +950,15 @@ def sc_tunnel(ctx):
 
 
 def sc_incomplete(ctx):
+    ctx["hold"].append(Background(helper(CLI, "_client", "idle_ack", S4, "8080", "1"), ready="ready"))
+    curl(f"http://{S4}/", 12, gap=1.0)
+    ctx["hold"].append(Background(helper(CLI, "_client", "idle_ack", S4, "8080", "2"), ready="ready"))
     curl(f"http://{S4}/", 1)
-    time.sleep(13)
-    ctx["hold"] = [Background(helper(CLI, "_client", "idle_ack", S4, "8080", "2"), ready="ready")]
-    time.sleep(2)
-    return ("1 curl (complete, FIN), 13 s later 2 clients connect to the sink and stay silent; the capture stops ~2 s "
-            "after their handshake ACKs (no end marker), so they are within 10 s of the capture end.")
+    return ("1 client connects to the sink :8080 and stays silent (SYN, ACK); 12 `curl http://10.99.0.2/` 1 s apart "
+            "(FIN); 2 more clients connect to the sink and stay silent; 1 last curl (FIN); the capture stops ~1 s later. "
+            "The first idle connection is >= 10 s older than the end (a Post-ACK timeout); the 2 late ones are within "
+            "10 s of the end and have not ended (incomplete); the last curl ended with FIN, so it is classified "
+            "although it lies within 10 s of the end.")
 
 
 def sc_mirai(ctx):
@@ -861,7 +966,8 @@ def sc_mirai(ctx):
     nsx(CLI, f"hping3 -q -S -M {seq} -p 23 -c 4 -i u300000 {S4}", check=False)
     nsx(CLI, f"hping3 -q -S -M {seq} -p 2323 -c 2 -i u300000 {S4}", check=False)
     return (f"Mirai-style SYNs with hping3 -M {seq} (sequence number = destination IPv4 address 10.99.0.2 as u32): "
-            "4 to :23 (open, sink: SYN-ACK then client kernel RST), 2 to :2323 (closed: server RST+ACK).")
+            "4 to :23 (open, sink: SYN-ACK then client kernel RST), 2 to :2323 (closed: server RST+ACK, not captured)."
+            + workload())
 
 
 def sc_masscan(ctx):
@@ -890,28 +996,101 @@ def sc_masscan(ctx):
             "masscan's dst-ip ^ dst-port ^ seq rule, TTL 255, window 1024.")
 
 
+def sc_graceful_short(ctx):
+    curl(f"http://{S4}/", 5)
+    return ("5 x `curl http://10.99.0.2/` 0.3 s apart (nginx), each closed with FIN by curl; the capture stops ~1 s "
+            "after the last packet, so every connection lies within 10 s of the end: ended connections are classified "
+            "however close to the end they are.")
+
+
+def sc_linger_aborts(ctx):
+    client("abort_ack", S4, 80, 1)
+    client("abort_psh", S4, 8080, 1)
+    client("abort_later", S4, 8080, 1, 3)
+    return ("3 python clients abort with SO_LINGER(1,0) (RST+ACK): one right after the handshake (nginx :80), one "
+            "after one request segment (sink :8080), one after 3 data segments (sink, TCP_NODELAY); the capture stops "
+            "~1 s after the last RST.")
+
+
+def sc_pause_then_fin(ctx):
+    p = subprocess.Popen(helper(CLI, "_client", "pause_fin", S4, "80", "1", "30"), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    curl(f"http://{S4}/", 6, gap=4.5)
+    if p.wait(timeout=60) != 0:
+        raise RuntimeError(f"pause_fin client failed: {p.stderr.read()}")
+    return ("A python client connects to nginx :80, sends one request, reads the reply (its kernel ACKs it), pauses "
+            "30 s and closes the socket: FIN (nothing unread, so no RST), then ACKs nginx's FIN. Meanwhile 6 "
+            "`curl http://10.99.0.2/` ~4.5 s apart (FIN). One graceful connection with a 30 s gap: no inactivity "
+            "timer, so no timeout; 7 no_match.")
+
+
+def sc_syn_retries(ctx):
+    old = {k: nsx(CLI, f"sysctl -n net.ipv4.{k}").stdout.strip() for k in ("tcp_syn_retries", "tcp_syn_linear_timeouts")}
+    ctx["cleanup"] += [f"ip netns exec {CLI} sysctl -qw net.ipv4.{k}={v}" for k, v in old.items()]
+    nsx(CLI, "sysctl -qw net.ipv4.tcp_syn_retries=5 net.ipv4.tcp_syn_linear_timeouts=0")
+    nsx(SRV, f"iptables -A INPUT -p tcp --dport {BLACKHOLE_PORT} -j DROP")
+    nsx(CLI, f"curl -s -o /dev/null --connect-timeout 33 http://{S4}:{BLACKHOLE_PORT}/", check=False, timeout=60)
+    return (f"Server-ns iptables `-A INPUT -p tcp --dport {BLACKHOLE_PORT} -j DROP` (a blackholed port: tcpdump still "
+            "sees the SYNs, the server never answers); client ns `net.ipv4.tcp_syn_retries=5`, "
+            "`net.ipv4.tcp_syn_linear_timeouts=0` (classic exponential backoff); one "
+            f"`curl --connect-timeout 33 http://10.99.0.2:{BLACKHOLE_PORT}/`: the kernel sends the SYN at 0 s and "
+            "retransmits it with the same ISN at ~1, 3, 7, 15 and 31 s (gaps 1, 2, 4, 8, 16 s), then curl gives up. "
+            "One connection with 6 SYNs: multi_syn, however far apart its SYNs are; no Post-SYN timeouts.")
+
+
+def sc_port_reuse(ctx):
+    out = run_helper(CLI, "_port_reuse", S4, "80", "41000", "12", timeout=60)
+    if "done" not in out:
+        raise RuntimeError(f"port_reuse helper: {out}")
+    return ("Three connections from the SAME client port 41000 to nginx :80 (SO_REUSEADDR + bind; each SYN has a new "
+            "ISN): 1. `Connection: close` request, nginx answers and closes, the client closes: FIN; 2. 1 s later "
+            "(within the 10 s grace period of the first): request, reply, SO_LINGER(1,0) abort: RST+ACK; 3. 12 s "
+            "later (the second is sealed by then): like the first, FIN. 3 classified connections on one 4-tuple in one "
+            "15-minute window.")
+
+
+def sc_keepalive_idle(ctx):
+    ctx["hold"] = [Background(helper(CLI, "_client", "idle_reply", S4, "80", "1"), ready="ready")]
+    return ("An HTTP/1.1 keep-alive python client sends one request to nginx :80, reads the reply (its kernel ACKs it) "
+            "and goes quiet, socket open (nginx keepalive_timeout 120 s)." + workload())
+
+
 # ----------------------------------------------------------------------------------------
 # fixture table
 # ----------------------------------------------------------------------------------------
 
-def F(name, fn, ext="pcap", cap="both", server_ip=S4, ports=(80,), made_by="", est=40, marker=True, hint=None):
+STAGES = ("post_syn", "post_ack", "post_psh", "later_in_flow", "no_match")
+
+
+def F(name, fn, ext="pcap", cap="both", server_ip=S4, ports=(80,), made_by="", est=40, hint=None):
+    """A fixture. `hint`: what the scenario was designed to produce; every stage not listed is 0,
+    `excluded` (multi_syn / incomplete) is exact, `tags` lists the tag counts checked. The oracle's
+    result must equal it, or the fixture fails."""
     return dict(name=name, fn=fn, ext=ext, cap=cap, server_ip=server_ip, ports=list(ports), made_by=made_by,
-                est=est, marker=marker, hint=hint or {})
+                est=est, hint=hint or {})
 
 
+W = WORKLOAD_CURLS  # connections of the later curl workload (all no_match)
 FIXTURES = [
     F("http_ok", sc_http_ok, made_by="tcpdump -i srv0 + nginx + curl", hint={"no_match": 8}),
-    F("abort_post_ack", sc_abort_post_ack, made_by="tcpdump -i srv0 + python SO_LINGER(1,0)", hint={"post_ack": 8}),
-    F("abort_post_psh", sc_abort_post_psh, ports=(80, 8080), made_by="tcpdump -i srv0 + python SO_LINGER(1,0)", hint={"post_psh": 8}),
+    F("abort_post_ack", sc_abort_post_ack, made_by="tcpdump -i srv0 + python SO_LINGER(1,0)",
+      hint={"post_ack": 8, "tags": {"reset": 8, "single_rstack": 8}}),
+    F("abort_post_psh", sc_abort_post_psh, ports=(80, 8080), made_by="tcpdump -i srv0 + python SO_LINGER(1,0)",
+      hint={"post_psh": 8, "tags": {"reset": 8, "single_rstack": 8}}),
     F("abort_later", sc_abort_later, ports=(8080,), made_by="tcpdump -i srv0 + python TCP_NODELAY/SO_LINGER(1,0)",
-      hint={"later_in_flow": 6, "no_match": 2}),
-    F("idle_timeouts", sc_idle_timeouts, ports=(80, 8080, 8081), made_by="tcpdump -i srv0 + python sockets left idle",
-      hint={"post_syn": 2, "post_ack": 2, "post_psh": 2, "no_match": 2}),
-    F("nmap_syn", sc_nmap_syn, cap="in", ports=(21, 22, 25, 80, 443, 3306, 5432, 8080), made_by="tcpdump -Q in -i srv0 + nmap -sS",
-      hint={"post_syn": 8}, est=60),
-    F("zmap", sc_zmap, made_by="tcpdump -i srv0 + zmap 2.1.1", hint={"post_syn": 3}, est=60),
-    F("hping3", sc_hping3, cap="in", ports=(80, 81), made_by="tcpdump -Q in -i srv0 + hping3 -S", hint={"post_syn": 10}),
-    F("synack_dropped", sc_synack_dropped, ports=(8081,), made_by="tcpdump -i srv0 + curl, SYN-ACKs dropped by iptables in the client ns"),
+      hint={"later_in_flow": 6, "no_match": 2, "tags": {"reset": 6, "fin": 2}}),
+    F("idle_timeouts", sc_idle_timeouts, ports=(80, 8080, 8081), est=60,
+      made_by="tcpdump -i srv0 + python sockets left idle + a curl workload",
+      hint={"post_syn": 2, "post_ack": 2, "post_psh": 2, "no_match": 2 + W, "tags": {"timeout": 8}}),
+    F("nmap_syn", sc_nmap_syn, cap="in", ports=(21, 22, 25, 80, 443, 3306, 5432, 8080), est=80,
+      made_by="tcpdump -Q in -i srv0 + nmap -sS + a curl workload",
+      hint={"post_syn": 8, "no_match": W, "tags": {"reset": 4, "timeout": 4}}),
+    F("zmap", sc_zmap, made_by="tcpdump -i srv0 + zmap 2.1.1", hint={"post_syn": 3, "tags": {"zmap": 3}}, est=60),
+    F("hping3", sc_hping3, cap="in", ports=(80, 81), est=60, made_by="tcpdump -Q in -i srv0 + hping3 -S + a curl workload",
+      hint={"post_syn": 10, "no_match": W, "tags": {"reset": 5, "timeout": 5}}),
+    F("synack_dropped", sc_synack_dropped, ports=(8081,),
+      made_by="tcpdump -i srv0 + curl, SYN-ACKs dropped by iptables in the client ns", hint={"excluded": {"multi_syn": 5}}),
     F("nflog", sc_nflog, cap="nflog", made_by="tcpdump -i nflog:5 (iptables NFLOG in the server ns)",
       hint={"no_match": 4, "post_ack": 1, "later_in_flow": 1}),
     F("cooked_sll2", sc_cooked, cap="any", ports=(80, 8080), made_by="tcpdump -i any (LINUX_SLL2) in the server ns",
@@ -930,20 +1109,57 @@ FIXTURES = [
       hint={"no_match": 3, "post_ack": 2, "later_in_flow": 1}),
     F("rawip", sc_tunnel, cap="tun", server_ip="10.99.14.2", ports=(80, 8080), made_by="tcpdump -i stun (tun device, LINKTYPE_RAW)",
       hint={"no_match": 3, "post_ack": 2, "later_in_flow": 1}),
-    F("incomplete", sc_incomplete, ports=(80, 8080), marker=False, made_by="tcpdump -i srv0, stopped 2 s after the last packets",
-      hint={"no_match": 1}),
-    F("mirai", sc_mirai, cap="in", ports=(23, 2323), made_by="tcpdump -Q in -i srv0 + hping3 -S -M <dst ip as u32>",
-      hint={"post_syn": 6}),
-    F("masscan", sc_masscan, ports=(22, 80, 81, 443), made_by="tcpdump -i srv0 + masscan 1.3.2", est=60),
+    F("incomplete", sc_incomplete, ports=(80, 8080), made_by="tcpdump -i srv0, stopped ~1 s after the last packets",
+      hint={"post_ack": 1, "no_match": 13, "excluded": {"incomplete": 2}, "tags": {"timeout": 1}}),
+    F("mirai", sc_mirai, cap="in", ports=(23, 80, 2323), est=60,
+      made_by="tcpdump -Q in -i srv0 + hping3 -S -M <dst ip as u32> + a curl workload",
+      hint={"post_syn": 6, "no_match": W, "tags": {"reset": 4, "timeout": 2}}),
+    F("masscan", sc_masscan, ports=(22, 80, 81, 443), made_by="tcpdump -i srv0 + masscan 1.3.2", est=60,
+      hint={"post_syn": 4, "tags": {"reset": 4}}),
+    F("graceful_short", sc_graceful_short, made_by="tcpdump -i srv0 + curl, stopped ~1 s after the last packet",
+      hint={"no_match": 5}),
+    F("linger_aborts", sc_linger_aborts, ports=(80, 8080),
+      made_by="tcpdump -i srv0 + python SO_LINGER(1,0), stopped ~1 s after the last RST",
+      hint={"post_ack": 1, "post_psh": 1, "later_in_flow": 1, "tags": {"reset": 3, "single_rstack": 3}}),
+    F("pause_then_fin", sc_pause_then_fin, est=60, made_by="tcpdump -i srv0 + python client pausing 30 s before its FIN + curl",
+      hint={"no_match": 7, "tags": {"timeout": 0}}),
+    F("syn_retries", sc_syn_retries, ports=(BLACKHOLE_PORT,), est=60,
+      made_by="tcpdump -i srv0 + curl to a port the server ns DROPs (tcp_syn_retries=5, exponential backoff)",
+      hint={"excluded": {"multi_syn": 1}}),
+    F("port_reuse", sc_port_reuse, est=40, made_by="tcpdump -i srv0 + python sockets bound to one client port",
+      hint={"no_match": 2, "post_psh": 1, "tags": {"reset": 1, "single_rstack": 1}}),
+    F("keepalive_idle", sc_keepalive_idle, est=40, made_by="tcpdump -i srv0 + idle HTTP/1.1 keep-alive client + curl",
+      hint={"no_match": 1 + W, "tags": {"timeout": 1}}),
 ]
 
 
+def hint_problems(hint: dict, expect: dict) -> list[str]:
+    """Differences between a scenario's design and the oracle's reading of its capture."""
+    problems = []
+    want = {st: hint.get(st, 0) for st in STAGES}
+    if want != expect["stages"]:
+        problems.append(f"stages: designed {want}, capture {expect['stages']}")
+    if hint.get("excluded", {}) != expect["excluded"]:
+        problems.append(f"excluded: designed {hint.get('excluded', {})}, capture {expect['excluded']}")
+    for tag, n in hint.get("tags", {}).items():
+        if expect["tags"].get(tag, 0) != n:
+            problems.append(f"tag {tag}: designed {n}, capture {expect['tags'].get(tag, 0)}")
+    return problems
+
+
+class HintMismatch(RuntimeError):
+    pass
+
+
 def run_fixture(fx: dict, out: Path, tmp: Path) -> dict:
-    name, path = fx["name"], out / f"{fx['name']}.{fx['ext']}"
-    log(f"fixture {name} -> {path}")
+    """Capture one scenario into tmp, derive its expectation, check it against the design hint, and only
+    then move the file into `out` (a failed fixture leaves the committed file and manifest entry alone)."""
+    name = fx["name"]
+    final, path = out / f"{name}.{fx['ext']}", tmp / f"{name}.{fx['ext']}"
+    log(f"fixture {name} -> {final}")
     wait_for_safe_window(fx["est"])
-    ctx: dict = {"server_ip": fx["server_ip"], "hold": []}
     cleanup_cmds: list[str] = [f"ip netns exec {SRV} iptables -F INPUT"]
+    ctx: dict = {"server_ip": fx["server_ip"], "hold": [], "cleanup": cleanup_cmds}
     relay = None
     cap_dev = "srv0"
     try:
@@ -980,7 +1196,6 @@ def run_fixture(fx: dict, out: Path, tmp: Path) -> dict:
             # --nflog-size 128: headers only; tcpdump must NOT get -s here (libpcap sizes its netlink
             # buffer from the snaplen and a small one truncates batched NFLOG messages)
             nsx(SRV, "iptables -A INPUT -p tcp --dport 80 -j NFLOG --nflog-group 5 --nflog-size 128")
-            nsx(SRV, f"iptables -A INPUT -p tcp --dport {MARKER_PORT} -j NFLOG --nflog-group 5 --nflog-size 128")
         if relay:
             time.sleep(1)
             nsx(CLI, f"ping -c 1 -W 2 {fx['server_ip']}", check=False)  # warm up (ICMP only)
@@ -996,10 +1211,7 @@ def run_fixture(fx: dict, out: Path, tmp: Path) -> dict:
         cap = Capture(argv, path)
         try:
             what = fx["fn"](ctx)
-            if fx["marker"]:
-                time.sleep(12.5)
-                client("marker", fx["server_ip"], MARKER_PORT, 1)
-                time.sleep(1.0)
+            time.sleep(0.5)  # + 0.5 s in stop(): the capture ends ~1 s after the scenario's last packet
         finally:
             cap.stop()
     finally:
@@ -1009,20 +1221,22 @@ def run_fixture(fx: dict, out: Path, tmp: Path) -> dict:
             relay.stop()
         for c in cleanup_cmds:
             sh(c, check=False)
-    if fx["ext"] == "pcapng" and path.exists():
-        sh(["chmod", "644", str(path)])
+    os.chmod(path, 0o644)
     res = analyse(path)
-    lt = read_capture(path)[0][1]
-    entry = {"file": path.name, "linktype": lt, "made_by": fx["made_by"], "server_ip": fx["server_ip"],
-             "server_ports": sorted(set(fx["ports"]) | ({MARKER_PORT} if fx["marker"] else set())), "expect": res["expect"],
-             "notes": what + (" Ends with the end marker (one SYN to closed port 9, excluded as incomplete)."
-                              if fx["marker"] else ""),
-             "facts": {"capture_seconds": round(res["duration"], 1), **res["facts"]}}
-    for st, n in fx["hint"].items():
-        if res["expect"]["stages"].get(st) != n:
-            log(f"  NOTE: {name}: expected {n} {st} from the scenario design, capture says "
-                f"{res['expect']['stages'].get(st)} (manifest follows the capture)")
     log(f"  {name}: {json.dumps(res['expect'], ensure_ascii=False)} facts={res['facts']}")
+    problems = hint_problems(fx["hint"], res["expect"])
+    if problems:
+        keep = Path(tempfile.gettempdir()) / f"rsfx-failed-{path.name}"
+        shutil.copyfile(path, keep)
+        for k, v in res["detail"]:
+            log(f"    {k} {v}")
+        raise HintMismatch(f"{name}: the capture does not give what the scenario was designed to produce: "
+                           f"{'; '.join(problems)} (capture kept as {keep})")
+    lt = read_capture(path)[0][1]
+    entry = {"file": final.name, "linktype": lt, "made_by": fx["made_by"], "server_ip": fx["server_ip"],
+             "server_ports": sorted(fx["ports"]), "expect": res["expect"], "notes": what,
+             "facts": {"capture_seconds": round(res["duration"], 1), **res["facts"]}}
+    shutil.move(str(path), final)
     return entry
 
 
@@ -1050,7 +1264,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.analyse:
         for f in args.analyse:
-            r = analyse(Path(f))
+            r = analyse(Path(f), single_window=False)
             print(f, json.dumps(r["expect"], ensure_ascii=False), r["facts"])
             for k, v in r["detail"]:
                 print("   ", k, v)
@@ -1077,10 +1291,13 @@ def main() -> int:
         fixtures = sorted(entries.values(), key=lambda e: (order.get(e["file"].removesuffix(".gz").removesuffix(".xz"), 99), e["file"]))
         manifest_path.write_text(json.dumps({
             "generator": "scripts/make_fixtures.py",
-            "rules": "docs/fixtures.md; idle timeout 10 s, 15-minute windows, first 10 client packets",
+            "rules": ("docs/fixtures.md; SPEC 4-5: 15-minute windows, first 10 client packets, no inactivity timer; "
+                      "not ended and last packet >= 10 s before min(window end, last frame): timeout, else incomplete; "
+                      "grace 10 s after an RST/FIN"),
             "fixtures": fixtures}, indent=2, ensure_ascii=False) + "\n")
         log(f"wrote {manifest_path} ({len(fixtures)} fixtures)")
 
+    failed: list[str] = []
     tmp = Path(tempfile.mkdtemp(prefix="rsfx-"))
     os.chmod(tmp, 0o755)
     topo = Topology(tmp)
@@ -1089,7 +1306,12 @@ def main() -> int:
         for fx in FIXTURES:
             if only and fx["name"] not in only:
                 continue
-            e = run_fixture(fx, out, tmp)
+            try:
+                e = run_fixture(fx, out, tmp)
+            except HintMismatch as exc:
+                log(f"  FAILED: {exc}")
+                failed.append(fx["name"])
+                continue
             entries[e["file"]] = e
             if fx["name"] == "abort_post_psh":
                 for c in compressed_copies(out, e["file"], e):
@@ -1098,6 +1320,9 @@ def main() -> int:
     finally:
         topo.down()
         shutil.rmtree(tmp, ignore_errors=True)
+    if failed:
+        log(f"FAILED fixtures (not written; remake them with --only {','.join(failed)}): {failed}")
+        return 1
     return 0
 
 
@@ -1106,6 +1331,8 @@ if __name__ == "__main__":
         cmd, rest = sys.argv[1], sys.argv[2:]
         if cmd == "_client":
             helper_client(rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4:])
+        elif cmd == "_port_reuse":
+            helper_port_reuse(rest[0], int(rest[1]), int(rest[2]), float(rest[3]))
         elif cmd == "_sink":
             helper_sink([int(p) for p in rest])
         elif cmd == "_relay":

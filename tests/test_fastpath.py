@@ -236,8 +236,10 @@ OPTIONS = (
 )
 TOPOLOGIES = (
     Topology(),
-    Topology(window=WindowParams(size_s=60, idle_timeout_s=10, cutoff_margin_s=10, max_packets=10)),
-    Topology(window=WindowParams(size_s=900, idle_timeout_s=2.5, cutoff_margin_s=0.0, max_packets=3)),
+    Topology(window=WindowParams(size_s=60, timeout_s=10, grace_s=10, max_packets=10)),
+    Topology(window=WindowParams(size_s=60, timeout_s=5, grace_s=2.5, max_packets=10, mode="idle", idle_s=3)),
+    Topology(window=WindowParams(size_s=900, timeout_s=0.0, grace_s=2.5, max_packets=3)),
+    Topology(window=WindowParams(size_s=900, timeout_s=10, grace_s=1.0, max_packets=4, mode="idle", idle_s=2.5)),
 )
 
 

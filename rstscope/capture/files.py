@@ -66,16 +66,27 @@ class FileStats:
         self.errors[reason] = self.errors.get(reason, 0) + 1
 
 
+def compression(head: bytes) -> str | None:
+    """The compression a file's first 6 bytes announce (gzip, xz, bzip2), or None."""
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:6] == b"\xfd7zXZ\x00":
+        return "xz"
+    if head[:3] == b"BZh":
+        return "bzip2"
+    return None
+
+
 def open_capture(path: Path) -> IO[bytes]:
     """Open a file, undoing gzip, xz or bzip2 compression by content (not by name)."""
     raw = path.open("rb")
-    head = raw.read(6)
+    kind = compression(raw.read(6))
     raw.seek(0)
-    if head[:2] == b"\x1f\x8b":
+    if kind == "gzip":
         return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
-    if head[:6] == b"\xfd7zXZ\x00":
+    if kind == "xz":
         return lzma.LZMAFile(raw)
-    if head[:3] == b"BZh":
+    if kind == "bzip2":
         return bz2.BZ2File(raw)
     return raw
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from rstscope.config import EvidenceParams
 from rstscope.packet import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, PacketRecord
@@ -35,11 +38,22 @@ SIGNATURES = (
     "PSH+ACK;Data→RST", "PSH+ACK;Data→RST+ACK",
 )
 
-SCANNERS = ("zmap", "masscan", "mirai", "generic")
+SCANNERS = ("zmap", "masscan", "mirai", "nmap", "generic")
 ZMAP_IPID = 54321
 ZMAP_WINDOW = 65535
+ZMAP_MAX_OPT_LEN = 4  # from 4.1 the IP ID is random; the SYN keeps window 65535 and at most an MSS option
 MASSCAN_WINDOWS = frozenset((1024, 1025))
+NMAP_WINDOWS = frozenset((1024, 2048, 3072, 4096))  # nmap's raw SYN probes
+NMAP_OPT_LEN = 4  # ... carry exactly one option, the MSS (4 bytes)
 GENERIC_MIN_TTL = 200
+
+# What the TTL / IP ID evidence of a reset connection rests on (the record's ``evidence`` field).
+EVIDENCE_NONE = None  # no RST: nothing to compare
+EVIDENCE_PACKETS = "packets"  # the RSTs compared with the client's ordinary packets after its SYN
+EVIDENCE_SYN_ONLY = "syn_only"  # the only ordinary packet is the SYN: a different stack (a crafted SYN,
+#   a SYN proxy) explains a difference as well as an injector does; a reading, not a verdict
+EVIDENCE_SCANNER = "scanner"  # the SYN is a scanner's: the spread is the scanner's, never "injected"
+EVIDENCE_BASES = ("packets", "syn_only", "scanner")
 SEQ_HALF = 1 << 31
 SEQ_MOD = 1 << 32
 
@@ -55,70 +69,104 @@ class Verdict:
     ipid_delta: int | None
     injected: bool
     scanner: str | None
+    evidence: str | None  # EVIDENCE_*: what ttl_delta / ipid_delta and injected rest on
 
 
-def _seq_after(a: int, b: int) -> bool:
-    """a comes after b in sequence space (RFC 1982 serial arithmetic)."""
+def where(cond: Any, a: Any, b: Any) -> Any:
+    """``a if cond else b`` for Python scalars, elementwise for numpy arrays: the rules below are
+    written once and serve one connection (classify) and a column of them (the batch engine) alike."""
+    if isinstance(cond, np.ndarray):
+        return np.where(cond, a, b)
+    return a if cond else b
+
+
+def one_of(v: Any, values: frozenset[int]) -> Any:
+    """``v in values`` for a scalar, elementwise for a numpy array."""
+    if isinstance(v, np.ndarray):
+        return np.isin(v, np.fromiter(values, np.int64, len(values)))
+    return v in values
+
+
+def seq_after(a: Any, b: Any) -> Any:
+    """a comes after b in sequence space (RFC 1982 serial arithmetic); ints or numpy arrays."""
     d = (a - b) % SEQ_MOD
-    return 0 < d < SEQ_HALF
+    return (d > 0) & (d < SEQ_HALF)
 
 
-def _is_data(p: PacketRecord) -> bool:
-    return bool(p.flags & TH_PSH) or p.payload_len > 0
+def is_data(flags: Any, payload_len: Any) -> Any:
+    """A data packet: PSH set or a payload (ints or numpy arrays)."""
+    return ((flags & TH_PSH) != 0) | (payload_len > 0)
 
 
-def progress(ordinary: Sequence[PacketRecord]) -> tuple[list[PacketRecord], list[PacketRecord]]:
-    """Split non-RST packets into post-SYN packets and distinct data segments (by seq)."""
-    others = [p for p in ordinary if not p.flags & TH_SYN]
-    seen: dict[int, PacketRecord] = {}
-    for p in others:
-        if _is_data(p) and p.seq not in seen:
-            seen[p.seq] = p
-    return others, list(seen.values())
+def shows_progress(flags: Any, payload_len: Any) -> Any:
+    """A non-RST packet that shows progress past the SYN: not a SYN, and an ACK or data. A packet
+    without the ACK flag (a bare FIN) shows none."""
+    return ((flags & (TH_SYN | TH_RST)) == 0) & (((flags & TH_ACK) != 0) | is_data(flags, payload_len))
 
 
-def reset_stage(others: Sequence[PacketRecord], data: Sequence[PacketRecord]) -> str:
-    """Stage of a reset connection: the progress its non-RST packets show."""
-    if not others:
-        return POST_SYN
-    if not data:
-        return POST_ACK
-    return POST_PSH if len(data) == 1 else LATER
+# Stage codes: indices into STAGES.
+S_POST_SYN, S_POST_ACK, S_POST_PSH, S_LATER, S_NO_MATCH = range(5)
 
 
-def timeout_stage(others: Sequence[PacketRecord], data: Sequence[PacketRecord]) -> str:
-    """Stage of a timed-out connection: what its last packet was (order from sequence numbers)."""
-    if not others:
-        return POST_SYN  # only the SYN (and its retransmissions)
-    if not data:
-        # Post-ACK only if every ACK is the handshake ACK: one acknowledgement number throughout.
-        # A client that acknowledged server data and went quiet is idle, not tampered with.
-        return POST_ACK if len({p.ack for p in others}) == 1 else NO_MATCH
-    if len(data) == 1:
-        first = data[0]
-        if not any(_seq_after(p.seq, first.seq) for p in others):
-            return POST_PSH  # nothing followed the first data packet (retransmissions allowed)
-    return NO_MATCH
+def reset_stage_code(n_progress: Any, n_data: Any) -> Any:
+    """Stage of a reset connection from the progress its non-RST packets show: only the SYN ->
+    Post-SYN; ACKs but no data -> Post-ACK; one data segment -> Post-PSH; more -> Later."""
+    return where(n_data > 1, S_LATER, where(n_data == 1, S_POST_PSH, where(n_progress > 0, S_POST_ACK, S_POST_SYN)))
+
+
+def timeout_stage_code(n_progress: Any, n_data: Any, one_ack: Any, nothing_after_data: Any) -> Any:
+    """Stage of a timed-out connection: what its last packet was (order from sequence numbers).
+
+    Only SYNs -> Post-SYN. No data: Post-ACK when every ACK is the handshake ACK (one acknowledgement
+    number throughout); a client that acknowledged server data and went quiet is idle (None). One
+    data segment and nothing after it (retransmissions allowed) -> Post-PSH. Anything else: None.
+    """
+    return where(n_progress == 0, S_POST_SYN,
+                 where(n_data == 0, where(one_ack, S_POST_ACK, S_NO_MATCH),
+                       where((n_data == 1) & nothing_after_data, S_POST_PSH, S_NO_MATCH)))
+
+
+def is_timeout(has_rst: Any, has_fin: Any, n_packets: Any, max_packets: int) -> Any:
+    """A classified connection timed out when nothing ended it: no RST, no FIN, fewer than
+    max_packets packets (bools/ints or numpy arrays). Which of these are timeouts rather than
+    ``incomplete`` was decided at the cutoff (core.table.exclusion)."""
+    return (has_rst == 0) & (has_fin == 0) & (n_packets < max_packets)
+
+
+def stage_code(packets: Sequence[PacketRecord], rsts: Sequence[PacketRecord], timed_out: bool) -> int:
+    """The stage of one connection (packets as a set)."""
+    prog = [p for p in packets if shows_progress(p.flags, p.payload_len)]
+    data_seqs = {p.seq for p in prog if is_data(p.flags, p.payload_len)}
+    if rsts:
+        return int(reset_stage_code(len(prog), len(data_seqs)))
+    if not timed_out:
+        return S_NO_MATCH
+    first = min(data_seqs) if len(data_seqs) == 1 else 0
+    after = len(data_seqs) == 1 and any(seq_after(p.seq, first) for p in prog)
+    return int(timeout_stage_code(len(prog), len(data_seqs), len({p.ack for p in prog}) == 1, not after))
+
+
+# The composition of a reset: exactly one of these applies (SPEC section 5).
+RST_COMPOSITIONS = ("single_rst", "multiple_rsts", "single_rstack", "multiple_rstacks", "rst_and_rstacks")
 
 
 def reset_tags(rsts: Sequence[PacketRecord], has_fin: bool) -> list[str]:
-    """Sub-tags of ``reset``, each evaluated on its own (SPEC section 5)."""
+    """``reset`` and its nested tags: ``fin``, then exactly one composition (RSTs, RST+ACKs or both);
+    the ``acknum*`` tags read the RSTs without ACK and apply under ``multiple_rsts`` only."""
     tags = ["reset"]
     if has_fin:
         tags.append("fin")
     plain = [p for p in rsts if not p.flags & TH_ACK]
     n_rstack = len(rsts) - len(plain)
-    if len(plain) == 1:
-        tags.append("single_rst")
-    elif len(plain) > 1:
-        tags.append("multiple_rsts")
-        tags.append(acknum_tag([p.ack for p in plain]))
-    if n_rstack == 1:
-        tags.append("single_rstack")
-    elif n_rstack > 1:
-        tags.append("multiple_rstacks")
     if plain and n_rstack:
         tags.append("rst_and_rstacks")
+    elif len(plain) == 1:
+        tags.append("single_rst")
+    elif plain:
+        tags.append("multiple_rsts")
+        tags.append(acknum_tag([p.ack for p in plain]))
+    else:
+        tags.append("single_rstack" if n_rstack == 1 else "multiple_rstacks")
     return tags
 
 
@@ -137,9 +185,9 @@ def signature(stage: str, timed_out: bool, tags: Sequence[str]) -> str | None:
         return {POST_SYN: "SYN→∅", POST_ACK: "SYN;ACK→∅", POST_PSH: "PSH+ACK→∅"}.get(stage)
     if "reset" not in tags:
         return None
+    both = "rst_and_rstacks" in tags
     rst = "single_rst" in tags or "multiple_rsts" in tags
     rstack = "single_rstack" in tags or "multiple_rstacks" in tags
-    both = rst and rstack
     if stage == POST_SYN:
         return "SYN→RST;RST+ACK" if both else "SYN→RST" if rst else "SYN→RST+ACK"
     if stage == POST_ACK:
@@ -190,19 +238,35 @@ def evidence(rsts: Sequence[PacketRecord], ordinary: Sequence[PacketRecord]) -> 
     return ttl_delta, ipid_delta
 
 
+def scanner_code(window: Any, ipid: Any, opt_len: Any, ttl: Any, version: Any, dst_v4: Any, dport: Any,
+                 seq: Any) -> Any:
+    """Which scanner made a SYN, from its header fields (SPEC section 5): 0 none, else 1 + its index
+    in SCANNERS; the first match wins. ``ipid`` is -1 without one (IPv6), ``dst_v4`` the destination
+    IPv4 address as an integer. Ints or numpy arrays."""
+    v4 = (version == 4) & (ipid >= 0)
+    zmap = (window == ZMAP_WINDOW) & ((ipid == ZMAP_IPID) | (opt_len <= ZMAP_MAX_OPT_LEN))
+    masscan = v4 & one_of(window, MASSCAN_WINDOWS) & (ipid == ((dst_v4 ^ dport ^ seq) & 0xFFFF))
+    mirai = v4 & (seq == dst_v4)
+    nmap = one_of(window, NMAP_WINDOWS) & (opt_len == NMAP_OPT_LEN)
+    generic = (opt_len == 0) & (ttl >= GENERIC_MIN_TTL)
+    return where(zmap, 1, where(masscan, 2, where(mirai, 3, where(nmap, 4, where(generic, 5, 0)))))
+
+
 def scanner_mark(syn: PacketRecord) -> str | None:
     """Which scanner made this SYN, judged from its header fields (SPEC section 5)."""
-    if syn.window == ZMAP_WINDOW and (syn.ipid == ZMAP_IPID or syn.opt_len <= 4):
-        return "zmap"  # before 4.1: IP ID 54321; from 4.1: random IP ID, window 65535, MSS only
-    if syn.version == 4 and syn.ipid is not None:
-        dst = int.from_bytes(syn.dst, "big")
-        if syn.window in MASSCAN_WINDOWS and syn.ipid == (dst ^ syn.dport ^ syn.seq) & 0xFFFF:
-            return "masscan"
-        if syn.seq == dst:
-            return "mirai"
-    if syn.opt_len == 0 and syn.ttl >= GENERIC_MIN_TTL:
-        return "generic"
-    return None
+    dst = int.from_bytes(syn.dst, "big") if syn.version == 4 else 0
+    ipid = -1 if syn.ipid is None else syn.ipid
+    code = int(scanner_code(syn.window, ipid, syn.opt_len, syn.ttl, syn.version, dst, syn.dport, syn.seq))
+    return SCANNERS[code - 1] if code else None
+
+
+def plain_verdict(stage: str, timed_out: bool, mark: str | None) -> Verdict:
+    """The verdict of a connection without RSTs: a timeout or nothing, and the scanner's mark."""
+    tags = ["timeout"] if timed_out else []
+    if mark == "zmap":
+        tags.append("zmap")
+    sig = signature(stage, timed_out, tags) if stage != NO_MATCH else None
+    return Verdict(stage, tuple(tags), sig, None, None, False, mark, EVIDENCE_NONE)
 
 
 def classify(packets: Sequence[PacketRecord], max_packets: int = 10,
@@ -212,24 +276,32 @@ def classify(packets: Sequence[PacketRecord], max_packets: int = 10,
     rsts = [p for p in packets if p.flags & TH_RST]
     ordinary = [p for p in packets if not p.flags & TH_RST]
     has_fin = any(p.flags & TH_FIN for p in ordinary)
-    others, data = progress(ordinary)
     syns = [p for p in ordinary if p.flags & (TH_SYN | TH_ACK) == TH_SYN]
     syn = min(syns, key=lambda p: (p.ts, p.seq)) if syns else None
-    timed_out = not rsts and not has_fin and len(packets) < max_packets
-    tags: list[str]
-    if rsts:
-        stage = reset_stage(others, data)
-        tags = reset_tags(rsts, has_fin)
-    elif timed_out:
-        stage = timeout_stage(others, data)
-        tags = ["timeout"]
-    else:
-        stage, tags = NO_MATCH, []
+    timed_out = bool(is_timeout(bool(rsts), has_fin, len(packets), max_packets))
+    stage = STAGES[stage_code(packets, rsts, timed_out)]
     mark = scanner_mark(syn) if syn is not None else None
+    if not rsts:
+        return plain_verdict(stage, timed_out, mark)
+    tags = reset_tags(rsts, has_fin)
     if mark == "zmap":
         tags.append("zmap")
     ttl_delta, ipid_delta = evidence(rsts, ordinary)
-    injected = (ttl_delta is not None and ttl_delta >= ev.injected_ttl_delta) or (
-        ipid_delta is not None and ipid_delta >= ev.injected_ipid_delta)
-    sig = signature(stage, timed_out, tags) if stage != NO_MATCH else None
-    return Verdict(stage, tuple(tags), sig, ttl_delta, ipid_delta, injected, mark)
+    others = [p for p in ordinary if not p.flags & TH_SYN]
+    basis = evidence_basis(rsts, others, mark)
+    injected = basis != EVIDENCE_SCANNER and (
+        (ttl_delta is not None and ttl_delta >= ev.injected_ttl_delta)
+        or (ipid_delta is not None and ipid_delta >= ev.injected_ipid_delta))
+    sig = signature(stage, False, tags) if stage != NO_MATCH else None
+    return Verdict(stage, tuple(tags), sig, ttl_delta, ipid_delta, injected, mark, basis)
+
+
+def evidence_basis(rsts: Sequence[PacketRecord], others: Sequence[PacketRecord], mark: str | None) -> str | None:
+    """What the injection evidence rests on: nothing (no RST), a scanner's SYN (a crafted SYN and
+    the client kernel's RST differ by construction: never called injected), the SYN alone, or the
+    client's ordinary packets after it."""
+    if not rsts:
+        return EVIDENCE_NONE
+    if mark is not None:
+        return EVIDENCE_SCANNER
+    return EVIDENCE_PACKETS if others else EVIDENCE_SYN_ONLY

@@ -1,58 +1,99 @@
 """The classified-connection record: one per finished connection, the unit every consumer reads.
 
-Field by field in docs/wire-formats.md. The id is stable (the same connection gets the same id on
-every run and in every path), so consumers of the connections topic can de-duplicate on it.
+``ConnectionRecord`` is its one definition (as Zeek's conn.log is one typed record): both analysis
+engines build it with ``build_record``, the summary and the rollup count it, the streaming workers
+publish it (JSON) and the API and sink read it. docs/wire-formats.md repeats the fields for readers
+of the topic. The id is stable (the same connection gets the same id on every run and in every
+path), so consumers of the connections topic can de-duplicate on it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TypedDict
 
 from rstscope.config import EvidenceParams
-from rstscope.core.classify import POST_SYN, classify
-from rstscope.core.table import Connection
+from rstscope.core.classify import POST_SYN, Verdict, classify
+from rstscope.core.table import Connection, Key
 from rstscope.packet import ip_text
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: evidence and mode fields; one composition tag per reset (docs/wire-formats.md)
 
 
-def connection_id(conn: Connection) -> str:
+class ConnectionRecord(TypedDict):
+    """One classified connection (SPEC section 6)."""
+
+    v: int  # RECORD_VERSION
+    id: str  # 16 hex digits, stable across runs and paths (connection_id)
+    window_start: int  # start of the 15-minute window of its SYN (Unix seconds)
+    client_ip: str  # as the edge let it leave (may be hidden or truncated, docs/edge.md)
+    client_port: int
+    server_ip: str
+    server_port: int
+    ip_version: int  # 4 or 6
+    first_ts: float  # its first and last client packet (Unix seconds, microsecond precision)
+    last_ts: float
+    packets: int  # client packets it holds (<= max_packets)
+    stage: str  # post_syn | post_ack | post_psh | later_in_flow | no_match (Radar's dimension)
+    tags: list[str]  # SPEC 5 tags, parents before the tags nested under them
+    signature: str | None  # one of the paper's 19 signatures, or None
+    ttl_delta: int | None  # how far its RSTs' TTL lies from its ordinary packets' (None: no RST)
+    ipid_delta: int | None  # the same for the IPv4 IP ID
+    injected: bool  # the deltas reach the thresholds of topology.yaml (never for a scanner's SYN)
+    evidence: str | None  # what the deltas rest on: packets | syn_only | scanner | None (no RST)
+    scanner: str | None  # zmap | masscan | mirai | nmap | generic | None
+    country: str  # ISO 3166 alpha-2 of the client, XX when unknown
+    asn: int  # 0 when unknown
+    as_name: str
+    geo_reliable: bool  # False for Post-SYN: no handshake confirmed the source address
+    mode: str  # the method that decided it: window (the blog's) | idle (labelled, not comparable)
+
+
+def connection_id(key: Key, syn_seq: int, first_ts: float) -> str:
     """16 hex digits from the 5-tuple, the SYN's sequence number and the first packet's microsecond."""
-    client_ip, client_port, server_ip, server_port = conn.key
+    client_ip, client_port, server_ip, server_port = key
     h = hashlib.blake2b(digest_size=8)
     h.update(client_ip + client_port.to_bytes(2, "big") + server_ip + server_port.to_bytes(2, "big"))
-    h.update(conn.syn_seq.to_bytes(4, "big") + round(conn.first_ts * 1e6).to_bytes(8, "big", signed=True))
+    h.update(syn_seq.to_bytes(4, "big") + round(first_ts * 1e6).to_bytes(8, "big", signed=True))
     return h.hexdigest()
 
 
-def make_record(conn: Connection, max_packets: int, evidence: EvidenceParams,
-                country: str = "XX", asn: int = 0, as_name: str = "") -> dict[str, Any]:
-    """Classify a finished connection and describe it as a JSON-ready record."""
-    v = classify(conn.packets, max_packets, evidence)
-    client_ip, client_port, server_ip, server_port = conn.key
+def build_record(key: Key, window_start: int, syn_seq: int, first_ts: float, last_ts: float, packets: int,
+                 v: Verdict, mode: str, country: str = "XX", asn: int = 0, as_name: str = "") -> ConnectionRecord:
+    """The record of a classified connection: the one place its fields are filled."""
+    client_ip, client_port, server_ip, server_port = key
     return {
         "v": RECORD_VERSION,
-        "id": connection_id(conn),
-        "window_start": conn.window_start,
+        "id": connection_id(key, syn_seq, first_ts),
+        "window_start": window_start,
         "client_ip": ip_text(client_ip),
         "client_port": client_port,
         "server_ip": ip_text(server_ip),
         "server_port": server_port,
         "ip_version": 4 if len(client_ip) == 4 else 6,
-        "first_ts": round(conn.first_ts, 6),
-        "last_ts": round(conn.last_ts, 6),
-        "packets": len(conn.packets),
+        "first_ts": round(first_ts, 6),
+        "last_ts": round(last_ts, 6),
+        "packets": packets,
         "stage": v.stage,
         "tags": list(v.tags),
         "signature": v.signature,
         "ttl_delta": v.ttl_delta,
         "ipid_delta": v.ipid_delta,
         "injected": v.injected,
+        "evidence": v.evidence,
         "scanner": v.scanner,
         "country": country,
         "asn": asn,
         "as_name": as_name,
         # Post-SYN sources are not confirmed by a handshake and may be spoofed.
         "geo_reliable": v.stage != POST_SYN,
+        "mode": mode,
     }
+
+
+def make_record(conn: Connection, max_packets: int, evidence: EvidenceParams, mode: str,
+                country: str = "XX", asn: int = 0, as_name: str = "") -> ConnectionRecord:
+    """Classify a finished connection and describe it as a record."""
+    v = classify(conn.packets, max_packets, evidence)
+    return build_record(conn.key, conn.window_start, conn.syn_seq, conn.first_ts, conn.last_ts,
+                        len(conn.packets), v, mode, country, asn, as_name)

@@ -10,10 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rstscope.config import MODE_WINDOW
 from rstscope.core.classify import SCANNERS, SIGNATURES, STAGES, TAGS
+from rstscope.core.table import AFTER_CLOSE, AFTER_IDLE, BEYOND_MAX, EXCLUSIONS, LATE, NO_SYN
 
-CONNECTION_EXCLUSIONS = ("multi_syn", "incomplete", "superseded")
-PACKET_EXCLUSIONS = ("no_syn", "non_tcp", "malformed", "late")
+CONNECTION_EXCLUSIONS = EXCLUSIONS
+PACKET_EXCLUSIONS = (NO_SYN, "non_tcp", "malformed", LATE)
+# Packets a connection did not take because it was decided already (counted, never silent).
+PACKET_COUNTS = ("read", "tcp", "client_to_server", "sampled", "server_to_client", "other_traffic",
+                 "unsampled", BEYOND_MAX, AFTER_CLOSE, AFTER_IDLE)
 
 
 @dataclass
@@ -28,6 +33,7 @@ class Summary:
     excluded: Counter[str] = field(default_factory=Counter)
     packets: Counter[str] = field(default_factory=Counter)
     malformed: Counter[str] = field(default_factory=Counter)
+    mode: str = MODE_WINDOW  # the method that decided the connections (window: the blog's; idle: labelled)
 
     def count(self, record: Mapping[str, Any]) -> None:
         self.stages[record["stage"]] += 1
@@ -39,6 +45,20 @@ class Summary:
         if record.get("injected"):
             self.injected += 1
 
+    def take_counters(self, gate: Mapping[str, int], table: Mapping[str, int]) -> None:
+        """The gate's and the table's counters (both run core.table.step; what the gate dropped never
+        reaches the table, so the two add up). ``packets["tcp"]`` must be set first."""
+        for k in ("server_to_client", "other_traffic", "unsampled", "sampled"):
+            self.packets[k] = gate.get(k, 0)
+        for k in (BEYOND_MAX, AFTER_CLOSE, AFTER_IDLE):
+            self.packets[k] = gate.get(k, 0) + table.get(k, 0)
+        self.packets["client_to_server"] = (
+            self.packets["tcp"] - gate.get("server_to_client", 0) - gate.get("other_traffic", 0))
+        for k in (NO_SYN, LATE):
+            self.excluded[k] = gate.get(k, 0) + table.get(k, 0)
+        for k in EXCLUSIONS:
+            self.excluded[k] = table.get(k, 0)
+
     @property
     def connections(self) -> int:
         return sum(self.stages.values())
@@ -46,6 +66,7 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         total = self.connections
         return {
+            "mode": self.mode,
             "connections": total,
             "stages": {s: self.stages.get(s, 0) for s in STAGES},
             "shares": {s: round(100.0 * self.stages.get(s, 0) / total, 4) if total else 0.0 for s in STAGES},
@@ -56,7 +77,5 @@ class Summary:
             "excluded": {r: self.excluded.get(r, 0) for r in (*CONNECTION_EXCLUSIONS, *PACKET_EXCLUSIONS)}
             | {k: v for k, v in sorted(self.excluded.items()) if k not in CONNECTION_EXCLUSIONS + PACKET_EXCLUSIONS},
             "malformed": dict(sorted(self.malformed.items())),
-            "packets": {k: self.packets.get(k, 0) for k in (
-                "read", "tcp", "client_to_server", "sampled", "server_to_client", "other_traffic",
-                "unsampled", "beyond_max_packets", "after_close")},
+            "packets": {k: self.packets.get(k, 0) for k in PACKET_COUNTS},
         }

@@ -1,37 +1,190 @@
-"""The connection table over event time: open, update, finalize; advanced by a watermark.
+"""Connections over event time (SPEC section 4): one rule per packet, one decision per connection.
 
-A flow's life has three hooks, as in nfstream: ``open`` on a SYN, ``update`` on each later client
-packet, ``finalize`` when it ends. It ends when it has its first ``max_packets`` packets, when it has
-been idle for ``idle_timeout_s`` of event time, when its tuple is reused with a new SYN, when its
-15-minute window closes, or at the end of the input. The last two, and any connection whose last
-packet lies within ``cutoff_margin_s`` of its window's cutoff, are *incomplete*: we cannot tell how
-they ended. The watermark is the largest packet time seen; all packets of one connection share a
-Kafka partition, so a per-partition watermark is enough for the streaming workers.
+A connection is a 5-tuple inside the 15-minute window of its SYN; its packets are that tuple's
+client packets in that window from the SYN on, at most ``max_packets``. Its life has the three hooks
+of nfstream's flows: ``open`` on a SYN, ``update`` on each later client packet, ``finalize`` when it
+is decided.
+
+* ``step`` is the rule for one packet on one tuple. The edge's gate (which keeps no packets), the
+  connection table below and the batch engine's replay all call it, so they cannot disagree.
+* ``exclusion`` is the rule for one finished connection: ended ones (RST, FIN, ``max_packets``) are
+  always classified; the others wait for the cutoff (their window's end, or the end of a finite
+  input): a timeout when their last packet lies ``timeout_s`` or more before it, else ``incomplete``.
+  A connection with several SYNs is ``multi_syn``.
+
+Membership depends only on the tuple's own packets (their times, flags and sequence numbers); the
+watermark (the largest packet time seen) only decides *when* a decided connection is emitted: an
+ended one once the watermark passes its last packet by ``grace_s``, the others when their window
+closes. All packets of a tuple share a Kafka partition, so a per-partition watermark is enough for
+the streaming workers, and for the same packets they emit exactly what ``rstscope analyze`` does.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+import enum
+import heapq
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
 
-from rstscope.config import WindowParams
+from rstscope.config import MODE_IDLE, WindowParams
 from rstscope.packet import TH_ACK, TH_FIN, TH_RST, TH_SYN, PacketRecord
 
 Key = tuple[bytes, int, bytes, int]
 
-# Why a connection was finalized.
-END_MAX_PACKETS = "max_packets"
-END_IDLE = "idle"
-END_REUSED = "reused"  # a new SYN on a tuple whose connection had ended (RST or FIN)
-END_SUPERSEDED = "superseded"  # a new SYN while the old connection had not ended
-END_WINDOW = "window_closed"
-END_INPUT = "end_of_input"
+# Why a connection was finalized (its "end").
+END_MAX_PACKETS = "max_packets"  # its Nth packet: decided at once
+END_GRACE = "grace"  # ended (RST/FIN) and the grace period after its last packet passed
+END_REUSED = "reused"  # ended, and a SYN with a new sequence number opened the tuple's next connection
+END_IDLE = "idle"  # idle mode: quiet for idle_s (a timeout)
+END_WINDOW = "window_closed"  # its window closed: the cutoff is the window's end
+END_INPUT = "end_of_input"  # a finite input ended: the cutoff is the input's last frame (or the window's end)
 
 # Exclusions (connections that are not classified).
 EXCL_MULTI_SYN = "multi_syn"
 EXCL_INCOMPLETE = "incomplete"
-EXCL_SUPERSEDED = "superseded"
+EXCLUSIONS = (EXCL_MULTI_SYN, EXCL_INCOMPLETE)
+
+# Packet counters of the rule (packets that change nothing).
+NO_SYN = "no_syn"  # no connection of its tuple in its window
+AFTER_CLOSE = "after_close"  # its connection ended (RST/FIN) and was decided already
+BEYOND_MAX = "beyond_max_packets"  # its connection had its max_packets already
+AFTER_IDLE = "after_idle"  # idle mode: its connection was decided as a timeout already
+LATE = "late"  # its window was closed already
+
+
+def is_syn(flags: Any) -> Any:
+    """A connection-opening SYN: SYN set, ACK and RST clear (ints or numpy arrays)."""
+    return flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN
+
+
+def ends(flags: Any) -> Any:
+    """The packet ends its connection: an RST or a FIN (ints or numpy arrays)."""
+    return flags & (TH_RST | TH_FIN) != 0
+
+
+def window_of(ts: Any, size: int) -> Any:
+    """Start of the tumbling window holding ``ts`` (floats or numpy arrays)."""
+    return (ts // size) * size
+
+
+def timed_out(last_ts: Any, cutoff: Any, params: WindowParams) -> Any:
+    """A connection that did not end: a timeout (else incomplete) when it was quiet long enough before the cutoff."""
+    return cutoff - last_ts >= params.timeout_s
+
+
+class Step(enum.IntEnum):
+    """What one packet does to its tuple (``step``)."""
+
+    OPEN = 0  # it opens a new connection (nothing to finish first)
+    JOIN = 1  # it joins the tuple's connection
+    FINISH_OPEN = 2  # the connection is finished (``end``), then the packet opens the next one
+    FINISH_DROP = 3  # the connection is finished (``end``), then the packet changes nothing (``counter``)
+    DROP = 4  # the packet changes nothing (``counter``)
+
+
+class Outcome(NamedTuple):
+    step: Step
+    end: str = ""  # why the tuple's connection is finished (FINISH_*)
+    counter: str = ""  # what the dropped packet is counted as (*_DROP)
+
+
+_OPEN = Outcome(Step.OPEN)
+_JOIN = Outcome(Step.JOIN)
+_NO_SYN = Outcome(Step.DROP, counter=NO_SYN)
+_SEALED_COUNTER = {END_MAX_PACKETS: BEYOND_MAX, END_IDLE: AFTER_IDLE}
+
+
+class TupleState(Protocol):
+    """What ``step`` reads of a tuple: its connection, open or already decided (sealed)."""
+
+    window_start: int
+    syn_seq: int
+    last_ts: float
+    ended: bool  # an RST or a FIN was seen
+    sealed: str  # "" while it takes packets; else the end that decided it
+
+
+def step(st: TupleState | None, ts: float, flags: int, seq: int, window: int, params: WindowParams) -> Outcome:
+    """SPEC 4 for one client packet of a tuple whose connection (if any) is ``st``.
+
+    - No connection in the packet's window: a SYN opens one; anything else is ``no_syn``.
+    - A connection that has not ended takes every packet, SYNs included (a retransmission, or a new
+      sequence number: it then has several SYNs and is ``multi_syn``).
+    - An ended one (RST or FIN seen) takes packets for ``grace_s`` after its last one; a SYN with a
+      new sequence number finishes it and opens the next connection (clients reuse ports).
+    - A decided one counts later packets; a SYN with a new sequence number opens the next connection.
+    - Idle mode: a connection that has not ended and was quiet for ``idle_s`` is decided (a timeout).
+    """
+    syn = flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN
+    if st is None or st.window_start != window:
+        return _OPEN if syn else _NO_SYN
+    new_isn = syn and seq != st.syn_seq
+    if st.sealed:
+        return _OPEN if new_isn else Outcome(Step.DROP, counter=_SEALED_COUNTER.get(st.sealed, AFTER_CLOSE))
+    if st.ended:
+        if ts - st.last_ts >= params.grace_s:
+            return Outcome(Step.FINISH_OPEN, END_GRACE) if new_isn else Outcome(
+                Step.FINISH_DROP, END_GRACE, AFTER_CLOSE)
+        return Outcome(Step.FINISH_OPEN, END_REUSED) if new_isn else _JOIN
+    if params.mode == MODE_IDLE and ts - st.last_ts >= params.idle_s:
+        return Outcome(Step.FINISH_OPEN, END_IDLE) if new_isn else Outcome(Step.FINISH_DROP, END_IDLE, AFTER_IDLE)
+    return _JOIN
+
+
+@dataclass(slots=True)
+class Track:
+    """What the gate keeps of a tuple's connection (no packets): what ``step`` reads, and a count."""
+
+    window_start: int
+    syn_seq: int
+    last_ts: float
+    count: int = 1
+    ended: bool = False
+    sealed: str = ""
+
+
+def track(st: Track | None, ts: float, flags: int, seq: int, window: int,
+          params: WindowParams) -> tuple[Outcome, Track | None]:
+    """``step`` for a tuple kept as a ``Track``: the outcome, and the tuple's state after it."""
+    o = step(st, ts, flags, seq, window, params)
+    s = o.step
+    if s is Step.OPEN or s is Step.FINISH_OPEN:
+        return o, Track(window, seq, ts, ended=bool(flags & TH_FIN))  # a SYN+FIN has ended already
+    assert st is not None or s is Step.DROP
+    if s is Step.JOIN and st is not None:
+        st.count += 1
+        if ts > st.last_ts:
+            st.last_ts = ts
+        if flags & (TH_RST | TH_FIN):
+            st.ended = True
+        if st.count >= params.max_packets:
+            st.sealed = END_MAX_PACKETS
+    elif s is Step.FINISH_DROP and st is not None:
+        st.sealed = o.end
+    return o, st
+
+
+# Exclusion codes (for columns of connections): 0 classified, else 1 + index in EXCLUSIONS.
+X_NONE, X_MULTI_SYN, X_INCOMPLETE = 0, 1, 2
+
+
+def exclusion_code(syns: Any, decided: Any, last_ts: Any, cutoff: Any, params: WindowParams) -> Any:
+    """Why a finished connection is not classified (X_*), for one connection or numpy columns.
+
+    ``decided``: it ended (RST, FIN, max_packets) or idle mode timed it out; otherwise it is judged at
+    ``cutoff``. A connection with several SYNs is multi_syn whether it ended or not.
+    """
+    multi = syns > 1
+    judged = decided | timed_out(last_ts, cutoff, params)
+    return multi * X_MULTI_SYN + (1 - multi) * (1 - judged) * X_INCOMPLETE
+
+
+def exclusion(syns: int, decided: bool, last_ts: float, cutoff: float, params: WindowParams) -> str | None:
+    """``exclusion_code`` for one connection, as the exclusion's name (or None)."""
+    code = exclusion_code(syns, decided, last_ts, cutoff, params)
+    return EXCLUSIONS[code - 1] if code else None
 
 
 @dataclass(slots=True)
@@ -44,8 +197,21 @@ class Connection:
     first_ts: float
     last_ts: float
     packets: list[PacketRecord] = field(default_factory=list)
-    syn_retransmits: int = 0
-    ended: bool = False  # a RST or FIN was seen
+    syns: int = 1  # SYN packets among them (more than one: multi_syn)
+    ended: bool = False  # an RST or a FIN was seen
+    sealed: str = ""  # "" while open; the end that decided it
+
+
+@dataclass(slots=True)
+class Marker:
+    """What the table keeps of a decided connection until its window closes: enough to count its
+    later packets and to recognise a SYN that opens the tuple's next connection."""
+
+    window_start: int
+    syn_seq: int
+    sealed: str
+    last_ts: float = 0.0
+    ended: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,30 +224,37 @@ class Finished:
 
 
 class ConnectionTable:
-    """Connections keyed by 5-tuple, finalized as event time advances.
+    """Connections keyed by 5-tuple, decided by ``step`` and emitted as event time advances.
 
-    Counters: no_syn, after_close, late (packets), and the exclusions multi_syn, incomplete,
-    superseded (connections). Finalized connections are returned; the table keeps nothing of them
-    but a small marker that absorbs their later packets until they go idle.
+    Counters: packets no_syn, after_close, beyond_max_packets, after_idle, late; connections
+    multi_syn, incomplete. ``open`` holds connections that can still take packets (the streaming
+    worker holds their messages unacked), ``closed`` the markers of decided ones in open windows.
     """
 
     def __init__(self, params: WindowParams) -> None:
+        self.params = params
         self.size = params.size_s
-        self.idle = float(params.idle_timeout_s)
-        self.margin = float(params.cutoff_margin_s)
         self.max_packets = params.max_packets
-        self.open: OrderedDict[Key, Connection] = OrderedDict()  # by last activity
-        self.closed: OrderedDict[Key, tuple[int, float]] = OrderedDict()  # key -> (syn_seq, last_ts)
+        self.idle_mode = params.mode == MODE_IDLE
+        self.open: dict[Key, Connection] = {}
+        self.closed: dict[Key, Marker] = {}
         self.counters: Counter[str] = Counter()
         self.watermark = float("-inf")
-        self.oldest_window = -1  # windows before this one are closed
+        self.current_window = -1  # windows before this one are closed
+        self._due: list[tuple[float, int, Key, Connection]] = []  # (emit at, tiebreak, key, conn)
+        self._tiebreak = 0
 
     # -- the three hooks -------------------------------------------------------------------------
 
     def _open(self, pkt: PacketRecord, window: int) -> Connection:
-        conn = Connection(pkt.tuple_key, window, pkt.seq, pkt.ts, pkt.ts, [pkt])
+        # a SYN+FIN (a scanner's probe) has ended already
+        conn = Connection(pkt.tuple_key, window, pkt.seq, pkt.ts, pkt.ts, [pkt], ended=bool(pkt.flags & TH_FIN))
         self.open[conn.key] = conn
         self.closed.pop(conn.key, None)
+        if conn.ended:
+            self._schedule(conn, pkt.ts + self.params.grace_s)
+        elif self.idle_mode:
+            self._schedule(conn, pkt.ts + self.params.idle_s)
         return conn
 
     def _update(self, conn: Connection, pkt: PacketRecord) -> None:
@@ -93,27 +266,27 @@ class ConnectionTable:
         flags = pkt.flags
         if flags & (TH_RST | TH_FIN):
             conn.ended = True
-        elif flags & (TH_SYN | TH_ACK) == TH_SYN and pkt.seq == conn.syn_seq:
-            conn.syn_retransmits += 1
-        self.open.move_to_end(conn.key)
+        if flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN:
+            conn.syns += 1  # a SYN+FIN is a SYN too
+        if conn.ended:
+            self._schedule(conn, conn.last_ts + self.params.grace_s)
+        elif self.idle_mode:
+            self._schedule(conn, conn.last_ts + self.params.idle_s)
 
-    def _finalize(self, conn: Connection, end: str) -> Finished:
+    def _finalize(self, conn: Connection, end: str, cutoff: float = float("inf")) -> Finished:
         del self.open[conn.key]
-        excluded: str | None = None
-        if end in (END_WINDOW, END_INPUT):
-            excluded = EXCL_INCOMPLETE
-        elif end == END_SUPERSEDED:
-            excluded = EXCL_SUPERSEDED
-        elif end == END_IDLE and conn.last_ts >= conn.window_start + self.size - self.margin:
-            excluded = EXCL_INCOMPLETE  # too close to the cutoff to know how it ended
-        elif conn.syn_retransmits:
-            excluded = EXCL_MULTI_SYN
+        decided = conn.ended or end in (END_MAX_PACKETS, END_IDLE)
+        excluded = exclusion(conn.syns, decided, conn.last_ts, cutoff, self.params)
         if excluded:
             self.counters[excluded] += 1
-        if end == END_MAX_PACKETS:  # its later packets are absorbed, not counted as no_syn
-            self.closed[conn.key] = (conn.syn_seq, conn.last_ts)
-            self.closed.move_to_end(conn.key)
+        conn.sealed = end
+        if end not in (END_WINDOW, END_INPUT):
+            self.closed[conn.key] = Marker(conn.window_start, conn.syn_seq, end)
         return Finished(conn, end, excluded)
+
+    def _schedule(self, conn: Connection, at: float) -> None:
+        self._tiebreak += 1
+        heapq.heappush(self._due, (at, self._tiebreak, conn.key, conn))
 
     # -- input -----------------------------------------------------------------------------------
 
@@ -122,81 +295,98 @@ class ConnectionTable:
         out: list[Finished] = []
         if pkt.ts > self.watermark:
             out = self.advance(pkt.ts)
-        window = int(pkt.ts // self.size) * self.size
-        if window < self.oldest_window:
-            self.counters["late"] += 1
+        ts = pkt.ts
+        window = int(ts // self.size) * self.size
+        if window < self.current_window:
+            self.counters[LATE] += 1
             return out
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
-        is_syn = pkt.flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN
         conn = self.open.get(key)
-        if conn is not None:
-            if conn.window_start != window:
-                out.append(self._finalize(conn, END_WINDOW))
-                conn = None
-            elif pkt.ts - conn.last_ts >= self.idle:
-                out.append(self._finalize(conn, END_IDLE))
-                self.closed.pop(key, None)
-                conn = None
-        if conn is not None:
-            if is_syn and pkt.seq != conn.syn_seq:
-                out.append(self._finalize(conn, END_REUSED if conn.ended else END_SUPERSEDED))
-                self._open(pkt, window)
-                return out
+        st: Connection | Marker | None = conn if conn is not None else self.closed.get(key)
+        o = step(st, ts, pkt.flags, pkt.seq, window, self.params)
+        s = o.step
+        if s is Step.JOIN:
+            assert conn is not None
             self._update(conn, pkt)
             if len(conn.packets) >= self.max_packets:
                 out.append(self._finalize(conn, END_MAX_PACKETS))
             return out
-        marker = self.closed.get(key)
-        if marker is not None and pkt.ts - marker[1] >= self.idle:
-            del self.closed[key]
-            marker = None
-        if is_syn and (marker is None or marker[0] != pkt.seq):
+        if s is Step.OPEN:
+            if conn is not None:  # an open connection of an older window (late close): decide it first
+                out.append(self._finalize(conn, END_WINDOW, conn.window_start + self.size))
             self._open(pkt, window)
-        elif marker is not None:
-            self.counters["after_close"] += 1
-            self.closed[key] = (marker[0], max(marker[1], pkt.ts))
-            self.closed.move_to_end(key)
-        else:
-            self.counters["no_syn"] += 1
+            return out
+        if s is Step.FINISH_OPEN or s is Step.FINISH_DROP:
+            assert conn is not None
+            out.append(self._finalize(conn, o.end))
+            if s is Step.FINISH_OPEN:
+                self._open(pkt, window)
+                return out
+        self.counters[o.counter] += 1
         return out
 
     def advance(self, watermark: float) -> list[Finished]:
-        """Move event time forward: finalize idle connections and close past windows."""
+        """Move event time forward: emit ended connections whose grace passed (idle mode: quiet
+        ones), and decide every connection of a window that closed."""
         if watermark <= self.watermark:
             return []
         self.watermark = watermark
-        out: list[Finished] = []
-        limit = watermark - self.idle
-        open_ = self.open
-        while open_:
-            conn = next(iter(open_.values()))
-            if conn.last_ts > limit:
-                break
-            out.append(self._finalize(conn, END_IDLE))
-        closed = self.closed
-        while closed:
-            key, (_seq, last) = next(iter(closed.items()))
-            if last > limit:
-                break
-            del closed[key]
+        out = self._emit_due(watermark)
         current = int(watermark // self.size) * self.size
-        if current > self.oldest_window:
-            if self.oldest_window >= 0:
-                stale = [c for c in open_.values() if c.window_start < current]
-                out.extend(self._finalize(c, END_WINDOW) for c in stale)
-            self.oldest_window = current
+        if current > self.current_window:
+            self.current_window = current
+            out.extend(self._close_windows(current, END_WINDOW, float("inf")))
         return out
 
-    def close(self) -> list[Finished]:
-        """End of input: what has idled out is decided; everything still open is incomplete."""
-        out = [self._finalize(c, END_INPUT) for c in list(self.open.values())]
+    def _emit_due(self, watermark: float) -> list[Finished]:
+        """Emit what the watermark decided: ended connections past their grace, idle ones (idle mode)."""
+        out: list[Finished] = []
+        due = self._due
+        open_ = self.open
+        while due and due[0][0] <= watermark:
+            _at, _n, key, conn = heapq.heappop(due)
+            if open_.get(key) is not conn:
+                continue  # decided already
+            if conn.ended:
+                if conn.last_ts + self.params.grace_s <= watermark:
+                    out.append(self._finalize(conn, END_GRACE))
+            elif self.idle_mode and conn.last_ts + self.params.idle_s <= min(watermark, conn.window_start + self.size):
+                out.append(self._finalize(conn, END_IDLE))  # quiet long enough before its window's end
+        return out
+
+    def _close_windows(self, before: int, end: str, end_ts: float) -> list[Finished]:
+        """Decide every open connection of the windows before ``before``; drop their markers."""
+        out = []
+        size = self.size
+        for conn in [c for c in self.open.values() if c.window_start < before]:
+            out.append(self._finalize(conn, end, min(conn.window_start + size, end_ts)))
+        stale = [k for k, m in self.closed.items() if m.window_start < before]
+        for k in stale:
+            del self.closed[k]
+        if not self.open:
+            self._due.clear()
+        return out
+
+    def close(self, end_ts: float = float("inf")) -> list[Finished]:
+        """End of a finite input whose last frame (of any kind) was at ``end_ts``: decide everything.
+
+        Ended connections are classified; the others are judged at the cutoff min(window end, end_ts).
+        """
+        out = self.advance(end_ts) if end_ts != float("inf") else []
+        # what became due before the input ended (also entries scheduled behind the watermark)
+        out.extend(self._emit_due(max(end_ts, self.watermark) if end_ts != float("inf") else self.watermark))
+        out.extend(self._close_windows(2**62, END_INPUT, end_ts))
+        self._due.clear()
         self.closed.clear()
         return out
 
-    def feed(self, packets: Iterable[PacketRecord]) -> list[Finished]:
-        """Add many packets and close: the whole life of a finite input."""
+    def feed(self, packets: Iterable[PacketRecord], end_ts: float | None = None) -> list[Finished]:
+        """Add many packets and close: the whole life of a finite input (ending at its last packet
+        unless ``end_ts`` says when the input ended)."""
         out: list[Finished] = []
+        last = float("-inf")
         for p in packets:
             out.extend(self.add(p))
-        out.extend(self.close())
+            last = max(last, p.ts)
+        out.extend(self.close(end_ts if end_ts is not None else last))
         return out

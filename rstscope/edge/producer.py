@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         probability = args.sample if args.sample is not None else sampling.probability
     gate = Gate(Direction(_csv(args.server_ip), ports),
                 Sampler(probability, args.sample_mode or sampling.mode, sampling.hash_key),
-                topo.window.max_packets, topo.window.idle_timeout_s)
+                topo.window)
     max_wait = args.max_wait if args.max_wait is not None else (None if args.pcap else 0.5)
     source_id = args.source or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     try:

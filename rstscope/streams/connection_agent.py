@@ -29,7 +29,7 @@ from rstscope.codecs.errors import CodecError, MalformedRecord
 from rstscope.codecs.jsonl import dumps
 from rstscope.codecs.packet import EdgeGeo, Watermark, decode_with_geo
 from rstscope.config import Topology
-from rstscope.core.record import make_record
+from rstscope.core.record import ConnectionRecord, make_record
 from rstscope.core.table import ConnectionTable, Finished, Key
 from rstscope.geo import GeoDB
 from rstscope.packet import PacketRecord
@@ -93,7 +93,7 @@ class ConnectionStage:
                 for k, v in st.table.counters.items():
                     self.counters[f"table:{k}"] += v
 
-    def feed(self, partition: int, value: bytes | None, handle: Any) -> tuple[list[dict[str, Any]], CodecError | None]:
+    def feed(self, partition: int, value: bytes | None, handle: Any) -> tuple[list[ConnectionRecord], CodecError | None]:
         """Process one message. Returns the finished (classified) records and a decode error, if any."""
         st = self.state(partition)
         entry = _Entry(handle)
@@ -114,7 +114,7 @@ class ConnectionStage:
             return [], ProcessingError(f"{type(e).__name__}: {e}")
 
     def _process(self, st: PartitionState, entry: _Entry, item: PacketRecord | Watermark,
-                 geo: EdgeGeo | None = None) -> list[dict[str, Any]]:
+                 geo: EdgeGeo | None = None) -> list[ConnectionRecord]:
         table = st.table
         if isinstance(item, Watermark):
             self.counters["watermarks"] += 1
@@ -123,8 +123,8 @@ class ConnectionStage:
             st.sources[item.source] = st.sources.get(item.source, False) or item.eof
             if item.eof and all(st.sources.values()):
                 # every edge feeding this partition reached its end of input: the analyze rule applies,
-                # what is still open cannot be decided and is finalized as incomplete
-                done += table.close()
+                # what has not ended is judged at the cutoff min(window end, the end of input)
+                done += table.close(item.ts)
                 st.sources.clear()
             return self._finish(st, done)
         self.counters["packets"] += 1
@@ -139,7 +139,7 @@ class ConnectionStage:
             entry.done = True  # dropped by the table, or it completed its connection just now
         return out
 
-    def _finish(self, st: PartitionState, done: list[Finished]) -> list[dict[str, Any]]:
+    def _finish(self, st: PartitionState, done: list[Finished]) -> list[ConnectionRecord]:
         out = []
         w = self.topology.window
         for f in done:
@@ -154,7 +154,7 @@ class ConnectionStage:
             else:
                 g = self.geo.lookup(f.conn.key[0])
                 country, asn, as_name = g.country, g.asn, g.as_name
-            out.append(make_record(f.conn, w.max_packets, self.topology.evidence, country, asn, as_name))
+            out.append(make_record(f.conn, w.max_packets, self.topology.evidence, w.mode, country, asn, as_name))
         self.counters["records"] += len(out)
         return out
 

@@ -23,7 +23,7 @@ the rows that include them were sent. A busy row thus costs one message per flus
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -45,7 +45,7 @@ def compact(record: dict[str, Any], partition: int) -> bytes:
     return orjson.dumps(d)
 
 
-def bucket_of(record: dict[str, Any], bucket_s: int) -> int:
+def bucket_of(record: Mapping[str, Any], bucket_s: int) -> int:
     return int(record["window_start"]) // bucket_s * bucket_s
 
 
