@@ -1,5 +1,6 @@
-"""The HTTP app: Cloudflare Radar's "TCP resets and timeouts" endpoints over the rollup store, the rstscope
-extensions Radar lacks, and the dashboard. Read-only; parameters are validated in `query.py`.
+"""The HTTP app: Cloudflare Radar's "TCP resets and timeouts" endpoints over the rollup store (one or more
+series per request, as Radar's official clients send them), the rstscope extensions Radar lacks, and the
+dashboard. Read-only; parameters are validated in `query.py`; the rules are in docs/api.md.
 
 Shares are always computed here from summed counts (across buckets, locations and ASes), never by
 averaging the shares stored in rows.
@@ -18,7 +19,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rstscope import __version__
@@ -49,19 +50,40 @@ class ErrorBody(BaseModel):
 
 class DateRange(BaseModel):
     startTime: str
-    endTime: str
+    endTime: str = Field(description="relative ranges: exclusive (the current bucket's start); dateStart/dateEnd: "
+                                     "the floored dateEnd, whose 15-minute bucket is included")
+
+
+class Annotation(BaseModel):
+    """The fields Radar's annotations have (the official clients require all but tags)."""
+
+    dataSource: str = Field(description="CONNECTION_ANOMALY (this dataset)")
+    description: str
+    startDate: str
+    endDate: str
+    eventType: str = Field(description="PIPELINE (no data: outside the store's span) or GENERAL (a caveat)")
+    isInstantaneous: bool
+    linkedUrl: str
+    tags: list[str] | None = None
 
 
 class ConfidenceInfo(BaseModel):
-    level: int = Field(description="0 (no data) .. 5 (>= 10000 connections behind the number)")
-    annotations: list[dict[str, Any]]
+    level: int = Field(description="0 (no data) .. 5 (>= 10000 connections behind the number); with several "
+                                   "series, the lowest")
+    annotations: list[Annotation]
+
+
+class Unit(BaseModel):
+    name: str
+    value: str
 
 
 class Meta(BaseModel):
-    dateRange: list[DateRange]
+    dateRange: list[DateRange] = Field(description="one per series, in order")
     lastUpdated: str
     normalization: str
     confidenceInfo: ConfidenceInfo
+    units: list[Unit]
 
 
 class TimeseriesMeta(Meta):
@@ -86,6 +108,10 @@ class Serie(BaseModel):
 
 
 class SummaryResult(BaseModel):
+    """`summary_0`, `summary_1` ... or the series' names (then `summary_0` is also the first series)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, StageShares] = Field(init=False)
     meta: Meta
     summary_0: StageShares
 
@@ -97,6 +123,10 @@ class SummaryBody(BaseModel):
 
 
 class TimeseriesResult(BaseModel):
+    """`serie_0`, `serie_1` ... or the series' names (then `serie_0` is also the first series)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Serie] = Field(init=False)
     meta: TimeseriesMeta
     serie_0: Serie
 
@@ -193,40 +223,117 @@ def sum_aggs(aggs: Iterable[Agg]) -> Agg:
     return out
 
 
-def base_meta(r: q.TimeRange, last_updated: str, total: int) -> dict[str, Any]:
+UNITS = [{"name": "*", "value": "connections"}]  # every value is a percentage of connections
+DATA_SOURCE = "CONNECTION_ANOMALY"  # Radar's annotation data source for this dataset
+ZEROS = dict.fromkeys(q.STAGES, "0")
+Span = tuple[int, int] | None  # the store's data: first bucket start, last bucket end (None: empty)
+
+
+def base_meta(ranges: Sequence[q.TimeRange], last_updated: str, level: int,
+              annotations: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     return {
-        "dateRange": [{"startTime": q.iso(r.start), "endTime": q.iso(r.end)}],
+        "dateRange": [{"startTime": q.iso(r.start), "endTime": q.iso(r.end)} for r in ranges],
         "lastUpdated": last_updated,
         "normalization": "PERCENTAGE",
-        "confidenceInfo": {"level": q.confidence_level(total), "annotations": []},
+        "confidenceInfo": {"level": level, "annotations": list(annotations)},
+        "units": [dict(u) for u in UNITS],
     }
 
 
-def summary_result(buckets: dict[int, Agg], r: q.TimeRange, last_updated: str) -> dict[str, Any]:
-    agg = sum_aggs(buckets.values())
-    return {"meta": base_meta(r, last_updated, agg.total), "summary_0": stage_shares(agg)}
+def series_annotations(series: q.Series, buckets: dict[int, Agg], span: Span, link: str) -> list[dict[str, Any]]:
+    """What a reader of these numbers must know: parts of the range without data (PIPELINE), and the
+    Post-SYN caveat for numbers of one location or AS (GENERAL)."""
+    r = series.range
+    out: list[dict[str, Any]] = []
+
+    def note(start: int, end: int, event: str, description: str, tags: list[str]) -> None:
+        out.append({"dataSource": DATA_SOURCE, "description": description, "startDate": q.iso_s(start),
+                    "endDate": q.iso_s(end), "eventType": event, "isInstantaneous": False, "linkedUrl": link,
+                    "tags": tags})
+
+    if span is None:
+        note(r.start_s, r.stop_s, "PIPELINE", "no data: the store is empty", ["no_data"])
+    else:
+        held = f"the store holds data from {q.iso_s(span[0])} to {q.iso_s(span[1])}"
+        if r.start_s < span[0]:
+            note(r.start_s, min(r.stop_s, span[0]), "PIPELINE", f"no data before {q.iso_s(span[0])}: {held}",
+                 ["no_data"])
+        if r.stop_s > span[1]:
+            note(max(r.start_s, span[1]), r.stop_s, "PIPELINE", f"no data after {q.iso_s(span[1])}: {held}",
+                 ["no_data"])
+    unreliable = sum(a.post_syn_geo_unreliable for a in buckets.values())
+    if unreliable and series.filters.dimension != "world":
+        note(r.start_s, r.stop_s, "GENERAL",
+             f"Post-SYN ({series.key}): {unreliable} of these connections ended after their SYN alone; the source "
+             "address of a lone SYN may be spoofed, so their location and AS are unreliable",
+             ["post_syn", "geolocation"])
+    return out
 
 
-def timeseries_result(buckets: dict[int, Agg], r: q.TimeRange, agg_interval: str,
-                      last_updated: str) -> dict[str, Any]:
-    """Buckets summed per aggInterval slot; slots without connections are left out (a gap, not a 0)."""
+def series_meta(parts: Sequence[tuple[q.Series, dict[int, Agg]]], last_updated: str, span: Span,
+                link: str) -> dict[str, Any]:
+    """Meta of one or more series: a dateRange each, the lowest confidence, all annotations (once each)."""
+    notes: list[dict[str, Any]] = []
+    for s, buckets in parts:
+        for n in series_annotations(s, buckets, span, link):
+            if n not in notes:
+                notes.append(n)
+    level = min(q.confidence_level(sum(a.total for a in buckets.values())) for _, buckets in parts)
+    return base_meta([s.range for s, _ in parts], last_updated, level, notes)
+
+
+def summary_results(parts: Sequence[tuple[q.Series, dict[int, Agg]]], last_updated: str, span: Span,
+                    link: str, *, named: bool = False) -> dict[str, Any]:
+    """meta + one share object per series, under its key (`summary_i` or its name)."""
+    result: dict[str, Any] = {"meta": series_meta(parts, last_updated, span, link)}
+    for s, buckets in parts:
+        result[s.key] = stage_shares(sum_aggs(buckets.values()))
+    first = parts[0][0].key
+    if named and first != "summary_0":
+        result["summary_0"] = result[first]  # the official clients require summary_0
+    return result
+
+
+def serie(buckets: dict[int, Agg], r: q.TimeRange, agg_interval: str) -> dict[str, list[str]]:
+    """Buckets summed per aggInterval slot; every slot of the range is listed, "0" where nothing was counted."""
     slots: dict[int, Agg] = {}
     for b, a in buckets.items():
-        slot = q.interval_start(b, agg_interval)
-        slots.setdefault(slot, Agg()).add(a)
-    serie: dict[str, list[str]] = {"timestamps": [], **{s: [] for s in q.STAGES}}
-    total = 0
-    for slot in sorted(slots):
-        a = slots[slot]
-        if a.total <= 0:
-            continue
-        total += a.total
-        serie["timestamps"].append(q.iso_s(slot))
-        for s, v in stage_shares(a).items():
-            serie[s].append(v)
-    meta = base_meta(r, last_updated, total)
+        slots.setdefault(q.interval_start(b, agg_interval), Agg()).add(a)
+    out: dict[str, list[str]] = {"timestamps": [], **{s: [] for s in q.STAGES}}
+    for t in q.slot_starts(r, agg_interval):
+        slot = slots.get(t)
+        out["timestamps"].append(q.iso_s(t))
+        for stage, v in (stage_shares(slot) if slot is not None and slot.total > 0 else ZEROS).items():
+            out[stage].append(v)
+    return out
+
+
+def timeseries_results(parts: Sequence[tuple[q.Series, dict[int, Agg]]], agg_interval: str, last_updated: str,
+                       span: Span, link: str, *, named: bool = False) -> dict[str, Any]:
+    meta = series_meta(parts, last_updated, span, link)
     meta["aggInterval"] = q.AGG_INTERVALS[agg_interval][1]
-    return {"meta": meta, "serie_0": serie}
+    result: dict[str, Any] = {"meta": meta}
+    for s, buckets in parts:
+        result[s.key] = serie(buckets, s.range, agg_interval)
+    first = parts[0][0].key
+    if named and first != "serie_0":
+        result["serie_0"] = result[first]
+    return result
+
+
+def summary_csv(res: dict[str, Any], keys: Sequence[str], with_key: bool) -> str:
+    if not with_key:
+        return to_csv(q.STAGES, [[res[keys[0]][s] for s in q.STAGES]])
+    return to_csv(("series", *q.STAGES), ([k, *(res[k][s] for s in q.STAGES)] for k in keys))
+
+
+def timeseries_csv(res: dict[str, Any], keys: Sequence[str], with_key: bool) -> str:
+    rows: list[list[str]] = []
+    for k in keys:
+        v = res[k]
+        for i, t in enumerate(v["timestamps"]):
+            rows.append([*([k] if with_key else []), t, *(v[s][i] for s in q.STAGES)])
+    return to_csv((*(["series"] if with_key else []), "timestamps", *q.STAGES), rows)
 
 
 def signature_stage(sig: str) -> str | None:
@@ -296,32 +403,69 @@ def csv_response(text: str) -> Response:
 # ---------------------------------------------------------------- parameters (documentation only:
 # values arrive as strings and query.py validates them, so every error gets the Radar error body)
 
-LocationP = Annotated[str | None, Query(
-    description="ISO 3166 alpha-2 codes, comma separated; prefix with `-` to exclude (e.g. `DE,FR` or `-US`)",
-    json_schema_extra={"pattern": r"^-?[A-Za-z]{2}(,-?[A-Za-z]{2})*$"})]
-AsnP = Annotated[str | None, Query(
-    description="AS numbers, comma separated; prefix with `-` to exclude (e.g. `3320,174` or `-13335`)",
-    json_schema_extra={"pattern": r"^-?(AS)?[0-9]{1,10}(,-?(AS)?[0-9]{1,10})*$"})]
-DateRangeP = Annotated[str | None, Query(
-    alias="dateRange", description="relative range ending now: `24h`, `1d`, `7d`, `4w`, `12w` ... (max 1 year; "
-    "default 7d). Not with dateStart/dateEnd.", json_schema_extra={"pattern": r"^[0-9]{1,4}[hdw]$"})]
-DateStartP = Annotated[str | None, Query(alias="dateStart", description="ISO 8601 start (inclusive; naive = UTC)",
+_LOC_RE = r"^-?[A-Za-z]{2}(,-?[A-Za-z]{2})*$"
+_CONT_RE = r"^-?(AF|AN|AS|EU|NA|OC|SA)(,-?(AF|AN|AS|EU|NA|OC|SA))*$"
+_ASN_RE = r"^-?(AS)?[0-9]{1,10}(,-?(AS)?[0-9]{1,10})*$"
+_RANGE_RE = r"^[0-9]{1,4}[hdw]([Cc]ontrol)?$"
+_LOC_DOC = "ISO 3166 alpha-2 codes, comma separated; prefix with `-` to exclude (e.g. `DE,FR` or `-US`)"
+_CONT_DOC = ("continent codes (AF, AN, AS, EU, NA, OC, SA) of the locations, comma separated; `-` excludes "
+             "(e.g. `EU` or `-NA`)")
+_ASN_DOC = "AS numbers, comma separated; prefix with `-` to exclude (e.g. `3320,174` or `-13335`)"
+_RANGE_DOC = ("relative range ending now (floored to 15 minutes): `1d`, `7d`, `4w`, `52w`, `24h` ... (max 364 "
+              "days; default 7d); append `control` for the same span just before (`7dControl`: days -14..-7). "
+              "Not with dateStart/dateEnd.")
+_START_DOC = "ISO 8601 start, floored to 15 minutes (naive = UTC)"
+_END_DOC = "ISO 8601 end, floored to 15 minutes, inclusive: its 15-minute bucket counts (default now)"
+
+LocationP = Annotated[str | None, Query(description=_LOC_DOC, json_schema_extra={"pattern": _LOC_RE})]
+ContinentP = Annotated[str | None, Query(description=_CONT_DOC, json_schema_extra={"pattern": _CONT_RE})]
+AsnP = Annotated[str | None, Query(description=_ASN_DOC, json_schema_extra={"pattern": _ASN_RE})]
+DateRangeP = Annotated[str | None, Query(alias="dateRange", description=_RANGE_DOC,
+                                         json_schema_extra={"pattern": _RANGE_RE})]
+DateStartP = Annotated[str | None, Query(alias="dateStart", description=_START_DOC,
                                          json_schema_extra={"format": "date-time"})]
-DateEndP = Annotated[str | None, Query(alias="dateEnd", description="ISO 8601 end (exclusive; default now)",
+DateEndP = Annotated[str | None, Query(alias="dateEnd", description=_END_DOC,
                                        json_schema_extra={"format": "date-time"})]
 FormatP = Annotated[str | None, Query(description="JSON (default) or CSV",
                                       json_schema_extra={"enum": ["JSON", "CSV"]})]
-AggP = Annotated[str | None, Query(alias="aggInterval", description="15m, 1h, 1d or 1w (default: by range)",
-                                   json_schema_extra={"enum": list(q.AGG_INTERVALS)})]
 LimitP = Annotated[str | None, Query(description="entries (1..100, default 10)",
                                      json_schema_extra={"pattern": r"^[0-9]{1,3}$"})]
 MinConnP = Annotated[str | None, Query(alias="minConnections",
                                        description="skip keys with fewer connections in the range (default 10)",
                                        json_schema_extra={"pattern": r"^[0-9]{1,9}$"})]
 
+
+def _array(name: str, description: str, item: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "style": "form", "explode": True,
+            "description": description + ". One value per series (repeat the parameter to ask for several).",
+            "schema": {"type": "array", "maxItems": q.MAX_SERIES, "items": {"type": "string", **item}}}
+
+
+def _scalar(name: str, description: str, item: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": "string", **item}}
+
+
+# Radar's parameters are arrays (series by position), so they are declared here rather than from the
+# function signature; values arrive as strings and query.py validates them (every error is a Radar 400).
+RADAR_PARAMS = [
+    _array("name", "labels of the series in the result (instead of summary_i / serie_i)",
+           {"minLength": 1, "maxLength": q.MAX_NAME}),
+    _array("location", _LOC_DOC, {"pattern": _LOC_RE}),
+    _array("continent", _CONT_DOC, {"pattern": _CONT_RE}),
+    _array("asn", _ASN_DOC, {"pattern": _ASN_RE}),
+    _array("dateRange", _RANGE_DOC, {"pattern": _RANGE_RE}),
+    _array("dateStart", _START_DOC, {"format": "date-time"}),
+    _array("dateEnd", _END_DOC, {"format": "date-time"}),
+    _scalar("format", "JSON (default) or CSV, for every series", {"enum": ["JSON", "CSV"]}),
+]
+AGG_PARAM = _scalar("aggInterval", "15m, 1h, 1d or 1w, for every series (default: by the range's length)",
+                    {"enum": list(q.AGG_INTERVALS)})
+
 _JSON_OR_CSV = {"content": {"text/csv": {"schema": {"type": "string"}}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody, "description": "bad parameters"}}
-TOP_PARAMS = ("location", "asn", "dateRange", "dateStart", "dateEnd", "format", "limit", "minConnections")
+TOP_PARAMS = ("location", "continent", "asn", "dateRange", "dateStart", "dateEnd", "format", "limit",
+              "minConnections")
 
 
 def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = False) -> FastAPI:
@@ -341,48 +485,54 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
     async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
         return error(e.status_code, q.E_NOT_FOUND if e.status_code == 404 else e.status_code, str(e.detail))
 
-    def last_updated(r: q.TimeRange) -> str:
-        span = store.span()
+    def last_updated(span: Span, r: q.TimeRange) -> str:
         return q.iso_s(span[1]) if span else q.iso(r.end)
 
     def params(request: Request) -> list[tuple[str, str]]:
         return request.query_params.multi_items()
 
+    def link(request: Request) -> str:
+        return str(request.url_for("data_meta"))
+
+    def fetch(qy: q.SeriesQuery) -> list[tuple[q.Series, dict[int, Agg]]]:
+        return [(s, store.per_bucket(s.filters, s.range.start_s, s.range.stop_s)) for s in qy.series]
+
     # ------------------------------------------------------------ Radar
 
     @app.get("/radar/tcp_resets_timeouts/summary", response_model=SummaryBody, tags=["radar"],
-             responses={200: _JSON_OR_CSV, **_ERRORS})
-    def summary(request: Request, location: LocationP = None, asn: AsnP = None, date_range: DateRangeP = None,
-                date_start: DateStartP = None, date_end: DateEndP = None, format: FormatP = None) -> Response:
-        """Shares of connections per stage (percent) over the range, for the world, locations or ASes."""
-        qy = q.parse_query(params(request), now())
-        res = summary_result(store.per_bucket(qy.filters, qy.range.start_s, qy.range.end_s), qy.range,
-                             last_updated(qy.range))
+             responses={200: _JSON_OR_CSV, **_ERRORS}, openapi_extra={"parameters": RADAR_PARAMS})
+    def summary(request: Request) -> Response:
+        """Shares of connections per stage (percent) over a range, for the world, locations, continents or ASes;
+        repeated parameters ask for several series (matched by position)."""
+        qy = q.parse_series_query(params(request), now())
+        parts = fetch(qy)
+        span = store.span()
+        res = summary_results(parts, last_updated(span, qy.series[0].range), span, link(request), named=qy.named)
         if qy.format == "CSV":
-            return csv_response(to_csv(q.STAGES, [[res["summary_0"][s] for s in q.STAGES]]))
+            return csv_response(summary_csv(res, [s.key for s in qy.series], len(qy.series) > 1 or qy.named))
         return ok(res)
 
     @app.get("/radar/tcp_resets_timeouts/timeseries_groups", response_model=TimeseriesBody, tags=["radar"],
-             responses={200: _JSON_OR_CSV, **_ERRORS})
-    def timeseries_groups(request: Request, location: LocationP = None, asn: AsnP = None,
-                          date_range: DateRangeP = None, date_start: DateStartP = None, date_end: DateEndP = None,
-                          format: FormatP = None, agg_interval: AggP = None) -> Response:
-        """Shares per stage per aggInterval slot; slots without connections are omitted."""
-        qy = q.parse_query(params(request), now(), timeseries=True)
+             responses={200: _JSON_OR_CSV, **_ERRORS}, openapi_extra={"parameters": [*RADAR_PARAMS, AGG_PARAM]})
+    def timeseries_groups(request: Request) -> Response:
+        """Shares per stage per aggInterval slot; every slot of the range is listed ("0" where nothing was
+        counted); repeated parameters ask for several series."""
+        qy = q.parse_series_query(params(request), now(), timeseries=True)
         assert qy.agg_interval is not None
-        res = timeseries_result(store.per_bucket(qy.filters, qy.range.start_s, qy.range.end_s), qy.range,
-                                qy.agg_interval, last_updated(qy.range))
+        parts = fetch(qy)
+        span = store.span()
+        res = timeseries_results(parts, qy.agg_interval, last_updated(span, qy.series[0].range), span,
+                                 link(request), named=qy.named)
         if qy.format == "CSV":
-            s = res["serie_0"]
-            return csv_response(to_csv(("timestamps", *q.STAGES),
-                                       zip(s["timestamps"], *(s[k] for k in q.STAGES), strict=True)))
+            return csv_response(timeseries_csv(res, [s.key for s in qy.series], len(qy.series) > 1 or qy.named))
         return ok(res)
 
     # ------------------------------------------------------------ rstscope extensions
 
     def breakdown_endpoint(request: Request, kind: str) -> Response:
         qy = q.parse_query(params(request), now())
-        agg = sum_aggs(store.per_bucket(qy.filters, qy.range.start_s, qy.range.end_s, breakdowns=True).values())
+        buckets = store.per_bucket(qy.filters, qy.range.start_s, qy.range.stop_s, breakdowns=True)
+        agg = sum_aggs(buckets.values())
         total = agg.total
         if kind == "tags":
             items = breakdown(dict(agg.tags), TAGS, total, with_stage=False)
@@ -391,21 +541,25 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
         if qy.format == "CSV":
             return csv_response(to_csv(("name", "count", "share"), ([i["name"], i["count"], i["share"]]
                                                                     for i in items)))
-        meta = base_meta(qy.range, last_updated(qy.range), total)
+        span = store.span()
+        meta = series_meta([(q.Series("breakdown_0", qy.filters, qy.range), buckets)], last_updated(span, qy.range),
+                           span, link(request))
         meta["connections"] = total
         return ok({"meta": meta, "breakdown_0": items})
 
     @app.get("/rstscope/tags", response_model=BreakdownBody, tags=["rstscope"],
              responses={200: _JSON_OR_CSV, **_ERRORS})
-    def tags(request: Request, location: LocationP = None, asn: AsnP = None, date_range: DateRangeP = None,
-             date_start: DateStartP = None, date_end: DateEndP = None, format: FormatP = None) -> Response:
+    def tags(request: Request, location: LocationP = None, continent: ContinentP = None, asn: AsnP = None,
+             date_range: DateRangeP = None, date_start: DateStartP = None, date_end: DateEndP = None,
+             format: FormatP = None) -> Response:
         """Tag counts and shares (percent of all connections; tags overlap) for the same filters as summary."""
         return breakdown_endpoint(request, "tags")
 
     @app.get("/rstscope/signatures", response_model=BreakdownBody, tags=["rstscope"],
              responses={200: _JSON_OR_CSV, **_ERRORS})
-    def signatures(request: Request, location: LocationP = None, asn: AsnP = None, date_range: DateRangeP = None,
-                   date_start: DateStartP = None, date_end: DateEndP = None, format: FormatP = None) -> Response:
+    def signatures(request: Request, location: LocationP = None, continent: ContinentP = None, asn: AsnP = None,
+                   date_range: DateRangeP = None, date_start: DateStartP = None, date_end: DateEndP = None,
+                   format: FormatP = None) -> Response:
         """Counts and shares of the paper's 19 tampering signatures, with the stage each belongs to."""
         return breakdown_endpoint(request, "signatures")
 
@@ -415,18 +569,20 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
         fmt = q.parse_format(p.get("format"))
         limit = q.parse_int(p.get("limit"), "limit", 10, 1, 100)
         min_conn = q.parse_int(p.get("minConnections"), "minConnections", 10, 0, 10**9)
-        filters = q.Filters(q.parse_locations(p.get("location")), q.parse_asns(p.get("asn")))
-        own, other = ("country", filters.asn) if kind == "locations" else ("asn", filters.location)
-        if other.given:
+        filters = q.parse_filters(p.get("location"), p.get("asn"), p.get("continent"))
+        restricted = filters.asn.given if kind == "locations" else filters.by_country
+        if restricted:
             # Restricted by the other dimension: sum the country+ASN rows that pass both filters.
             totals: dict[str, Agg] = {}
-            for key, a in store.key_totals("country_asn", r.start_s, r.end_s).items():
+            for key, a in store.key_totals("country_asn", r.start_s, r.stop_s).items():
                 cc, _, asn = key.partition(":")
-                if filters.location.accepts(cc) and filters.asn.accepts(asn):
+                if filters.accepts_country(cc) and filters.asn.accepts(asn):
                     totals.setdefault(cc if kind == "locations" else asn, Agg()).add(a)
+        elif kind == "locations":
+            totals = {k: a for k, a in store.key_totals("country", r.start_s, r.stop_s).items()
+                      if filters.accepts_country(k)}
         else:
-            own_filter = filters.location if kind == "locations" else filters.asn
-            totals = {k: a for k, a in store.key_totals(own, r.start_s, r.end_s).items() if own_filter.accepts(k)}
+            totals = {k: a for k, a in store.key_totals("asn", r.start_s, r.stop_s).items() if filters.asn.accepts(k)}
         items = top_items(totals, kind, min_conn, limit)
         if fmt == "CSV":
             name = "clientCountryAlpha2" if kind == "locations" else "clientASN"
@@ -434,22 +590,23 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
                                        ([i.get(name), i["value"], i["connections"], *i["shares"].values()]
                                         for i in items)))
         meta = {"dateRange": [{"startTime": q.iso(r.start), "endTime": q.iso(r.end)}],
-                "lastUpdated": last_updated(r), "normalization": "PERCENTAGE", "minConnections": min_conn}
+                "lastUpdated": last_updated(store.span(), r), "normalization": "PERCENTAGE",
+                "minConnections": min_conn}
         return ok({"meta": meta, "top_0": items})
 
     @app.get("/rstscope/top/locations", response_model=TopBody, tags=["rstscope"],
              responses={200: _JSON_OR_CSV, **_ERRORS})
-    def top_locations(request: Request, location: LocationP = None, asn: AsnP = None, date_range: DateRangeP = None,
-                      date_start: DateStartP = None, date_end: DateEndP = None, format: FormatP = None,
-                      limit: LimitP = None, min_connections: MinConnP = None) -> Response:
+    def top_locations(request: Request, location: LocationP = None, continent: ContinentP = None, asn: AsnP = None,
+                      date_range: DateRangeP = None, date_start: DateStartP = None, date_end: DateEndP = None,
+                      format: FormatP = None, limit: LimitP = None, min_connections: MinConnP = None) -> Response:
         """Locations ranked by anomaly share (100 - no_match), with at least minConnections connections."""
         return top_endpoint(request, "locations")
 
     @app.get("/rstscope/top/ases", response_model=TopBody, tags=["rstscope"],
              responses={200: _JSON_OR_CSV, **_ERRORS})
-    def top_ases(request: Request, location: LocationP = None, asn: AsnP = None, date_range: DateRangeP = None,
-                 date_start: DateStartP = None, date_end: DateEndP = None, format: FormatP = None,
-                 limit: LimitP = None, min_connections: MinConnP = None) -> Response:
+    def top_ases(request: Request, location: LocationP = None, continent: ContinentP = None, asn: AsnP = None,
+                 date_range: DateRangeP = None, date_start: DateStartP = None, date_end: DateEndP = None,
+                 format: FormatP = None, limit: LimitP = None, min_connections: MinConnP = None) -> Response:
         """ASes ranked by anomaly share; `location=DE` ranks the ASes seen in Germany."""
         return top_endpoint(request, "ases")
 

@@ -1,7 +1,8 @@
 """Query parameters of the Radar-compatible API: parsing and validation, pure (no I/O, `now` injected).
 
 Everything a request can get wrong is decided here, so the HTTP layer only maps `QueryError` to a 400
-and the tests can pin the rules without a server.
+and the tests can pin the rules without a server. The rules (Radar's where it documents them, ours where
+it does not) are listed in docs/api.md.
 """
 
 from __future__ import annotations
@@ -11,11 +12,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from rstscope.api.continents import CONTINENTS, continent_of, countries_in
+
 BUCKET_S = 900
+BUCKET = timedelta(seconds=BUCKET_S)
 STAGES = ("post_syn", "post_ack", "post_psh", "later_in_flow", "no_match")
-MAX_RANGE = timedelta(days=366)
+MAX_RANGE = timedelta(days=366)  # dateStart..dateEnd
 MAX_POINTS = 5000
+MAX_SERIES = 10
+MAX_NAME = 100
 DEFAULT_RANGE = "7d"
+# dateRange: Radar takes up to 364d or 52w; hours (rstscope's addition) up to the same span.
+_RANGE_LIMITS = {"h": 364 * 24, "d": 364, "w": 52}
 
 # aggInterval: the Radar spelling -> (seconds, meta name). Weeks start on Monday (ISO), days at 00:00 UTC.
 AGG_INTERVALS: dict[str, tuple[int, str]] = {
@@ -25,17 +33,19 @@ AGG_INTERVALS: dict[str, tuple[int, str]] = {
     "1w": (7 * 86400, "ONE_WEEK"),
 }
 
-# Error codes (Cloudflare-style numeric codes; the message says what to fix).
-E_INVALID = 10001
-E_UNKNOWN_PARAM = 10002
-E_RANGE = 10003
-E_POINTS = 10004
-E_NOT_FOUND = 10404
+# Error codes: Radar's (developers.cloudflare.com/radar/get-started/error-codes): every bad parameter is an
+# "Input Validation Error" (2001, HTTP 400); the message says which parameter and what to fix.
+E_INVALID = 2001
+E_UNKNOWN_PARAM = E_INVALID
+E_RANGE = E_INVALID
+E_POINTS = E_INVALID
+E_NOT_FOUND = 7003
 
-_RANGE_RE = re.compile(r"^(\d{1,4})([hdw])$")
+_RANGE_RE = re.compile(r"^(\d{1,4})([hdw])(control)?$")
 _UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 _CC_RE = re.compile(r"^[A-Z]{2}$")
 _ASN_RE = re.compile(r"^(?:AS)?(\d{1,10})$")
+_SERIES_KEY_RE = re.compile(r"^(?:summary|serie)_\d+$")
 
 
 class QueryError(ValueError):
@@ -49,7 +59,7 @@ class QueryError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class KeyFilter:
-    """One `location` or `asn` parameter: included and excluded keys (`-` prefix excludes)."""
+    """One `location`, `continent` or `asn` parameter: included and excluded keys (`-` prefix excludes)."""
 
     include: frozenset[str] = frozenset()
     exclude: frozenset[str] = frozenset()
@@ -64,28 +74,53 @@ class KeyFilter:
 
 @dataclass(frozen=True, slots=True)
 class Filters:
-    """Which rows a request aggregates; see `dimension` for the rule."""
+    """Which rows a request aggregates; see `dimension` for the rule. `continent` filters countries."""
 
     location: KeyFilter = field(default_factory=KeyFilter)
     asn: KeyFilter = field(default_factory=KeyFilter)
+    continent: KeyFilter = field(default_factory=KeyFilter)
+
+    @property
+    def by_country(self) -> bool:
+        return self.location.given or self.continent.given
 
     @property
     def dimension(self) -> str:
-        """no filter -> world; location -> country; asn -> asn; both -> country_asn (the rollup dimension)."""
-        if self.location.given and self.asn.given:
+        """no filter -> world; location/continent -> country; asn -> asn; both -> country_asn."""
+        if self.by_country and self.asn.given:
             return "country_asn"
-        if self.location.given:
+        if self.by_country:
             return "country"
         if self.asn.given:
             return "asn"
         return "world"
 
+    def country_sets(self) -> tuple[frozenset[str] | None, frozenset[str]]:
+        """(countries to sum, or None for "all but the excluded"; countries excluded) of location + continent."""
+        include: frozenset[str] | None = None
+        if self.location.include:
+            include = self.location.include
+        if self.continent.include:
+            members = countries_in(self.continent.include)
+            include = members if include is None else include & members
+        exclude = self.location.exclude | countries_in(self.continent.exclude)
+        if include is not None:
+            return include - exclude, frozenset()
+        return None, exclude
+
     @property
     def exclusion_only(self) -> bool:
         """True when the request is "the world minus some keys" of a single dimension."""
         dim = self.dimension
-        kf = self.location if dim == "country" else self.asn if dim == "asn" else None
-        return kf is not None and not kf.include and bool(kf.exclude)
+        if dim == "country":
+            include, exclude = self.country_sets()
+            return include is None and bool(exclude)
+        if dim == "asn":
+            return not self.asn.include and bool(self.asn.exclude)
+        return False
+
+    def accepts_country(self, cc: str) -> bool:
+        return self.location.accepts(cc) and self.continent.accepts(continent_of(cc))
 
     def accepts(self, key: str) -> bool:
         """Whether a row key of `self.dimension` is selected."""
@@ -93,17 +128,40 @@ class Filters:
         if dim == "world":
             return True
         if dim == "country":
-            return self.location.accepts(key)
+            return self.accepts_country(key)
         if dim == "asn":
             return self.asn.accepts(key)
         cc, _, asn = key.partition(":")
-        return self.location.accepts(cc) and self.asn.accepts(asn)
+        return self.accepts_country(cc) and self.asn.accepts(asn)
+
+
+def floor_bucket(dt: datetime) -> datetime:
+    """Radar floors every date to 15 minutes."""
+    ts = int(dt.timestamp())
+    return datetime.fromtimestamp(ts - ts % BUCKET_S, UTC)
 
 
 @dataclass(frozen=True, slots=True)
 class TimeRange:
+    """A range of 15-minute buckets. `start` and `end` are what meta.dateRange reports.
+
+    Relative ranges (dateRange) are [start, end): they end at the current bucket's start. Absolute
+    ranges (dateStart/dateEnd) include the bucket that starts at `end` (Radar: "dateEnd inclusive").
+    """
+
     start: datetime
     end: datetime
+    end_inclusive: bool = False
+
+    @property
+    def stop(self) -> datetime:
+        """The exclusive end of the data summed."""
+        return self.end + BUCKET if self.end_inclusive else self.end
+
+    @property
+    def duration(self) -> timedelta:
+        """What must agree between series (Radar: "every series must resolve to the same duration")."""
+        return self.end - self.start
 
     @property
     def start_s(self) -> int:
@@ -113,13 +171,36 @@ class TimeRange:
     def end_s(self) -> int:
         return int(self.end.timestamp())
 
+    @property
+    def stop_s(self) -> int:
+        return int(self.stop.timestamp())
+
 
 @dataclass(frozen=True, slots=True)
 class Query:
+    """One series (the rstscope extensions, and each series of a Radar request)."""
+
     filters: Filters
     range: TimeRange
     format: str = "JSON"
     agg_interval: str | None = None  # timeseries only: a key of AGG_INTERVALS
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    key: str  # where it goes in `result`: summary_i / serie_i, or the i-th name
+    filters: Filters
+    range: TimeRange
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesQuery:
+    """A Radar request: one or more series matched by position, one format and interval for all."""
+
+    series: tuple[Series, ...]
+    format: str = "JSON"
+    agg_interval: str | None = None
+    named: bool = False
 
 
 def iso(dt: datetime) -> str:
@@ -151,6 +232,21 @@ def parse_locations(raw: str | None) -> KeyFilter:
             raise QueryError(f"location: {item!r} is not an ISO 3166 alpha-2 code (e.g. DE, -US)")
         (exc if neg else inc).add(code)
     return _key_filter(inc, exc, "location")
+
+
+def parse_continents(raw: str | None) -> KeyFilter:
+    """Radar's continent codes (AF, AN, AS, EU, NA, OC, SA), comma separated, `-EU` excludes."""
+    if raw is None:
+        return KeyFilter()
+    inc: set[str] = set()
+    exc: set[str] = set()
+    for item in _items(raw, "continent"):
+        neg = item.startswith("-")
+        code = item[1:].upper() if neg else item.upper()
+        if code not in CONTINENTS:
+            raise QueryError(f"continent: {item!r} is not one of {', '.join(CONTINENTS)} (e.g. EU, -NA)")
+        (exc if neg else inc).add(code)
+    return _key_filter(inc, exc, "continent")
 
 
 def parse_asns(raw: str | None) -> KeyFilter:
@@ -196,29 +292,48 @@ def parse_datetime(raw: str, name: str) -> datetime:
     return dt
 
 
-def parse_date_range(raw: str) -> timedelta:
+def parse_relative(raw: str) -> tuple[timedelta, bool]:
+    """`7d`, `4w`, `24h`, `7dControl` ... -> (span, control). Case-insensitive."""
     m = _RANGE_RE.match(raw.strip().lower())
     if not m or int(m.group(1)) == 0:
-        raise QueryError(f"dateRange: {raw!r} is not a range like 1d, 7d, 4w, 12w or 24h")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+        raise QueryError(f"dateRange: {raw!r} is not a range like 1d, 7d, 4w, 52w or 24h "
+                         "(append 'control' for the period before, e.g. 7dControl)")
+    n, unit = int(m.group(1)), m.group(2)
+    if n > _RANGE_LIMITS[unit]:
+        raise QueryError(f"dateRange: {raw!r} is longer than {_RANGE_LIMITS[unit]}{unit} (364 days)", E_RANGE)
+    return n * _UNITS[unit], m.group(3) is not None
+
+
+def parse_date_range(raw: str) -> timedelta:
+    return parse_relative(raw)[0]
+
+
+def control_shift(span: timedelta) -> timedelta:
+    """How far a control range lies back: the span rounded up to whole weeks (weekday-aligned, no overlap)."""
+    week = timedelta(weeks=1)
+    return -(-span // week) * week
 
 
 def parse_range(date_range: str | None, date_start: str | None, date_end: str | None, now: datetime) -> TimeRange:
-    """dateRange counts back from `now`; dateStart/dateEnd are absolute; they cannot be mixed."""
+    """dateRange counts back from now (floored to 15 minutes); dateStart/dateEnd are absolute, floored to
+    15 minutes, dateEnd inclusive; the two forms cannot be mixed in one series."""
     if date_range is not None and (date_start is not None or date_end is not None):
         raise QueryError("dateRange cannot be combined with dateStart/dateEnd")
+    now15 = floor_bucket(now)
     if date_start is None and date_end is None:
-        span = parse_date_range(date_range if date_range is not None else DEFAULT_RANGE)
-        if span > MAX_RANGE:
-            raise QueryError(f"dateRange: {date_range!r} is longer than {MAX_RANGE.days} days", E_RANGE)
-        return TimeRange(now - span, now)
-    end = parse_datetime(date_end, "dateEnd") if date_end is not None else now
-    start = parse_datetime(date_start, "dateStart") if date_start is not None else end - parse_date_range(DEFAULT_RANGE)
-    if start >= end:
-        raise QueryError("dateStart must be before dateEnd")
+        span, control = parse_relative(date_range if date_range is not None else DEFAULT_RANGE)
+        end = now15 - control_shift(span) if control else now15
+        return TimeRange(end - span, end)
+    end = floor_bucket(parse_datetime(date_end, "dateEnd")) if date_end is not None else now15
+    if date_start is not None:
+        start = floor_bucket(parse_datetime(date_start, "dateStart"))
+    else:
+        start = end - parse_date_range(DEFAULT_RANGE)
+    if start > end:
+        raise QueryError("dateStart must not be after dateEnd")
     if end - start > MAX_RANGE:
         raise QueryError(f"date range is longer than {MAX_RANGE.days} days", E_RANGE)
-    return TimeRange(start, end)
+    return TimeRange(start, end, end_inclusive=True)
 
 
 def parse_format(raw: str | None) -> str:
@@ -229,33 +344,42 @@ def parse_format(raw: str | None) -> str:
 
 
 def auto_interval(r: TimeRange) -> str:
-    """The finest interval that keeps a chart readable (Radar picks one too when none is given)."""
-    span = r.end - r.start
+    """Radar's defaults: 15 minutes for a day or so, one day beyond a month; one hour in between."""
+    span = r.stop - r.start
     if span <= timedelta(days=3):
         return "15m"
     if span <= timedelta(days=31):
         return "1h"
-    if span <= timedelta(days=190):
-        return "1d"
-    return "1w"
+    return "1d"
+
+
+def slot_starts(r: TimeRange, agg: str) -> range:
+    """The start of every aggInterval slot that overlaps the range (timestamps of a timeseries)."""
+    size = AGG_INTERVALS[agg][0]
+    if r.stop_s <= r.start_s:
+        return range(0)
+    return range(interval_start(r.start_s, agg), interval_start(r.stop_s - 1, agg) + 1, size)
 
 
 def parse_agg_interval(raw: str | None, r: TimeRange) -> str:
     agg = auto_interval(r) if raw is None else raw.strip().lower()
     if agg not in AGG_INTERVALS:
         raise QueryError(f"aggInterval: {raw!r} is not one of {', '.join(AGG_INTERVALS)}")
-    points = (r.end_s - r.start_s) / AGG_INTERVALS[agg][0]
+    points = len(slot_starts(r, agg))
     if points > MAX_POINTS:
-        raise QueryError(f"aggInterval {agg} over this range gives {int(points)} points (max {MAX_POINTS}); "
+        raise QueryError(f"aggInterval {agg} over this range gives {points} points (max {MAX_POINTS}); "
                          "use a longer aggInterval or a shorter range", E_POINTS)
     return agg
 
 
+def _pairs(params: Mapping[str, str] | Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(params.items()) if isinstance(params, Mapping) else list(params)
+
+
 def check_params(params: Mapping[str, str] | Sequence[tuple[str, str]], allowed: Sequence[str]) -> dict[str, str]:
     """Unknown and repeated parameters are errors: a typo must not silently widen a query."""
-    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
     out: dict[str, str] = {}
-    for name, value in pairs:
+    for name, value in _pairs(params):
         if name not in allowed:
             raise QueryError(f"unknown parameter {name!r} (allowed: {', '.join(allowed)})", E_UNKNOWN_PARAM)
         if name in out:
@@ -264,19 +388,106 @@ def check_params(params: Mapping[str, str] | Sequence[tuple[str, str]], allowed:
     return out
 
 
-FILTER_PARAMS = ("location", "asn", "dateRange", "dateStart", "dateEnd", "format")
+FILTER_PARAMS = ("location", "continent", "asn", "dateRange", "dateStart", "dateEnd", "format")
 SUMMARY_PARAMS = FILTER_PARAMS
 TIMESERIES_PARAMS = (*FILTER_PARAMS, "aggInterval")
+# Radar: every parameter is an array (one value per series) except format and aggInterval.
+ARRAY_PARAMS = ("name", "location", "continent", "asn", "dateRange", "dateStart", "dateEnd")
+SCALAR_PARAMS = ("format", "aggInterval")
+
+
+def parse_filters(location: str | None, asn: str | None, continent: str | None = None) -> Filters:
+    return Filters(parse_locations(location), parse_asns(asn), parse_continents(continent))
 
 
 def parse_query(params: Mapping[str, str] | Sequence[tuple[str, str]], now: datetime, *,
                 timeseries: bool = False) -> Query:
-    """The filters, range, format (and interval) of a summary or timeseries request."""
+    """One series (the rstscope extensions): the filters, range, format (and interval); no repeats."""
     p = check_params(params, TIMESERIES_PARAMS if timeseries else SUMMARY_PARAMS)
     r = parse_range(p.get("dateRange"), p.get("dateStart"), p.get("dateEnd"), now)
-    filters = Filters(parse_locations(p.get("location")), parse_asns(p.get("asn")))
+    filters = parse_filters(p.get("location"), p.get("asn"), p.get("continent"))
     agg = parse_agg_interval(p.get("aggInterval"), r) if timeseries else None
     return Query(filters, r, parse_format(p.get("format")), agg)
+
+
+def _series_name(raw: str, i: int, prefix: str) -> str:
+    name = raw.strip()
+    if not name or len(name) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise QueryError(f"name: {raw!r} is not a series name (1 to {MAX_NAME} printable characters)")
+    if name == "meta":
+        raise QueryError("name: 'meta' is taken by the response's metadata")
+    if _SERIES_KEY_RE.match(name) and name != f"{prefix}{i}":
+        raise QueryError(f"name: {name!r} would be mistaken for another series' key ({prefix}N)")
+    return name
+
+
+def parse_series_query(params: Mapping[str, str] | Sequence[tuple[str, str]], now: datetime, *,
+                       timeseries: bool = False) -> SeriesQuery:
+    """A Radar request: repeated parameters ask for several series, matched by position.
+
+    Series i takes the i-th value of each array parameter; a parameter given once applies to every
+    series; an empty value means "not set" for that series. `name` labels the series (one per series,
+    unique). All series must resolve to the same duration (Radar's rule).
+    """
+    allowed = (*ARRAY_PARAMS, *SCALAR_PARAMS) if timeseries else (*ARRAY_PARAMS, "format")
+    values: dict[str, list[str]] = {}
+    for name, value in _pairs(params):
+        if name not in allowed:
+            raise QueryError(f"unknown parameter {name!r} (allowed: {', '.join(allowed)})", E_UNKNOWN_PARAM)
+        if name in SCALAR_PARAMS and name in values:
+            raise QueryError(f"parameter {name!r} applies to every series: give it once")
+        values.setdefault(name, []).append(value)
+    n = max((len(v) for k, v in values.items() if k in ARRAY_PARAMS), default=1)
+    if n > MAX_SERIES:
+        raise QueryError(f"{n} series asked for (max {MAX_SERIES})")
+    for k, v in values.items():
+        if k in ARRAY_PARAMS and len(v) not in (1, n):
+            raise QueryError(f"{k}: {len(v)} values for {n} series (give one value for all, or one per series)")
+    names = values.get("name")
+    if names is not None and len(names) != n:
+        raise QueryError(f"name: {len(names)} names for {n} series (one per series)")
+    prefix = "serie_" if timeseries else "summary_"
+
+    def at(k: str, i: int) -> str | None:
+        v = values.get(k)
+        if v is None:
+            return None
+        item = v[i] if len(v) == n else v[0]
+        return item if item.strip() else None
+
+    series: list[Series] = []
+    for i in range(n):
+        where = f" (series {i})" if n > 1 else ""
+        try:
+            r = parse_range(at("dateRange", i), at("dateStart", i), at("dateEnd", i), now)
+            filters = parse_filters(at("location", i), at("asn", i), at("continent", i))
+            key = _series_name(names[i], i, prefix) if names is not None else f"{prefix}{i}"
+        except QueryError as e:
+            raise QueryError(e.message + where, e.code) from None
+        series.append(Series(key, filters, r))
+    keys = [s.key for s in series]
+    if len(set(keys)) != len(keys):
+        raise QueryError(f"name: series names must differ ({', '.join(keys)})")
+    durations = {s.range.duration for s in series}
+    if len(durations) > 1:
+        spans = ", ".join(f"{s.key}: {span_text(s.range.duration)}" for s in series)
+        raise QueryError(f"every series must cover the same duration (after flooring to 15 minutes): {spans}")
+    agg = None
+    if timeseries:
+        raw = values.get("aggInterval")
+        agg = parse_agg_interval(raw[0] if raw else None, series[0].range)
+        for s in series[1:]:
+            parse_agg_interval(agg, s.range)
+    fmt = values.get("format")
+    return SeriesQuery(tuple(series), parse_format(fmt[0] if fmt else None), agg, names is not None)
+
+
+def span_text(td: timedelta) -> str:
+    """7d, 1d12h, 5h15m, 0m."""
+    rest = int(td.total_seconds())
+    days, rest = divmod(rest, 86400)
+    hours, rest = divmod(rest, 3600)
+    return "".join(f"{v}{u}" for v, u in ((days, "d"), (hours, "h"), (rest // 60, "m")) if v) or "0m"
 
 
 def parse_int(raw: str | None, name: str, default: int, lo: int, hi: int) -> int:

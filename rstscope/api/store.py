@@ -281,25 +281,33 @@ class Store:
         return out
 
     def per_bucket(self, filters: Filters, start_s: int, end_s: int, *, breakdowns: bool = False) -> dict[int, Agg]:
-        """Summed counts per 15-minute bucket for the rows `filters` selects.
+        """Summed counts per 15-minute bucket in [start_s, end_s) for the rows `filters` selects.
 
-        Exclusion only (`location=-DE`): the world row minus the excluded rows, per bucket, from counts.
+        Exclusion only (`location=-DE`, `continent=-EU`, `asn=-174`): the world row minus the excluded rows,
+        per bucket, from counts. Continents select the rows of their countries.
         """
         dim = filters.dimension
         if dim == "world":
             return self._bucket_aggs("world", start_s, end_s, None, None, breakdowns)
-        if filters.exclusion_only:
-            kf = filters.location if dim == "country" else filters.asn
-            world = self._bucket_aggs("world", start_s, end_s, None, None, breakdowns)
-            for b, agg in self._bucket_aggs(dim, start_s, end_s, kf.exclude, None, breakdowns).items():
-                if b in world:
-                    world[b].add(agg, -1)
-            clamped = {b: a.clamp() for b, a in world.items()}
-            return {b: a for b, a in clamped.items() if a.total > 0}
-        if dim in ("country", "asn"):
-            kf = filters.location if dim == "country" else filters.asn
-            return self._bucket_aggs(dim, start_s, end_s, kf.include, None, breakdowns)
+        if dim == "country":
+            include, exclude = filters.country_sets()
+            if include is not None:
+                return self._bucket_aggs(dim, start_s, end_s, include, None, breakdowns)
+            return self._world_minus(dim, exclude, start_s, end_s, breakdowns)
+        if dim == "asn":
+            if filters.asn.include:
+                return self._bucket_aggs(dim, start_s, end_s, filters.asn.include, None, breakdowns)
+            return self._world_minus(dim, filters.asn.exclude, start_s, end_s, breakdowns)
         return self._bucket_aggs(dim, start_s, end_s, None, filters, breakdowns)
+
+    def _world_minus(self, dim: str, exclude: Iterable[str], start_s: int, end_s: int,
+                     breakdowns: bool) -> dict[int, Agg]:
+        world = self._bucket_aggs("world", start_s, end_s, None, None, breakdowns)
+        for b, agg in self._bucket_aggs(dim, start_s, end_s, exclude, None, breakdowns).items():
+            if b in world:
+                world[b].add(agg, -1)
+        clamped = {b: a.clamp() for b, a in world.items()}
+        return {b: a for b, a in clamped.items() if a.total > 0}
 
     def key_totals(self, dimension: str, start_s: int, end_s: int) -> dict[str, Agg]:
         """Summed counts per key of a dimension over a range (for top lists and selectors)."""

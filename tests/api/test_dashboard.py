@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,9 @@ def test_dashboard_draws_the_api_numbers(server: str, tmp_path: Path) -> None:
         # The default period is the data's own span (the capture is from 2024, the clock is not).
         meta = httpx.get(server + "/rstscope/meta").json()["result"]
         rng = page.evaluate("window.rstscope.summary.meta.dateRange[0]")
-        assert rng == {"startTime": meta["dataStart"], "endTime": meta["dataEnd"]}
+        # dateEnd is inclusive: the page asks up to the start of the data's last 15-minute bucket.
+        last = datetime.fromisoformat(meta["dataEnd"]) - timedelta(seconds=meta["bucketSeconds"])
+        assert rng == {"startTime": meta["dataStart"], "endTime": last.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
         world = api_for_page(server, page, "/radar/tcp_resets_timeouts/summary", {})["summary_0"]
         shown = summary_on_page(page)

@@ -83,7 +83,7 @@ def test_agg_interval_default_and_point_limit() -> None:
     assert q.parse_agg_interval(None, q.parse_range("1d", None, None, NOW)) == "15m"
     assert q.parse_agg_interval(None, q.parse_range("7d", None, None, NOW)) == "1h"
     assert q.parse_agg_interval(None, q.parse_range("12w", None, None, NOW)) == "1d"
-    assert q.parse_agg_interval(None, q.parse_range("52w", None, None, NOW)) == "1w"
+    assert q.parse_agg_interval(None, q.parse_range("52w", None, None, NOW)) == "1d"  # Radar: > 1 month, 1 day
     with pytest.raises(q.QueryError) as e:
         q.parse_agg_interval("15m", q.parse_range("52w", None, None, NOW))
     assert e.value.code == q.E_POINTS

@@ -45,7 +45,12 @@ def test_summary_shape_world(client: TestClient) -> None:
     assert meta["dateRange"] == [{"startTime": "2024-09-02T00:00:00Z", "endTime": "2024-09-04T00:00:00Z"}]
     assert meta["normalization"] == "PERCENTAGE"
     assert meta["lastUpdated"] == iso_s(BUCKETS[-1] + 900)
-    assert meta["confidenceInfo"] == {"level": 4, "annotations": []}
+    assert meta["confidenceInfo"]["level"] == 4
+    # The range runs past the data (which ends at 01:00 on day 2): said by a PIPELINE annotation.
+    [gap] = meta["confidenceInfo"]["annotations"]
+    assert gap["eventType"] == "PIPELINE" and gap["dataSource"] == "CONNECTION_ANOMALY"
+    assert (gap["startDate"], gap["endDate"]) == (iso_s(BUCKETS[-1] + 900), "2024-09-04T00:15:00Z")
+    assert meta["units"] == [{"name": "*", "value": "connections"}]
     assert_shares(res["summary_0"], expected_counts())
 
 
@@ -95,18 +100,26 @@ def test_timeseries_shape_and_intervals(client: TestClient) -> None:
     assert res["meta"]["aggInterval"] == "FIFTEEN_MINUTES"
     serie = res["serie_0"]
     assert set(serie) == {"timestamps", *STAGES}
-    assert serie["timestamps"] == [iso_s(b) for b in BUCKETS]  # empty slots are omitted
-    for i, b in enumerate(BUCKETS):
-        assert_shares({s: serie[s][i] for s in STAGES}, expected_counts(buckets=[b]))
+    # Every slot of the range is listed (dateEnd inclusive: its own bucket too); empty slots are "0".
+    grid = list(range(BASE, BASE + 2 * 86400 + 1, 900))
+    assert serie["timestamps"] == [iso_s(b) for b in grid]
+    for i, b in enumerate(grid):
+        if b in BUCKETS:
+            assert_shares({s: serie[s][i] for s in STAGES}, expected_counts(buckets=[b]))
+        else:
+            assert {s: serie[s][i] for s in STAGES} == dict.fromkeys(STAGES, "0")
 
     hourly = get_ok(client, SERIES, **ALL, aggInterval="1h")
     assert hourly["meta"]["aggInterval"] == "ONE_HOUR"
-    assert hourly["serie_0"]["timestamps"] == [iso_s(BASE), iso_s(BASE + 3600), iso_s(BASE + 86400)]
+    assert hourly["serie_0"]["timestamps"] == [iso_s(t) for t in range(BASE, BASE + 2 * 86400 + 1, 3600)]
     first_hour = {s: hourly["serie_0"][s][0] for s in STAGES}
     assert_shares(first_hour, expected_counts(buckets=BUCKETS[:4]))
+    assert_shares({s: hourly["serie_0"][s][24] for s in STAGES}, expected_counts(buckets=BUCKETS[8:]))
 
     daily = get_ok(client, SERIES, **ALL, aggInterval="1d", location="US")
-    assert daily["meta"]["aggInterval"] == "ONE_DAY" and len(daily["serie_0"]["timestamps"]) == 2
+    # Days 1, 2 and the (empty) first bucket of day 3 that the inclusive dateEnd reaches.
+    assert daily["meta"]["aggInterval"] == "ONE_DAY" and len(daily["serie_0"]["timestamps"]) == 3
+    assert daily["serie_0"]["no_match"][2] == "0"
     weekly = get_ok(client, SERIES, **ALL, aggInterval="1w")
     assert weekly["meta"]["aggInterval"] == "ONE_WEEK" and weekly["serie_0"]["timestamps"] == [iso_s(BASE)]
     assert_shares({s: weekly["serie_0"][s][0] for s in STAGES}, expected_counts())
@@ -163,8 +176,8 @@ def test_no_data_gives_zeros_and_level_zero(client: TestClient) -> None:
     res = get_ok(client, SUMMARY, dateStart="2020-01-01T00:00:00Z", dateEnd="2020-01-02T00:00:00Z")
     assert res["summary_0"] == dict.fromkeys(STAGES, "0")
     assert res["meta"]["confidenceInfo"]["level"] == 0
-    assert get_ok(client, SERIES, dateStart="2020-01-01T00:00:00Z", dateEnd="2020-01-02T00:00:00Z")[
-        "serie_0"]["timestamps"] == []
+    empty = get_ok(client, SERIES, dateStart="2020-01-01T00:00:00Z", dateEnd="2020-01-02T00:00:00Z")["serie_0"]
+    assert len(empty["timestamps"]) == 97 and set(empty["post_syn"]) == {"0"}  # zero-filled, 15 minutes
 
 
 # ---------------------------------------------------------------- rstscope extensions

@@ -67,7 +67,10 @@ function rangeParams() {
   let from = back ? Math.max(start, end - back) : start;
   // The API caps a range at maxRangeDays: keep the most recent part of very long captures.
   from = Math.max(from, end - (meta.maxRangeDays - 1) * 86400e3);
-  return { dateStart: new Date(from).toISOString().replace(".000Z", "Z"), dateEnd: meta.dataEnd };
+  // dateEnd is inclusive (as in Radar): the start of the last bucket with data.
+  const last = end - meta.bucketSeconds * 1e3;
+  const iso = (ms) => new Date(ms).toISOString().replace(".000Z", "Z");
+  return { dateStart: iso(from), dateEnd: iso(Math.max(from, last)) };
 }
 
 function filterParams() {
@@ -100,13 +103,12 @@ function renderSummary(summary, connections) {
 
 function renderChart(series) {
   const serie = series.serie_0;
-  const step = { FIFTEEN_MINUTES: 900e3, ONE_HOUR: 3600e3, ONE_DAY: 86400e3, ONE_WEEK: 7 * 86400e3 }[series.meta.aggInterval];
   const xs = serie.timestamps.map((t) => Date.parse(t));
-  // Slots without connections are absent from the API: break the area there instead of interpolating.
+  // Slots without connections come as all "0": break the area there instead of drawing a drop to zero.
   const points = Object.fromEntries(STAGES.map((s) => [s, []]));
   xs.forEach((x, i) => {
-    if (i > 0 && x - xs[i - 1] > step) for (const s of STAGES) points[s].push({ x: xs[i - 1] + step, y: null });
-    for (const s of STAGES) points[s].push({ x, y: Number(serie[s][i]) });
+    const empty = STAGES.every((s) => Number(serie[s][i]) === 0);
+    for (const s of STAGES) points[s].push({ x, y: empty ? null : Number(serie[s][i]) });
   });
   const shown = STAGES.filter((s) => state.showNone || s !== "no_match");
   const datasets = shown.map((s) => ({
