@@ -17,8 +17,8 @@ test-testbed:
 	python3 -m pytest -q -p no:cacheprovider -m realnet tests/testbed
 
 bench:  ## analyze vs tcpdump, argus, tshark, nfstream on a 1.6M-packet capture made with nginx and ab
-	command -v argus >/dev/null && command -v tshark >/dev/null || \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q argus-server tshark)
+	command -v argus >/dev/null && command -v tshark >/dev/null && command -v ab >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q argus-server tshark apache2-utils)
 	python3 -m pip install -q nfstream
 	[ -f .cache/bench.pcap ] || bench/make_capture.sh .cache/bench.pcap
 	python3 bench/bench_analyze.py .cache/bench.pcap --runs 3

@@ -2,7 +2,7 @@
 `argus -r` and nfstream (if installed: `pip install nfstream`) on the same capture, side by side in one run.
 The `rstscope/tool` column is the tool's packets/s relative to `rstscope batch --sample 1`.
 
-Usage: python bench/bench_analyze.py CAPTURE [--runs 3] [--no-packet] [--no-tshark]
+Usage: python bench/bench_analyze.py CAPTURE [--runs 3] [--no-packet] [--no-tshark] [--baseline TREE]
 Runs each command in turn (interleaved, so machine noise hits all alike), `--runs` rounds, and prints
 medians of wall time, packets/s, the ratio to tcpdump, and the peak RSS of each child (wait4). The
 packet engine is the per-packet reference path (what the streaming workers run); batch is the
@@ -57,6 +57,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-packet", action="store_true", help="skip the (slow) per-packet engine")
     ap.add_argument("--no-tshark", action="store_true", help="skip tshark (slow)")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="TREE",
+                    help="also run the rstscope of another checkout (e.g. `git worktree add /tmp/old main~1`)")
     args = ap.parse_args()
     cap = str(args.capture.resolve())
     n = count_packets(args.capture)
@@ -70,6 +72,10 @@ def main() -> int:
         "rstscope batch --sample 1": rstscope("batch", "1"),
         "rstscope batch --sample 0.0001": rstscope("batch", "0.0001"),
     }
+    if args.baseline is not None:
+        # run from the baseline tree: the working directory comes first on sys.path, before PYTHONPATH
+        tools["rstscope batch --sample 1 (baseline)"] = ["sh", "-c", 'cd "$0" && exec "$@"',
+                                                         str(args.baseline.resolve()), *rstscope("batch", "1")]
     if not args.no_packet:
         tools["rstscope packet --sample 1"] = rstscope("packet", "1")
         tools["rstscope packet --sample 0.0001"] = rstscope("packet", "0.0001")

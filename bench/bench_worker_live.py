@@ -1,18 +1,25 @@
-"""The worker's memory per open connection and its result latency, on a real broker (issue 8).
+"""The worker's memory per held connection and its result latency, on a real broker (issue 8).
 
     python bench/bench_worker_live.py memory [--connections 1000000] [--packets 1]
-    python bench/bench_worker_live.py latency [--rate 2000] [--seconds 60]
+    python bench/bench_worker_live.py latency [--rate 2000] [--seconds 60] [--mode window|idle]
 
-memory: N connections that stay open (a SYN, optionally an ACK and a data segment, all within a few
+memory: N connections that have not ended (a SYN, optionally an ACK and a data segment, all within a few
 seconds of event time and no watermark after them) go to the packets topic; one `rstscope worker`
-consumes them all. Reported: the worker's RSS growth per open connection (VmRSS after all are held,
-minus VmRSS when it was ready and idle), next to the same figure for `ConnectionStage` alone
-in-process (tracemalloc) so the share of Faust's held messages is visible.
+consumes them all and holds them (SPEC 4: decided when their window closes). Reported: the worker's RSS
+growth per held connection (VmRSS after all are held, minus VmRSS when it was ready and idle), next to
+the same figure for `ConnectionStage` alone in-process (tracemalloc) so the share of Faust is visible.
 
-latency: connections are generated in real time (event time = wall clock) at --rate packets/s with
-watermarks every 0.5 s, as a live edge does; half end with a RST, half go silent (timeouts). For every
-record on the connections topic: broker append time (LogAppendTime) minus the record's last packet
-time. The target is idle timeout + 2 s; printed: median, p99, max.
+latency: connections are generated in real time at --rate packets/s with watermarks every 0.5 s, as a
+live edge does; half end with a RST, half go silent. Event time is the wall clock shifted so that a
+15-minute window closes in the middle of the run. For every record on the connections topic, by broker
+append time (LogAppendTime):
+- window mode (the default, the blog's method): an ended (RST) connection comes out once the event time
+  passes its last packet by grace_s (target: grace_s + 2 s after its last packet); a silent one is held
+  until its window closes (target: 2 s after the window's end); those of the window still open when the
+  run stops are decided by the end-of-input watermark the bench then sends (as `rstscope edge` does).
+- idle mode (`--mode idle`): a silent connection times out idle_s after its last packet (target idle_s +
+  2 s), an ended one after grace_s.
+Printed: median, p99, max per kind.
 
 Without --bootstrap (and $KAFKA_BOOTSTRAP_SERVERS) a local broker is started in a temp dir.
 """
@@ -30,6 +37,7 @@ import time
 import tracemalloc
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -92,7 +100,7 @@ def held(log: Path) -> int:
 
 
 def stage_bytes(topo: config.Topology, n: int, k: int) -> float:
-    """ConnectionStage alone: traced bytes per open connection (handles are ints, not Faust events)."""
+    """ConnectionStage alone: traced bytes per held connection (handles are ints, not Faust events)."""
     stage = ConnectionStage(topo)
     values = [encode_packet(p) for i in range(min(n, 200_000)) for p in client_packets(i, T0 + i * 4e-6, k)]
     tracemalloc.start()
@@ -101,7 +109,7 @@ def stage_bytes(topo: config.Topology, n: int, k: int) -> float:
         stage.feed(off % 8, v, off)
     used = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
-    return used / sum(len(st.table.open) for st in stage.parts.values())
+    return used / sum(len(st.table.open) for st in stage.parts.values())  # not ended: all held
 
 
 T0 = 1_700_000_100.0
@@ -119,7 +127,7 @@ def memory(bootstrap: str, tmp: Path, n: int, k: int) -> None:
         prod = Producer({**DEFAULT_CONF, "bootstrap.servers": bootstrap})
         topic = topo.topics["packets"].name
         sent = 0
-        for i in range(n):  # all within 4 s of event time: nothing times out, nothing is finalized
+        for i in range(n):  # all within 4 s of event time, none ended: held until their window closes
             for p in client_packets(i, T0 + i * (4.0 / n), k):
                 while True:
                     try:
@@ -139,24 +147,47 @@ def memory(bootstrap: str, tmp: Path, n: int, k: int) -> None:
         full = rss(proc.pid)
         per_conn = (full - idle) / n
         in_proc = stage_bytes(topo, n, k)
-        print(f"open connections {n:,} ({k} packet(s) each, {sent:,} messages held); worker RSS idle "
-              f"{idle / 2**20:.0f} MiB, all held {full / 2**20:.0f} MiB: {per_conn:,.0f} bytes per open connection "
+        print(f"held connections {n:,} (not ended, {k} packet(s) each, {sent:,} messages held); worker RSS idle "
+              f"{idle / 2**20:.0f} MiB, all held {full / 2**20:.0f} MiB: {per_conn:,.0f} bytes per held connection "
               f"(target 500); ConnectionStage alone (tracemalloc, no Faust): {in_proc:,.0f} bytes")
     finally:
         proc.terminate()
         proc.wait(60)
 
 
-def latency(bootstrap: str, tmp: Path, rate: float, seconds: float) -> None:
+def _window_topology(tmp: Path, tag: str, mode: str) -> Path:
+    """The bench's topology with the given window mode."""
+    import yaml
+
+    path = topology_file(tmp, tag)
+    raw = yaml.safe_load(path.read_text())
+    raw["window"]["mode"] = mode
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _quantiles(xs: list[float]) -> str:
+    if not xs:
+        return "none"
+    xs = sorted(xs)
+    p99 = statistics.quantiles(xs, n=100)[98] if len(xs) > 1 else xs[0]
+    return f"median {statistics.median(xs):.2f} s, p99 {p99:.2f} s, max {xs[-1]:.2f} s ({len(xs):,} records)"
+
+
+def latency(bootstrap: str, tmp: Path, rate: float, seconds: float, mode: str) -> None:
     tag = f"lat{uuid.uuid4().hex[:6]}"
-    topo_path = topology_file(tmp, tag)
+    topo_path = _window_topology(tmp, tag, mode)
     topo = config.load(topo_path)
+    w = topo.window
     apply(bootstrap, all_specs(topo, f"{tag}-app"))
-    idle_s = topo.window.idle_timeout_s
     proc, log = start_worker(bootstrap, topo_path, f"{tag}-app", tmp)
     conns_topic = topo.topics["connections"].name
     stop = threading.Event()
-    got: list[tuple[float, float]] = []  # (append time, last packet time)
+    got: list[tuple[float, dict[str, Any]]] = []  # (append time in event time, record)
+    start = time.time()
+    # event time = wall clock + shift: a window boundary falls in the middle of the run
+    boundary = (start // w.size_s + 1) * w.size_s
+    shift = boundary - (start + seconds / 2)
 
     def consume() -> None:
         c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
@@ -165,7 +196,7 @@ def latency(bootstrap: str, tmp: Path, rate: float, seconds: float) -> None:
         while not stop.is_set():
             for m in c.consume(500, timeout=0.2):
                 if m.error() is None:
-                    got.append((m.timestamp()[1] / 1000.0, loads(m.value())["last_ts"]))
+                    got.append((m.timestamp()[1] / 1000.0 + shift, loads(m.value() or b"")))
         c.close()
 
     reader = threading.Thread(target=consume, daemon=True)
@@ -173,50 +204,66 @@ def latency(bootstrap: str, tmp: Path, rate: float, seconds: float) -> None:
     prod = Producer({**DEFAULT_CONF, "bootstrap.servers": bootstrap})
     topic = topo.topics["packets"].name
     parts = topo.topics["packets"].partitions
+
+    def watermark(eof: bool = False) -> None:
+        wm = encode_watermark(Watermark(time.time() + shift, "bench", eof))
+        for part in range(parts):
+            prod.produce(topic, wm, partition=part)
+
     per_conn = 3.5  # packets per connection on average (3, plus a RST for half of them)
-    start = time.time()
     next_wm = start
     i = sent = 0
+    eof_at = 0.0
     try:
         while time.time() - start < seconds:
             now = time.time()
             due = int((now - start) * rate / per_conn)
             while i < due:
                 end = TH_RST if i % 2 else None
-                for p in client_packets(i, now, 3, end):
+                for p in client_packets(i, now + shift, 3, end):
                     prod.produce(topic, encode_packet(p), packet_key(p))
                     sent += 1
                 i += 1
             if now >= next_wm:  # a live edge's promise: nothing older than now follows
-                wm = encode_watermark(Watermark(now, "bench", False))
-                for part in range(parts):
-                    prod.produce(topic, wm, partition=part)
+                watermark()
                 next_wm = now + 0.5
             prod.poll(0)
             time.sleep(0.005)
-        # keep the clock going until every connection can have timed out
-        until = time.time() + idle_s + 5
+        # keep the clock going until every ended connection is past its grace period (idle mode: every
+        # silent one past idle_s), then end the input as an edge does (eof): the rest is decided
+        until = time.time() + max(w.grace_s, w.idle_s if mode == "idle" else 0.0) + 5
         while time.time() < until:
-            wm = encode_watermark(Watermark(time.time(), "bench", False))
-            for part in range(parts):
-                prod.produce(topic, wm, partition=part)
+            watermark()
             prod.poll(0)
             time.sleep(0.5)
+        eof_at = time.time() + shift
+        watermark(eof=True)
         prod.flush(30)
-        time.sleep(3)
+        time.sleep(5)
     finally:
         stop.set()
         reader.join(10)
         proc.terminate()
         proc.wait(60)
-    lat = sorted(t - last for t, last in got)
-    if not lat:
+    if not got:
         raise SystemExit(f"no records on {conns_topic}: {log}")
-    q = statistics.quantiles(lat, n=100)
-    print(f"{i:,} connections at {rate:,.0f} packets/s for {seconds:.0f} s ({sent:,} packets); {len(lat):,} records. "
-          f"Result latency after the last packet (target idle {idle_s} s + 2 s = {idle_s + 2} s): "
-          f"median {statistics.median(lat):.2f} s, p99 {q[98]:.2f} s, max {lat[-1]:.2f} s; "
-          f"{sum(x > idle_s + 2 for x in lat)} records over the target")
+    ended = [t - r["last_ts"] for t, r in got if "reset" in r["tags"]]
+    silent = [(t, r) for t, r in got if "timeout" in r["tags"]]
+    print(f"{mode} mode: {i:,} connections at {rate:,.0f} packets/s for {seconds:.0f} s ({sent:,} packets), "
+          f"a window closing {seconds / 2:.0f} s into the run; {len(got):,} records.")
+    print(f"  ended (RST), after the last packet (target grace {w.grace_s:g} s + 2 s): {_quantiles(ended)}; "
+          f"{sum(x > w.grace_s + 2 for x in ended)} over the target")
+    if mode == "idle":
+        quiet = [t - r["last_ts"] for t, r in silent]
+        print(f"  silent (timeouts), after the last packet (target idle {w.idle_s:g} s + 2 s): {_quantiles(quiet)}; "
+              f"{sum(x > w.idle_s + 2 for x in quiet)} over the target")
+        return
+    closed = [t - (r["window_start"] + w.size_s) for t, r in silent if r["window_start"] + w.size_s <= eof_at]
+    at_eof = [r for _t, r in silent if r["window_start"] + w.size_s > eof_at]
+    print(f"  silent (held), after their window's end (target 2 s): {_quantiles(closed)}; "
+          f"{sum(x > 2 for x in closed)} over the target")
+    print(f"  silent of the window still open, decided by the end-of-input watermark: {len(at_eof):,} timeouts "
+          f"(those quiet < {w.timeout_s:g} s before it are incomplete, not emitted)")
 
 
 def main() -> int:
@@ -227,13 +274,14 @@ def main() -> int:
     ap.add_argument("--packets", type=int, default=1, choices=(1, 2, 3))
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--mode", choices=config.MODES, default=config.MODE_WINDOW, help="latency: the window mode")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rstscope-bench-"))
     with local_broker(args.bootstrap, tmp) as bootstrap:
         if args.what == "memory":
             memory(bootstrap, tmp, args.connections, args.packets)
         else:
-            latency(bootstrap, tmp, args.rate, args.seconds)
+            latency(bootstrap, tmp, args.rate, args.seconds, args.mode)
     return 0
 
 

@@ -23,7 +23,9 @@ def stage_table(summary: dict[str, Any]) -> str:
         if items:
             lines.append(f"{title}: " + ", ".join(f"{k} {v:,}" for k, v in items))
     if summary.get("injected"):
-        lines.append(f"injected (TTL / IP-ID evidence): {summary['injected']:,}")
+        only = summary.get("injected_syn_only", 0)
+        note = f" ({only:,} with only the SYN to compare: a lead, see docs/method.md)" if only else ""
+        lines.append(f"injected (TTL / IP-ID evidence): {summary['injected']:,}{note}")
     excl = [(k, v) for k, v in summary["excluded"].items() if v]
     lines.append("excluded: " + (", ".join(f"{k} {v:,}" for k, v in excl) if excl else "none"))
     if summary.get("malformed"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Iterable
 
@@ -109,36 +108,12 @@ def pcapng_bytes(frames: Iterable[tuple[float, bytes]], linktype: int = 1, tsres
     return b"".join(out)
 
 
-def append_end_marker(path: str | os.PathLike[str], gap_s: float = 30.0) -> None:
-    """Append a UDP frame ``gap_s`` after the last frame of a classic Ethernet pcap written by tcpdump.
-
-    The end of input is the latest frame of any kind, and connections whose last packet lies within the
-    idle timeout of it are ``incomplete``; a marker well after the traffic lets every one be decided,
-    whatever tcpdump did or did not flush when it was stopped."""
-    with open(path, "rb") as f:
-        data = f.read()
-    magic = struct.unpack_from("<I", data)[0]
-    assert magic == 0xA1B2C3D4, "tcpdump wrote an unexpected format"
-    off, last = 24, 0.0
-    while off + 16 <= len(data):
-        sec, usec, incl, _orig = struct.unpack_from("<IIII", data, off)
-        last = sec + usec / 1e6
-        off += 16 + incl
-    udp = struct.pack(">HHHH", 5353, 9, 11, 0) + b"end"
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, bytes([10, 97, 0, 1]),
-                     bytes([10, 97, 0, 2]))
-    frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
-    t = last + gap_s
-    with open(path, "ab") as f:
-        f.write(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(frame), len(frame)) + frame)
-
-
 def wait_off_window_cutoff(duration_s: float, guard_s: float = 25.0, window_s: int = 900) -> float:
     """Sleep until [now, now + duration_s] is at least guard_s from any 15-minute window boundary.
 
-    Captures made in real time near a boundary get their connections excluded as ``incomplete``
-    (last packet within the cutoff margin) or split across windows, and a test comparing outcomes
-    then sees none. Returns the seconds slept."""
+    Captures made in real time near a boundary get connections split across windows, and those that
+    had not ended then ``incomplete`` (last packet within timeout_s of the window's end): a test that
+    counts outcomes would see other counts. Returns the seconds slept."""
     import time
 
     slept = 0.0

@@ -1,7 +1,9 @@
 """A real capture between two network namespaces: an HTTP server, a client script, tcpdump on the server.
 
-Shared by the pipeline tests and the no-payload test. The capture gets an end marker appended (so every
-connection is decided) and its traffic is kept off a 15-minute window cutoff.
+Shared by the pipeline tests and the no-payload test. The capture ends when the client's traffic ends
+(nothing is appended to it): a connection that has not ended (no RST, no FIN) is a timeout only if the
+client's own later traffic goes on for 10 s or more after it, else it is ``incomplete``, as in any
+capture. The traffic is kept off a 15-minute window cutoff.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.builders import append_end_marker, wait_off_window_cutoff
+from tests.builders import wait_off_window_cutoff
 
 CLIENT_IP = "10.97.0.1"
 SERVER_IP = "10.97.0.2"
@@ -24,9 +26,10 @@ def _sh(*cmd: str, check: bool = True) -> None:
 
 
 def capture_client_run(path: Path, prefix: str, client: str, *client_args: str, timeout: float = 60,
-                       server_cwd: Path | None = None) -> Path:
+                       server_cwd: Path | None = None, duration_s: float = 20) -> Path:
     """Run the Python source ``client`` in the client namespace against ``http.server`` on port 80 of
-    SERVER_IP, with tcpdump (full snap length) writing the server side to ``path``."""
+    SERVER_IP, with tcpdump (full snap length) writing the server side to ``path``. The client's traffic
+    (``duration_s`` at most) is kept 25 s off any 15-minute window boundary."""
     tag = f"{os.getpid() % 100000}"
     a, b = f"{prefix}A{tag}", f"{prefix}B{tag}"
     da, db = f"v{prefix[-2:]}a", f"v{prefix[-2:]}b"
@@ -49,10 +52,10 @@ def capture_client_run(path: Path, prefix: str, client: str, *client_args: str, 
                                "-w", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(td)
         time.sleep(1.5)
-        wait_off_window_cutoff(20)  # the traffic (a few seconds) must not straddle a window cutoff
+        wait_off_window_cutoff(duration_s)  # the traffic must not straddle a window cutoff
         subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", client, *client_args], check=True,
                        timeout=timeout)
-        time.sleep(0.5)
+        time.sleep(1.0)  # the last packets reach tcpdump's file (-U: written as they come)
         td.send_signal(signal.SIGINT)
         td.wait(10)
     finally:
@@ -62,5 +65,4 @@ def capture_client_run(path: Path, prefix: str, client: str, *client_args: str, 
                 p.wait(10)
         for ns in (a, b):
             _sh("ip", "netns", "del", ns, check=False)
-    append_end_marker(path)
     return path

@@ -91,11 +91,27 @@ def test_rstack_tags():
     assert c(syn(), rstack(), rstack()).tags == ("reset", "multiple_rstacks")
 
 
-def test_rst_and_rstack_together_each_tag_on_its_own():
+def test_rst_and_rstack_together_is_one_composition():
+    """SPEC 5: a reset is exactly one composition; RSTs with RST+ACKs is rst_and_rstacks alone (the
+    blog's "terminated with a combination"), no single_/multiple_/acknum tags beside it."""
     v = c(syn(), ack(), psh(), rst(5), rstack())
-    assert v.tags == ("reset", "single_rst", "single_rstack", "rst_and_rstacks")
+    assert v.tags == ("reset", "rst_and_rstacks")
+    assert v.signature == "PSH+ACK→RST;RST+ACK"
     v = c(syn(), ack(), psh(), rst(5), rst(6), rstack(), rstack())
-    assert v.tags == ("reset", "multiple_rsts", "acknumdiff", "multiple_rstacks", "rst_and_rstacks")
+    assert v.tags == ("reset", "rst_and_rstacks")
+    assert c(syn(), rst(), rstack()).signature == "SYN→RST;RST+ACK"
+    assert c(syn(), ack(), rst(), rstack()).signature is None  # no Post-ACK signature mixes both
+
+
+@pytest.mark.parametrize("packets", [
+    (syn(), rst()), (syn(), rst(1), rst(2)), (syn(), rstack()), (syn(), rstack(), rstack()),
+    (syn(), rst(), rstack()), (syn(), ack(), psh(), rst(5), rst(5), rstack()), (syn(), ack(), fin(), rst()),
+])
+def test_exactly_one_composition_per_reset(packets):
+    from rstscope.core.classify import RST_COMPOSITIONS
+
+    v = c(*packets)
+    assert len(set(v.tags) & set(RST_COMPOSITIONS)) == 1
 
 
 def test_rst_with_fin():
@@ -176,7 +192,44 @@ def test_ipid_delta_wraps_around():
 
 def test_no_evidence_without_rst():
     v = c(syn(), ack())
-    assert (v.ttl_delta, v.ipid_delta, v.injected) == (None, None, False)
+    assert (v.ttl_delta, v.ipid_delta, v.injected, v.evidence) == (None, None, False, None)
+
+
+def test_evidence_says_what_it_rests_on():
+    assert c(syn(), ack(), rst()).evidence == "packets"
+    # only the SYN to compare with: a different stack explains a difference as well as an injector
+    v = c(syn(ttl=52, ipid=100), rst(ttl=120, ipid=9000))
+    assert v.evidence == "syn_only" and v.injected
+
+
+@pytest.mark.parametrize("mark, syn_kw", [
+    ("zmap", {"ipid": 54321, "window": 65535, "opt_len": 0, "ttl": 255}),
+    ("nmap", {"window": 1024, "opt_len": 4, "ttl": 45, "ipid": 4242}),
+    ("generic", {"opt_len": 0, "ttl": 250, "ipid": 7}),
+])
+def test_a_scanners_syn_answered_by_the_client_kernel_is_never_injected(mark, syn_kw):
+    """A raw-socket SYN (TTL 255, fixed IP ID) and the client kernel's RST differ by construction."""
+    v = c(syn(**syn_kw), rst(ttl=64, ipid=31337))
+    assert v.scanner == mark
+    assert v.ttl_delta is not None and (v.ttl_delta >= 2 or (v.ipid_delta or 0) >= 2)
+    assert (v.injected, v.evidence) == (False, "scanner")
+
+
+@pytest.mark.parametrize("window", [1024, 2048, 3072, 4096])
+def test_nmap_syn_window_and_only_an_mss_option(window):
+    assert c(syn(window=window, opt_len=4, ttl=50, ipid=999)).scanner == "nmap"
+    assert c(syn(window=window, opt_len=20, ttl=50, ipid=999)).scanner is None  # a kernel SYN has more options
+    assert c(syn(window=5840, opt_len=4, ttl=50, ipid=999)).scanner is None
+
+
+def test_a_bare_fin_shows_no_progress_past_the_syn():
+    """SPEC 5: a packet without the ACK flag (a bare FIN) shows no progress: the reset is Post-SYN."""
+    from builders import pkt
+
+    from rstscope.packet import TH_FIN
+
+    v = c(syn(), pkt(TH_FIN), rst())
+    assert (v.stage, v.tags) == ("post_syn", ("reset", "fin", "single_rst"))
 
 
 def test_zmap_before_4_1():
@@ -218,7 +271,7 @@ def test_every_tag_is_reachable():
     cases = [
         (syn(), rst(), rstack()), (syn(), ack(), rst(1), rst(1)), (syn(), ack(), rst(0), rst(0)),
         (syn(), ack(), rst(1), rst(2)), (syn(), ack(), rst(1), rst(0)), (syn(), rstack(), rstack()),
-        (syn(), ack(), fin(), rst()), (syn(),), (syn(ipid=54321, window=65535), rst()),
+        (syn(), ack(), fin(), rst()), (syn(),), (syn(ipid=54321, window=65535), rst()), (syn(), rstack()),
     ]
     for packets in cases:
         seen.update(c(*packets).tags)

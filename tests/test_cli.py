@@ -82,10 +82,26 @@ def test_server_port_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert out["connections"] == 0 and out["packets"]["other_traffic"] == 10
 
 
-def test_idle_and_margin_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_timeout_flag_moves_the_cutoff_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """The two resets ended: classified whatever the rule; the lone SYN, 30 s before the end, is
+    incomplete when a timeout needs 40 s of quiet."""
     cap = write_capture(tmp_path / "c.pcap")
-    out = run_json(capsys, str(cap), "--idle", "40", "--margin", "40")
-    assert out["connections"] == 0 and out["excluded"]["incomplete"] == 3
+    out = run_json(capsys, str(cap), "--timeout", "40")
+    assert out["connections"] == 2 and out["excluded"]["incomplete"] == 1 and out["mode"] == "window"
+
+
+def test_idle_flag_selects_the_idle_mode_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    cap = write_capture(tmp_path / "c.pcap")
+    out = run_json(capsys, str(cap), "--idle", "3", "--out", str(tmp_path / "c.jsonl"))
+    assert out["mode"] == "idle" and out["stages"]["post_syn"] == 1
+    recs = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert {r["mode"] for r in recs} == {"idle"}
+
+
+def test_bad_window_flags_are_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    cap = write_capture(tmp_path / "c.pcap")
+    assert main(["analyze", str(cap), "--idle", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err
 
 
 def test_table_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -77,3 +77,18 @@ def test_bad_edge_geo(extra):
     f = msgpack.unpackb(encode_packet(psh(10)))
     with pytest.raises(MalformedRecord):
         decode(msgpack.packb(f + extra))
+
+
+def test_record_fields_match_the_wire_format_doc() -> None:
+    """The connection record has one definition (core.record.ConnectionRecord); the doc follows it."""
+    import re
+    from pathlib import Path
+
+    from rstscope.core.record import ConnectionRecord
+
+    doc = (Path(__file__).resolve().parent.parent / "docs/wire-formats.md").read_text()
+    section = doc.split("## Connection record", 1)[1].split("\n## ", 1)[0]
+    documented: list[str] = []
+    for row in re.findall(r"^\| ([a-z_, ]+) \|", section, re.M):
+        documented += [f.strip() for f in row.split(",") if f.strip() != "field"]
+    assert sorted(documented) == sorted(ConnectionRecord.__annotations__)

@@ -10,7 +10,7 @@ from rstscope.config import EvidenceParams, WindowParams
 from rstscope.core.classify import classify
 from rstscope.core.record import make_record
 from rstscope.core.table import ConnectionTable
-from rstscope.packet import TH_ACK, TH_FIN, TH_PSH, TH_RST
+from rstscope.packet import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN
 
 FLAGS = st.sampled_from([TH_ACK, TH_PSH | TH_ACK, TH_RST, TH_RST | TH_ACK, TH_FIN | TH_ACK])
 
@@ -48,9 +48,8 @@ def records(packets) -> list[dict]:
     out = []
     for i, p in enumerate(packets):
         out += t.add(p._replace(ts=T0 + i * 0.001))
-    out += t.advance(T0 + 60)
-    out += t.close()
-    return [make_record(f.conn, 10, EvidenceParams()) for f in out if f.excluded is None]
+    out += t.close(T0 + 60)
+    return [make_record(f.conn, 10, EvidenceParams(), W.mode) for f in out if f.excluded is None]
 
 
 @settings(max_examples=300, deadline=None)
@@ -62,3 +61,43 @@ def test_packets_after_the_tenth_never_change_the_result(first, extra):
     assert base and base[0]["stage"] == more[0]["stage"]
     assert [(r["id"], r["stage"], r["tags"], r["signature"]) for r in more][:1] == \
         [(r["id"], r["stage"], r["tags"], r["signature"]) for r in base]
+
+
+TUPLE_PACKET = st.builds(
+    lambda flags, seq, port, dt: (flags, seq, port, dt),
+    st.sampled_from((TH_SYN, TH_SYN, TH_ACK, TH_PSH | TH_ACK, TH_FIN | TH_ACK, TH_RST, TH_RST | TH_ACK,
+                     TH_SYN | TH_FIN)),
+    st.sampled_from((ISN, ISN + 1, ISN + 7777)),
+    st.sampled_from((40000, 40001)),
+    st.sampled_from((0.0, 0.001, 0.5, 2.9, 3.0, 9.99, 10.0, 30.0, 400.0)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(TUPLE_PACKET, min_size=1, max_size=40), st.sampled_from(("window", "idle")))
+def test_the_gate_passes_exactly_what_the_table_takes(steps, mode):
+    """The edge's gate runs the table's rule without its packets: behind the gate the table makes the
+    same connections as on every packet, and counts the same packets as not taken."""
+    import dataclasses
+
+    from rstscope.direction import Direction
+    from rstscope.sampling import Gate, Sampler
+
+    params = dataclasses.replace(W, mode=mode, idle_s=3.0)
+    t = T0
+    packets = []
+    for flags, seq, port, dt in steps:
+        t += dt
+        packets.append(syn(ts=t)._replace(flags=flags, seq=seq, sport=port))
+    gate = Gate(Direction(), Sampler(1.0), params)
+    behind, alone = ConnectionTable(params), ConnectionTable(params)
+    got, want = [], []
+    for p in packets:
+        if gate.admit(p):
+            got += behind.add(p)
+        want += alone.add(p)
+    got += behind.close(t)
+    want += alone.close(t)
+    assert [(f.conn.packets, f.excluded) for f in got] == [(f.conn.packets, f.excluded) for f in want]
+    dropped = ("no_syn", "after_close", "beyond_max_packets", "after_idle")
+    assert {k: gate.counters[k] + behind.counters[k] for k in dropped} == {k: alone.counters[k] for k in dropped}

@@ -41,7 +41,7 @@ def test_random_keys_differ_between_runs():
 
 
 def test_gate_keeps_first_ten_packets():
-    g = Gate(Direction(), Sampler(1.0), max_packets=10, idle_timeout_s=10)
+    g = Gate(Direction(), Sampler(1.0))
     packets = spaced([syn(), ack()] + [psh(seq=ISN + 1 + 10 * i) for i in range(12)])
     admitted = [g.admit(p) for p in packets]
     assert admitted == [True] * 10 + [False] * 4
@@ -81,8 +81,11 @@ def test_gate_without_syn_counts_no_syn():
     assert g.counters["no_syn"] == 1
 
 
-def test_gate_entry_expires_after_idle():
-    g = Gate(Direction(), Sampler(1.0), idle_timeout_s=10)
+def test_gate_entry_lives_until_its_window_closes():
+    """No inactivity timer: a pause keeps the connection; its window's end ends it at the edge too."""
+    g = Gate(Direction(), Sampler(1.0))
+    wend = T0 // 900 * 900 + 900
     assert g.admit(syn(ts=T0))
-    assert not g.admit(ack(ts=T0 + 11))
-    assert g.counters["no_syn"] == 1
+    assert g.admit(ack(ts=T0 + 60))
+    assert not g.admit(ack(ts=wend + 1))
+    assert g.counters["no_syn"] == 1 and len(g.entries) == 0

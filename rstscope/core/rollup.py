@@ -35,15 +35,15 @@ class Cell:
     signatures: Counter[str] = field(default_factory=Counter)
     post_syn_unreliable: int = 0
 
-    def add(self, record: Mapping[str, Any]) -> None:
-        self.stages[record["stage"]] += 1
+    def add(self, record: Mapping[str, Any], n: int = 1) -> None:
+        self.stages[record["stage"]] += n
         for t in record.get("tags") or ():
-            self.tags[t] += 1
+            self.tags[t] += n
         sig = record.get("signature")
         if sig:
-            self.signatures[sig] += 1
+            self.signatures[sig] += n
         if record["stage"] == POST_SYN:
-            self.post_syn_unreliable += 1
+            self.post_syn_unreliable += n
 
 
 def shares(stages: Mapping[str, int]) -> dict[str, float]:
@@ -58,8 +58,8 @@ class Rollup:
         self.bucket_s = bucket_s
         self.cells: dict[RowKey, Cell] = {}
 
-    def add(self, record: Mapping[str, Any]) -> list[RowKey]:
-        """Count one record; returns the row keys it changed."""
+    def add(self, record: Mapping[str, Any], n: int = 1) -> list[RowKey]:
+        """Count one record (or ``n`` identical ones); returns the row keys it changed."""
         bucket = int(record["window_start"]) // self.bucket_s * self.bucket_s
         keys = []
         for dim, value in dimension_keys(record):
@@ -67,7 +67,7 @@ class Rollup:
             cell = self.cells.get(k)
             if cell is None:
                 cell = self.cells[k] = Cell()
-            cell.add(record)
+            cell.add(record, n)
             keys.append(k)
         return keys
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rstscope.config import MODE_WINDOW
-from rstscope.core.classify import SCANNERS, SIGNATURES, STAGES, TAGS
+from rstscope.core.classify import EVIDENCE_SYN_ONLY, SCANNERS, SIGNATURES, STAGES, TAGS
 from rstscope.core.table import AFTER_CLOSE, AFTER_IDLE, BEYOND_MAX, EXCLUSIONS, LATE, NO_SYN
 
 CONNECTION_EXCLUSIONS = EXCLUSIONS
@@ -30,20 +30,25 @@ class Summary:
     signatures: Counter[str] = field(default_factory=Counter)
     scanners: Counter[str] = field(default_factory=Counter)
     injected: int = 0
+    injected_syn_only: int = 0  # of which the SYN was the only packet to compare with (a lead, not a verdict)
     excluded: Counter[str] = field(default_factory=Counter)
     packets: Counter[str] = field(default_factory=Counter)
     malformed: Counter[str] = field(default_factory=Counter)
     mode: str = MODE_WINDOW  # the method that decided the connections (window: the blog's; idle: labelled)
 
-    def count(self, record: Mapping[str, Any]) -> None:
-        self.stages[record["stage"]] += 1
-        self.tags.update(record["tags"])
+    def count(self, record: Mapping[str, Any], n: int = 1) -> None:
+        """Count a record (``n`` identical ones: the batch engine counts groups)."""
+        self.stages[record["stage"]] += n
+        for t in record["tags"]:
+            self.tags[t] += n
         if record["signature"]:
-            self.signatures[record["signature"]] += 1
+            self.signatures[record["signature"]] += n
         if record.get("scanner"):
-            self.scanners[record["scanner"]] += 1
+            self.scanners[record["scanner"]] += n
         if record.get("injected"):
-            self.injected += 1
+            self.injected += n
+            if record.get("evidence") == EVIDENCE_SYN_ONLY:
+                self.injected_syn_only += n
 
     def take_counters(self, gate: Mapping[str, int], table: Mapping[str, int]) -> None:
         """The gate's and the table's counters (both run core.table.step; what the gate dropped never
@@ -74,6 +79,7 @@ class Summary:
             "signatures": {s: self.signatures.get(s, 0) for s in SIGNATURES},
             "scanners": {s: self.scanners.get(s, 0) for s in SCANNERS},
             "injected": self.injected,
+            "injected_syn_only": self.injected_syn_only,
             "excluded": {r: self.excluded.get(r, 0) for r in (*CONNECTION_EXCLUSIONS, *PACKET_EXCLUSIONS)}
             | {k: v for k, v in sorted(self.excluded.items()) if k not in CONNECTION_EXCLUSIONS + PACKET_EXCLUSIONS},
             "malformed": dict(sorted(self.malformed.items())),

@@ -12,11 +12,14 @@ is decided.
   input): a timeout when their last packet lies ``timeout_s`` or more before it, else ``incomplete``.
   A connection with several SYNs is ``multi_syn``.
 
-Membership depends only on the tuple's own packets (their times, flags and sequence numbers); the
-watermark (the largest packet time seen) only decides *when* a decided connection is emitted: an
-ended one once the watermark passes its last packet by ``grace_s``, the others when their window
-closes. All packets of a tuple share a Kafka partition, so a per-partition watermark is enough for
-the streaming workers, and for the same packets they emit exactly what ``rstscope analyze`` does.
+Membership depends on the tuple's own packets (their times, flags and sequence numbers); the
+watermark (the largest packet time seen) decides *when* a decided connection is emitted: an ended one
+once the watermark passes its last packet by ``grace_s``, the others when their window closes. All
+packets of a tuple share a Kafka partition, so a per-partition watermark is enough for the streaming
+workers, and for the same packets in time order they emit exactly what ``rstscope analyze`` does. When
+timestamps go backwards by more than the gap a packet closes, the watermark may have emitted its
+connection already: the packet is then counted (``after_close``), and which watermark saw it first
+(the whole input's offline, one partition's in a worker) can decide that.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from typing import Any
 from rstscope.capture.files import CaptureError
 from rstscope.codecs.packet import EdgeGeo, Watermark, encode_packet, encode_watermark, packet_key
 from rstscope.config import TopologyError, load
+from rstscope.core.table import AFTER_CLOSE, AFTER_IDLE, BEYOND_MAX, LATE, NO_SYN
 from rstscope.decode import NON_TCP_REASONS, decode_frame
 from rstscope.direction import Direction
 from rstscope.edge.privacy import AddrTransform
@@ -50,6 +51,8 @@ DEFAULT_CONF: dict[str, Any] = {
 }
 DEFAULT_QUEUE_MAX = 100_000
 LIVE_SLACK_S = 2.0  # an idle live source promises "nothing older than now - 2 s" (NFLOG batches up to 1 s)
+# What the gate keeps from leaving the edge (sampling.Gate's counters; core.table.step's packet counters).
+GATE_DROPS = ("server_to_client", "other_traffic", "unsampled", NO_SYN, BEYOND_MAX, AFTER_CLOSE, AFTER_IDLE, LATE)
 EXIT_DELIVERY = 1
 EXIT_USAGE = 2
 EXIT_LOST = 3
@@ -200,7 +203,7 @@ class Edge:
 
     def finish(self) -> None:
         s = self.stats
-        for k in ("server_to_client", "other_traffic", "unsampled", "no_syn", "beyond_max_packets"):
+        for k in GATE_DROPS:
             s.dropped[k] = self.gate.counters.get(k, 0)
         if self.input is not None and self.input.kernel_drops():
             s.dropped["kernel"] = self.input.kernel_drops()

@@ -45,7 +45,6 @@ import numpy.typing as npt
 from rstscope.capture.files import compression
 from rstscope.config import MODE_IDLE
 from rstscope.core.classify import (
-    POST_SYN,
     S_NO_MATCH,
     SCANNERS,
     STAGES,
@@ -59,7 +58,6 @@ from rstscope.core.classify import (
     timeout_stage_code,
 )
 from rstscope.core.record import build_record, make_record
-from rstscope.core.rollup import Cell, dimension_keys
 from rstscope.core.table import (
     EXCLUSIONS,
     NO_SYN,
@@ -111,14 +109,25 @@ def _cummax_runs(values: F8, head_mask: B1) -> F8:
     n = len(values)
     if not n:
         return values
-    if bool(np.all((values[1:] >= values[:-1]) | head_mask[1:])):
+    down = np.nonzero((values[1:] < values[:-1]) & ~head_mask[1:])[0] + 1
+    if not len(down):
         return values  # already non-decreasing within each run (the usual case: time order)
+    # only the runs where time goes back need work: ranks make the max exact and integer
     run_of = np.cumsum(head_mask) - 1
-    order = np.argsort(values, kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n, dtype=np.int64)
-    best = np.maximum.accumulate(run_of * n + rank) - run_of * n  # the rank of each run's running max
-    out: F8 = values[order[best]]
+    heads = np.nonzero(head_mask)[0]
+    bad_runs = np.unique(run_of[down])
+    ends_ = np.r_[heads[1:], n]
+    lens = ends_[bad_runs] - heads[bad_runs]
+    idx = _runs_index(heads[bad_runs], lens)
+    sub = values[idx]
+    sub_run = np.repeat(np.arange(len(bad_runs), dtype=np.int64), lens)
+    m = len(sub)
+    order = np.argsort(sub, kind="stable")
+    rank = np.empty(m, dtype=np.int64)
+    rank[order] = np.arange(m, dtype=np.int64)
+    best = np.maximum.accumulate(sub_run * m + rank) - sub_run * m  # the rank of each run's running max
+    out = values.copy()
+    out[idx] = sub[order[best]]
     return out
 
 
@@ -192,16 +201,16 @@ class BatchRun:
             gate_mask = ~s2c
         gidx = np.nonzero(gate_mask)[0]
         ts_g = cols.ts[gidx]
+        win_g = window_of(ts_g, self.size).astype(np.int64)
         if len(ts_g):
             if not bool(np.all(ts_g >= 0)):
                 return False  # negative event time: the per-packet path decides
-            wm_win = window_of(np.maximum.accumulate(ts_g), self.size)
-            if bool(np.any(window_of(ts_g, self.size) < wm_win)):
+            if bool(np.any(win_g < np.maximum.accumulate(win_g))):
                 return False  # late packets (a window closed before them): the per-packet path counts them
         gc: dict[str, int] = {"server_to_client": int(s2c.sum()), "other_traffic": int(other.sum())}
         try:
             # Nothing of the analyzer changes before the last possible _Fallback.
-            conns = self._gate(cols, gidx, ts_g, gc)
+            conns = self._gate(cols, gidx, ts_g, win_g, gc)
         except _Fallback:
             return False
         tc: dict[str, int] = dict.fromkeys(EXCLUSIONS, 0)
@@ -219,7 +228,7 @@ class BatchRun:
         s.take_counters(gc, tc)
         return True
 
-    def _gate(self, cols: Columns, gidx: I8, ts_g: F8, gc: dict[str, int]) -> _Conns | None:
+    def _gate(self, cols: Columns, gidx: I8, ts_g: F8, win_g: I8, gc: dict[str, int]) -> _Conns | None:
         """Gate.admit (and ConnectionTable's membership) for every packet that reaches the gate."""
         a = self.a
         mg = len(gidx)
@@ -270,7 +279,7 @@ class BatchRun:
         ts_s = ts_g[order]
         fl_s = cols.flags[gi_s].astype(np.int64)
         seq_s = cols.seq[gi_s]
-        win_s = window_of(ts_s, self.size).astype(np.int64)
+        win_s = win_g[order]
         syn_s = is_syn(fl_s)
         pos = np.arange(mg, dtype=np.int64)
         group = first.copy()  # a tuple's packets of one window
@@ -290,8 +299,9 @@ class BatchRun:
         conn_pk = is_conn_seg[seg_of]
         joined = conn_pk & (k < self.max_packets)
         end_pk = ends(fl_s)
-        # ended before each packet (within its segment), and the latest time before it
-        ended_before = _count_before(end_pk & joined, seg_head) > 0
+        # ended before each packet (its segment's first RST/FIN came earlier), and the gap it closes
+        first_end = _reduce(np.minimum, np.where(end_pk & joined, pos, mg), heads)
+        ended_before = first_end[seg_of] < pos
         gap = ts_s - _before(_cummax_runs(ts_s, seg_head), seg_head, np.inf)
         # -- tuples the segment view cannot decide: replayed through core.table.track ------------
         bad = joined & (k > 0) & ended_before & (gap >= self.params.grace_s)
@@ -375,7 +385,13 @@ class BatchRun:
         all_lens = np.concatenate((c_lens, np.asarray(r_lens, dtype=np.int64)))
         srt = np.argsort(all_heads, kind="stable")
         conns = _Conns(all_heads[srt], all_lens[srt], gi_s, ts_s, fl_s, seq_s, win_s)
-        self._check_emission(conns, order, ts_s, np.asarray(deciders, dtype=np.int64))
+        # The per-packet table could emit a connection before a packet that joins it only when time goes
+        # back by at least what that packet's gap leaves of its limit: check exactly when that may happen.
+        back = float(np.max(np.maximum.accumulate(ts_g) - ts_g))
+        if back > 0:
+            limit = np.where(ended_before, self.params.grace_s, self.params.idle_s if self.idle_mode else np.inf)
+            if bool(replay.any()) or bool(np.any(simple & joined & (k > 0) & (gap + back >= limit))):
+                self._check_emission(conns, order, ts_s, np.asarray(deciders, dtype=np.int64))
         return conns
 
     def _check_emission(self, c: _Conns, order: I8, ts_s: F8, deciders: I8) -> None:
@@ -481,31 +497,11 @@ class BatchRun:
         return v
 
     def _count(self, window: int, v: Verdict, country: str, asn: int, cnt: int) -> None:
-        """Summary.count and Rollup.add for cnt identical records."""
-        s = self.a.summary
-        s.stages[v.stage] += cnt
-        for t in v.tags:
-            s.tags[t] += cnt
-        if v.signature:
-            s.signatures[v.signature] += cnt
-        if v.scanner:
-            s.scanners[v.scanner] += cnt
-        if v.injected:
-            s.injected += cnt
-        rollup = self.a.rollup
-        bucket = int(window) // rollup.bucket_s * rollup.bucket_s
-        for dim, value in dimension_keys({"country": country, "asn": asn}):
-            key = (bucket, dim, value)
-            cell = rollup.cells.get(key)
-            if cell is None:
-                cell = rollup.cells[key] = Cell()
-            cell.stages[v.stage] += cnt
-            for t in v.tags:
-                cell.tags[t] += cnt
-            if v.signature:
-                cell.signatures[v.signature] += cnt
-            if v.stage == POST_SYN:
-                cell.post_syn_unreliable += cnt
+        """Summary.count and Rollup.add for cnt identical records (what they read of a record)."""
+        rec = {"window_start": window, "stage": v.stage, "tags": v.tags, "signature": v.signature,
+               "scanner": v.scanner, "injected": v.injected, "evidence": v.evidence, "country": country, "asn": asn}
+        self.a.summary.count(rec, cnt)
+        self.a.rollup.add(rec, cnt)
 
     def _records(self, cols: Columns, c: _Conns, rows: I8, codes: I8, last: F8) -> None:
         sink = self.a.on_record

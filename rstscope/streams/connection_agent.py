@@ -3,6 +3,11 @@
 All packets of a connection share a packets partition (keyed by 4-tuple), so each partition gets its
 own table, advanced by that partition's event time (the max packet or watermark time it has seen).
 
+When connections come out (SPEC 4, core/table.py): an ended one (RST, FIN, its 10th packet) once the
+partition's event time passes its last packet by ``grace_s``; one that has not ended when its window
+closes, or when every edge feeding the partition sent its end-of-input watermark (``eof``): the
+table is then closed at that watermark's time, the analyze rule (cutoff = the end of the input).
+
 Offsets: a message is *done* when nothing in memory depends on it any more: a watermark or a bad
 record at once, a packet when its connection is finalized (or when the table dropped it). Messages
 are acked strictly in offset order, only up to the first one that is not done, so the committed
@@ -11,6 +16,14 @@ own gap check is not enough: it ignores a gap at the head of a partition when no
 yet, and a one-message gap after a commit; acking in order never creates a gap.) After a crash or a
 rebalance the new owner replays from the committed offset with an empty table; connections that were
 already emitted come out again with the same id, and the rollup stage drops them.
+
+A replay from an empty table decides the same connections only if it starts where no tuple had state:
+once a tuple's first connection of a window opened, the tuple keeps state (the connection, then the
+marker of the decided one) until the window closes, and that state decides later packets (a SYN that
+repeats a decided connection's sequence number is absorbed: it must not open a connection on
+replay). So the packet that opened a tuple's first connection in a window is *pinned*: not acked
+before its window closed (or the input ended), even if its connection was emitted long before. In
+window mode this costs little (connections that have not ended hold their window's offsets anyway).
 
 `ConnectionStage` is transport-free (bytes in, dicts out) so it can be benchmarked and unit-tested;
 `build` wires it into a Faust app.
@@ -49,13 +62,15 @@ class ProcessingError(CodecError):
 
 
 class _Entry:
-    """One consumed message waiting to be acked."""
+    """One consumed message waiting to be acked (once ``done`` is True)."""
 
     __slots__ = ("done", "handle")
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
-        self.done = False
+        # False: its connection still needs it; True: done; None: pinned (it opened its tuple's first
+        # connection of a window that is still open: done when that window closes)
+        self.done: bool | None = False
 
 
 class PartitionState:
@@ -65,8 +80,18 @@ class PartitionState:
         self.table = ConnectionTable(topology.window)
         self.queue: deque[_Entry] = deque()
         self.pending: dict[Key, list[_Entry]] = {}  # open connection -> its messages
+        self.pinned: dict[int, list[_Entry]] = {}  # window start -> its tuples' first openers
+        self.window = self.table.current_window  # the table's current window when pins were last checked
         self.sources: dict[str, bool] = {}  # edge producer id -> has sent eof
         self.edge_geo: dict[Key, EdgeGeo] = {}  # open connection -> geolocation its edge attached
+
+    def unpin(self, before: float) -> None:
+        """Release the pins of the windows that start before ``before``: those windows are closed, so
+        every connection of theirs was finalized (by the same advance of the table)."""
+        for w in [w for w in self.pinned if w < before]:
+            for e in self.pinned.pop(w):
+                e.done = True
+        self.window = self.table.current_window
 
 
 class ConnectionStage:
@@ -93,7 +118,8 @@ class ConnectionStage:
                 for k, v in st.table.counters.items():
                     self.counters[f"table:{k}"] += v
 
-    def feed(self, partition: int, value: bytes | None, handle: Any) -> tuple[list[ConnectionRecord], CodecError | None]:
+    def feed(self, partition: int, value: bytes | None,
+             handle: Any) -> tuple[list[ConnectionRecord], CodecError | None]:
         """Process one message. Returns the finished (classified) records and a decode error, if any."""
         st = self.state(partition)
         entry = _Entry(handle)
@@ -126,26 +152,46 @@ class ConnectionStage:
                 # what has not ended is judged at the cutoff min(window end, the end of input)
                 done += table.close(item.ts)
                 st.sources.clear()
+                st.unpin(float("inf"))  # close() dropped every marker
+            elif table.current_window != st.window:
+                st.unpin(table.current_window)
             return self._finish(st, done)
         self.counters["packets"] += 1
+        key = item.tuple_key
+        window = int(item.ts // table.size) * table.size
+        before = table.open.get(key) or table.closed.get(key)
+        first = before is None or before.window_start != window  # the tuple has no state in this window
         done = table.add(item)
-        out = self._finish(st, done)
-        conn = table.open.get(item.tuple_key)
-        if conn is not None and geo is not None:
-            st.edge_geo[conn.key] = geo  # the edge hid the client address; it geolocated it first
+        if table.current_window != st.window:
+            st.unpin(table.current_window)
+        out = self._finish(st, done, (item, geo) if geo is not None else None)
+        conn = table.open.get(key)
         if conn is not None and conn.packets and conn.packets[-1] is item:
-            st.pending.setdefault(conn.key, []).append(entry)
+            st.pending.setdefault(conn.key, []).append(entry)  # the table's key tuple: not a second copy
+            if geo is not None:
+                st.edge_geo[conn.key] = geo  # the edge hid the client address; it geolocated it first
         else:
             entry.done = True  # dropped by the table, or it completed its connection just now
+        if first:
+            after = conn or table.closed.get(key)
+            if after is not None and after.window_start == window:  # it opened the tuple's first connection
+                entry.done = None
+                st.pinned.setdefault(window, []).append(entry)
         return out
 
-    def _finish(self, st: PartitionState, done: list[Finished]) -> list[ConnectionRecord]:
+    def _finish(self, st: PartitionState, done: list[Finished],
+                last: tuple[PacketRecord, EdgeGeo] | None = None) -> list[ConnectionRecord]:
+        """Records of the finalized connections; their messages are done. ``last``: the packet being
+        processed and its edge geolocation (a connection it decides at once has no entry for it yet)."""
         out = []
         w = self.topology.window
         for f in done:
             for e in st.pending.pop(f.conn.key, ()):
-                e.done = True
+                if e.done is False:  # a pinned one (None) waits for its window to close
+                    e.done = True
             edge_geo = st.edge_geo.pop(f.conn.key, None)
+            if edge_geo is None and last is not None and f.conn.packets and f.conn.packets[-1] is last[0]:
+                edge_geo = last[1]
             if f.excluded:
                 self.counters[f"excluded:{f.excluded}"] += 1
                 continue

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from rstscope.codecs.packet import Watermark, decode
+from rstscope.config import WindowParams
 from rstscope.decode import decode_frame
 from rstscope.direction import Direction
 from rstscope.edge import rules
@@ -224,7 +225,7 @@ def test_bounded_sender_blocks_when_told() -> None:
 
 
 def _gate(ports: list[int]) -> Gate:
-    return Gate(Direction([], ports), Sampler(1.0), 10, 10.0)
+    return Gate(Direction([], ports), Sampler(1.0), WindowParams())
 
 
 def test_edge_counts_queue_full_drops() -> None:

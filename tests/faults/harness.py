@@ -66,6 +66,19 @@ def analyze(pcap: Path, topo: config.Topology) -> tuple[dict[str, dict[str, Any]
     return rows, ids
 
 
+def check_synth_counts(pcap: Path, connections: int, **kw: Any) -> dict[str, Any]:
+    """The capture holds what tests/faults/synth.py made it of: Analyzer's counts equal ``synth.expected``
+    (no end marker: nothing is incomplete because of where the capture ends)."""
+    from .synth import expected
+
+    want = expected(connections, **kw)
+    s = Analyzer(config.load(), Options([SERVER_IP], list(PORTS))).run([pcap]).to_dict()
+    got = {"stages": s["stages"], "multi_syn": s["excluded"]["multi_syn"],
+           "incomplete": s["excluded"]["incomplete"], "timeouts": s["tags"]["timeout"]}
+    assert got == want, (got, want)
+    return want
+
+
 def client_conf(bootstrap: str, security: dict[str, str] | None = None) -> dict[str, Any]:
     return {"bootstrap.servers": bootstrap, **(security or {})}
 

@@ -4,15 +4,24 @@ stream. Deterministic for a seed; frames are written in timestamp order (as one 
 
 Outcomes (client -> server, plus the server's answers, which the edge's direction gate drops):
 graceful close, RST right after the handshake, after the first data packet, after later data, SYNs that
-are never answered (retransmitted), and connections that go idle after data (decided by the idle
-timeout). The payload bytes are ``marker`` repeated, so a test can look for them downstream.
+are never answered (retransmitted: ``multi_syn``), and connections that go quiet after their first data
+packet (Post-PSH timeouts, decided when their window closes, or at the end of the input). The payload
+bytes are ``marker`` repeated, so a test can look for them downstream.
+
+The capture ends when its traffic ends: nothing is appended. No connection starts within
+``MARGIN_S`` of a window's end (none straddles one, and the quiet ones lie >= 10 s before their
+window's end), and an ordinary workload (one graceful connection a second for ``TAIL_S``) follows the
+mix, so the quiet connections of the last window lie >= 10 s before the end of the input too: none is
+``incomplete``, and ``expected`` knows every count.
 """
 
 from __future__ import annotations
 
 import random
 import struct
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from builders import ether, ipv4_tcp  # tests/ is on sys.path (rootdir conftest)
 
@@ -22,7 +31,12 @@ SERVER_IP = "10.97.0.2"
 SERVER = bytes([10, 97, 0, 2])
 PORTS = (80, 81)
 T0 = 1_700_001_000.0  # a little after a 15-minute boundary
-OUTCOMES = ("ok", "rst_ack", "rst_psh", "rst_later", "syn_only", "idle")
+OUTCOMES = ("ok", "rst_ack", "rst_psh", "rst_later", "syn_only", "quiet")
+STAGE_OF = {"ok": "no_match", "rst_ack": "post_ack", "rst_psh": "post_psh", "rst_later": "later_in_flow",
+            "quiet": "post_psh"}  # syn_only: excluded as multi_syn
+WINDOW_S = 900
+MARGIN_S = 15.0  # no connection starts this close before a window's end (one lasts <= ~1.3 s)
+TAIL_S = 15.0  # the ordinary workload after the mix: every quiet connection is >= 10 s before the end
 
 
 def _conn(i: int, start: float, outcome: str, rng: random.Random, payload: int
@@ -64,7 +78,7 @@ def _conn(i: int, start: float, outcome: str, rng: random.Random, payload: int
     if outcome == "rst_psh":
         c(TH_RST, isn + 1 + payload, 0)
         return out
-    if outcome == "idle":
+    if outcome == "quiet":
         return out
     c(TH_PSH | TH_ACK, isn + 1 + payload, sisn + 1, payload)
     if outcome == "rst_later":
@@ -77,30 +91,53 @@ def _conn(i: int, start: float, outcome: str, rng: random.Random, payload: int
     return out
 
 
-def frames(connections: int, span_s: float = 2400.0, seed: int = 7, marker: bytes = b"rstscope-payload",
-           t0: float = T0) -> list[tuple[float, bytes]]:
-    """Ethernet frames (ts, bytes) of ``connections`` connections started evenly over ``span_s``."""
+def _off_cutoff(t: float) -> float:
+    """``t``, or the start of the next window if ``t`` lies within MARGIN_S of a window's end."""
+    nxt = (t // WINDOW_S + 1) * WINDOW_S
+    return nxt + 0.5 if nxt - t < MARGIN_S else t
+
+
+def _plan(connections: int, span_s: float, seed: int, t0: float) -> tuple[random.Random, list[tuple[float, str]]]:
     rng = random.Random(seed)
-    pkts: list[tuple[PacketRecord, bool]] = []
+    plan = []
     step = span_s / max(connections, 1)
     for i in range(connections):
         outcome = OUTCOMES[rng.randrange(len(OUTCOMES))]
-        pkts += _conn(i, t0 + i * step + rng.uniform(0, step / 2), outcome, rng, rng.randint(20, 200))
+        plan.append((_off_cutoff(t0 + i * step + rng.uniform(0, step / 2)), outcome))
+    return rng, plan
+
+
+def frames(connections: int, span_s: float = 2400.0, seed: int = 7, marker: bytes = b"rstscope-payload",
+           t0: float = T0) -> list[tuple[float, bytes]]:
+    """Ethernet frames (ts, bytes) of ``connections`` connections started evenly over ``span_s``, then
+    the tail: a graceful connection a second for TAIL_S."""
+    rng, plan = _plan(connections, span_s, seed, t0)
+    pkts: list[tuple[PacketRecord, bool]] = []
+    for i, (start, outcome) in enumerate(plan):
+        pkts += _conn(i, start, outcome, rng, rng.randint(20, 200))
+    end = max((p.ts for p, _c in pkts), default=t0)
+    for j in range(int(TAIL_S) + 1):
+        pkts += _conn(connections + j, _off_cutoff(end + 1.0 + j), "ok", rng, rng.randint(20, 200))
     pkts.sort(key=lambda x: x[0].ts)
     out = []
     for p, _client in pkts:
         body = (marker * (p.payload_len // len(marker) + 1))[:p.payload_len] if p.payload_len else b""
         out.append((p.ts, ether(ipv4_tcp(p._replace(opt_len=0), body))))
-    end = out[-1][0] if out else t0
-    # the tail: one UDP frame 30 s after the last packet, so every connection is decided (not incomplete)
-    out.append((end + 30.0, ether(_udp(end))))
     return out
 
 
-def _udp(seed_ts: float) -> bytes:
-    udp = struct.pack(">HHHH", 5353, 9, 11, 0) + b"end"
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, bytes([10, 98, 0, 1]), SERVER)
-    return ip + udp
+def expected(connections: int, span_s: float = 2400.0, seed: int = 7, t0: float = T0, **_: object) -> dict[str, Any]:
+    """What `rstscope analyze` must find in ``frames(...)``, from how it was made: connections per stage
+    (the tail included) and per exclusion."""
+    _rng, plan = _plan(connections, span_s, seed, t0)
+    outcomes = Counter(o for _t, o in plan)
+    stages = Counter({s: 0 for s in ("post_syn", "post_ack", "post_psh", "later_in_flow", "no_match")})
+    for o, n in outcomes.items():
+        if o in STAGE_OF:
+            stages[STAGE_OF[o]] += n
+    stages["no_match"] += int(TAIL_S) + 1
+    return {"stages": dict(stages), "multi_syn": outcomes["syn_only"], "incomplete": 0,
+            "timeouts": outcomes["quiet"]}
 
 
 def write_pcap(path: Path, frames_: list[tuple[float, bytes]]) -> Path:

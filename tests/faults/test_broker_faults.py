@@ -20,7 +20,7 @@ import pytest
 from rstscope.kafka import local
 
 from . import synth
-from .harness import READY, Run, end_offsets, read_topic
+from .harness import READY, Run, check_synth_counts, end_offsets, read_topic
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 
@@ -31,7 +31,9 @@ OUTAGE_S = float(os.environ.get("RSTSCOPE_OUTAGE_S", "30"))
 
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth.make(tmp_path_factory.mktemp("cap") / "faults.pcap", CONNECTIONS)
+    path = synth.make(tmp_path_factory.mktemp("cap") / "faults.pcap", CONNECTIONS)
+    check_synth_counts(path, CONNECTIONS)
+    return path
 
 
 def _sum_ends(run: Run) -> int:

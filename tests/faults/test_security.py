@@ -24,7 +24,7 @@ from rstscope.kafka import local
 from rstscope.kafka.security import load
 
 from . import synth
-from .harness import READY, Proc, Run, rstscope
+from .harness import READY, Proc, Run, check_synth_counts, rstscope
 from .harness import env as harness_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka]
@@ -68,6 +68,7 @@ def test_tls_scram_end_to_end_and_no_password_in_logs(secure_cluster: SecureClus
     sec = load(env)
     assert c.password not in repr(sec) and c.password not in sec.describe()
     capture = synth.make(work / "tls.pcap", 300, seed=3)
+    check_synth_counts(capture, 300, seed=3)
     run = Run(work, c.secure, replication=1, min_isr=1, security=sec.librdkafka(), proc_env=env)
     r = rstscope("topics", "apply", "--bootstrap", c.secure, "--topology", str(run.topo_path), "--app-id",
                  run.app_id, extra_env=env)

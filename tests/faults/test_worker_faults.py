@@ -15,7 +15,16 @@ from typing import Any
 import pytest
 
 from . import synth
-from .harness import READY, Run, check_verdict, counter_from_logs, latest_rows, offset_guard_counts, read_topic
+from .harness import (
+    READY,
+    Run,
+    check_synth_counts,
+    check_verdict,
+    counter_from_logs,
+    latest_rows,
+    offset_guard_counts,
+    read_topic,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 
@@ -26,7 +35,9 @@ RATE = 1200.0  # frames/s: the stream lasts several seconds, so faults land in i
 
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth.make(tmp_path_factory.mktemp("cap") / "faults.pcap", CONNECTIONS)
+    path = synth.make(tmp_path_factory.mktemp("cap") / "faults.pcap", CONNECTIONS)
+    check_synth_counts(path, CONNECTIONS)
+    return path
 
 
 def _frames(pcap: Path) -> int:
@@ -122,6 +133,7 @@ def test_restart_after_windows_closed(kafka_cluster3: Any, work: Path, capture: 
     run = Run(work, kafka_cluster3.bootstrap)
     run.create_topics()
     later = synth.make(work / "later.pcap", 300, seed=11, t0=synth.T0 + 3600)
+    check_synth_counts(later, 300, seed=11, t0=synth.T0 + 3600)
     try:
         w1 = run.start_worker()
         run.wait_log(w1, READY)

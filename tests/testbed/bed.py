@@ -18,8 +18,10 @@ Topology (three network namespaces, veth pairs with every offload off):
 * Every connection the bed makes gets a label (JSON line): 4-tuple, intended stage, tags, signature,
   injected. Labels are derived from what was DONE (the scenario and middlebox style), never from the
   capture or from rstscope.
-* After the traffic: >= 12.5 s of silence, then one end-marker SYN to closed port 9 (the capture's
-  last packet; so no scenario connection lies in the final 10 s "incomplete" margin).
+* After the scenarios, ordinary traffic goes on: one graceful, labelled GET a second from 10.77.1.1 for
+  ``TAIL_CONNS`` seconds, and the capture ends with it. A connection that did not end (the middlebox
+  dropped what followed) is a timeout only if it was quiet for 10 s before the end of the input (SPEC
+  4), and this later traffic is what makes it so, as in a real capture; nothing is appended.
 * Then ``rstscope analyze CAPTURE --format json --out connections.jsonl`` per capture, a join to the
   labels, and precision / recall per signature and per stage (report.json, report.md).
 
@@ -50,9 +52,11 @@ CLI, RTR, SRV = "rstb-cli", "rstb-rtr", "rstb-srv"
 MAC = {"c0": "02:77:00:00:01:01", "r0": "02:77:00:00:01:fe", "r1": "02:77:00:00:02:fe", "s0": "02:77:00:00:02:02"}
 SRV_OK4, SRV_BAD4, SRV_OK6, SRV_BAD6 = "10.77.2.2", "10.77.2.3", "fd77:2::2", "fd77:2::3"
 BLOCKED, ALLOWED = "blocked.example", "allowed.example"
-MARKER_PORT = 9
 WINDOW = 900
 TIMEOUT = 1.5        # client-side patience for a blocked connection before it gives up
+TAIL_SRC = "10.77.1.1"  # the ordinary traffic after the scenarios (no middlebox style: passed untouched)
+TAIL_CONNS = 14      # ... one graceful GET a second: the scenarios' last packets lie >= 13 s before the end
+TAIL_PAUSE = 1.0
 TOOLS = ("ip", "ethtool", "iptables", "ip6tables", "tcpdump", "nginx", "openssl", "rstscope")
 
 NGINX_CONF = """\
@@ -188,10 +192,12 @@ def intended(sc: dict, tampered: bool) -> dict:
         return {"stage": stage, "tags": ["timeout"], "signature": SIG[(stage, "timeout")], "injected": False}
     kinds = [f for f, _ in st["inject"]]
     nr, nra = kinds.count(R), kinds.count(RA)
-    tags = ["reset"]
-    if nr == 1:
+    tags = ["reset"]  # then exactly one composition of the resets (SPEC 5): RSTs and RST+ACKs -> both only
+    if nr and nra:
+        tags.append("rst_and_rstacks")
+    elif nr == 1:
         tags.append("single_rst")
-    if nr > 1:
+    elif nr > 1:
         tags.append("multiple_rsts")
         # the ack numbers the middlebox wrote: "ack"/"srv" (a real, non-zero ack), "zero", "plus" (ack + 1460*i)
         vals = []
@@ -202,12 +208,10 @@ def intended(sc: dict, tampered: bool) -> dict:
             tags.append("acknumsame0" if vals[0] == 0 else "acknumsame")
         else:
             tags.append("acknumdiff0" if 0 in vals else "acknumdiff")
-    if nra == 1:
+    elif nra == 1:
         tags.append("single_rstack")
-    if nra > 1:
+    elif nra > 1:
         tags.append("multiple_rstacks")
-    if nr and nra:
-        tags.append("rst_and_rstacks")
     key = {(1, 0): "R", (0, 1): "RA", (1, 1): "R+RA", (0, 2): "RARA"}.get((nr, nra), "RR")
     if key == "RR" and stage == "post_psh":
         key = {"acknumsame": "RR=same", "acknumsame0": "RR=same0", "acknumdiff": "RR=diff",
@@ -469,11 +473,11 @@ def helper_client(spec: dict) -> None:
                 _linger0(s)
         with contextlib.suppress(OSError):
             s.close()
-        time.sleep(0.1)
+        time.sleep(spec.get("pause", 0.1))
 
 
 # ----------------------------------------------------------------------------------------
-# a run: capture, traffic, marker, analysis, report
+# a run: capture, traffic (scenarios, then ordinary traffic), analysis, report
 # ----------------------------------------------------------------------------------------
 
 def run_scenario(i: int, sc: dict) -> list[dict]:
@@ -497,6 +501,24 @@ def run_scenario(i: int, sc: dict) -> list[dict]:
         c = conns[made.pop("i")]
         labels.append({"scenario": sc["name"], **made, "ip_version": sc["fam"], "tampered": c["tampered"],
                        "host": c["host"], "style": sc["style"], **intended(sc, c["tampered"])})
+    return labels
+
+
+def run_tail() -> list[dict]:
+    """The ordinary traffic after the scenarios: TAIL_CONNS graceful GETs, TAIL_PAUSE apart, labelled."""
+    sc = {"name": "ordinary_tail", "fam": 4, "port": 80, "kind": "http", "style": None}
+    conns = [{"i": k, "tampered": False, "dst": SRV_OK4, "host": ALLOWED} for k in range(TAIL_CONNS)]
+    spec = {"src": TAIL_SRC, "dst": SRV_OK4, "port": 80, "kind": "http", "conns": conns, "pause": TAIL_PAUSE}
+    r = subprocess.run(["ip", "netns", "exec", CLI, sys.executable, THIS, "_client", json.dumps(spec)],
+                       capture_output=True, text=True, timeout=60 + TAIL_CONNS * TAIL_PAUSE)
+    if r.returncode != 0:
+        raise RuntimeError(f"tail client failed: {r.stdout} {r.stderr}")
+    labels = []
+    for line in r.stdout.splitlines():
+        made = json.loads(line)
+        c = conns[made.pop("i")]
+        labels.append({"scenario": sc["name"], **made, "ip_version": 4, "tampered": False, "host": c["host"],
+                       "style": None, **intended(sc, False)})
     return labels
 
 
@@ -591,7 +613,7 @@ def run(out: Path, guard: float = 90.0, workers: int = 12) -> dict:
     waited = 0.0
     try:
         bed.up()
-        waited = wait_for_safe_window(40, guard)
+        waited = wait_for_safe_window(50, guard)
         caps = [Background(tcpdump("s0", cap_eth), ready="listening on", name="tcpdump s0"),
                 Background(tcpdump("any", cap_any, "-y", "LINUX_SLL2"), ready="listening on",
                            name="tcpdump any")]
@@ -600,13 +622,9 @@ def run(out: Path, guard: float = 90.0, workers: int = 12) -> dict:
             with ThreadPoolExecutor(workers) as ex:
                 for res in ex.map(lambda a: run_scenario(*a), enumerate(SCENARIOS)):
                     labels += res
-            log(f"traffic done: {len(labels)} connections; 12.5 s of silence, then the end marker")
-            time.sleep(12.5)
-            r = nsx(CLI, f"curl -s -o /dev/null --max-time 2 --interface 10.77.1.1 http://{SRV_OK4}:{MARKER_PORT}/",
-                    check=False)
-            if r.returncode != 7:  # 7 = connection refused: the marker was a single refused SYN
-                raise RuntimeError(f"end marker: curl exited {r.returncode}")
-            time.sleep(0.5)
+            log(f"scenarios done: {len(labels)} connections; ordinary traffic for {TAIL_CONNS * TAIL_PAUSE:.0f} s")
+            labels += run_tail()
+            time.sleep(1.0)  # the last packets reach tcpdump's files (-U: written as they come)
         finally:
             for c in caps:
                 rc = c.stop(signal.SIGINT)
