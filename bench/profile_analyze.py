@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rstscope import config  # noqa: E402
-from rstscope.analyze import Analyzer, Options  # noqa: E402
+from rstscope.offline import Analyzer, Options  # noqa: E402
 
 
 def main() -> int:

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from rstscope import __version__
 
@@ -58,8 +58,10 @@ def add_analyze(sub: Any) -> None:
     p.add_argument("--grace", type=float, default=None, metavar="S",
                    help="an ended connection takes further packets for S seconds after its last one (default 10)")
     p.add_argument("--geo", type=Path, default=None, metavar="DIR", help="directory with .mmdb files")
-    p.add_argument("--out", type=Path, default=None, metavar="FILE", help="write connections as JSON lines")
-    p.add_argument("--rollups", type=Path, default=None, metavar="FILE", help="write rollup rows as JSON lines")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="write connections: JSON lines, or CSV / Parquet for a .csv / .parquet FILE (docs/outputs.md)")
+    p.add_argument("--rollups", type=Path, default=None, metavar="FILE",
+                   help="write rollup rows: JSON lines, or CSV / Parquet for a .csv / .parquet FILE")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--topology", type=Path, default=None, help="topology.yaml to use")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -70,31 +72,18 @@ def add_analyze(sub: Any) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from rstscope import config
-    from rstscope.analyze import Analyzer, Options, Progress
     from rstscope.capture.files import CaptureError
-    from rstscope.codecs.jsonl import write_line
     from rstscope.geo import GeoDB
+    from rstscope.offline import Analyzer, Options, Progress, with_window
+    from rstscope.outputs import MissingExtra, Writer, record_writer, rollup_writer
     from rstscope.report import stage_table
 
-    topo = config.load(args.topology)
-    w = topo.window
-    changes: dict[str, object] = {}
-    if args.idle is not None:
-        changes.update(mode=config.MODE_IDLE, idle_s=args.idle)
-    if args.timeout is not None:
-        changes["timeout_s"] = args.timeout
-    if args.grace is not None:
-        changes["grace_s"] = args.grace
-    if changes:
-        topo = dataclasses.replace(topo, window=dataclasses.replace(w, **changes))  # type: ignore[arg-type]
-        try:
-            config.validate(topo)
-        except config.TopologyError as e:
-            print(f"rstscope: {e}", file=sys.stderr)
-            return 2
+    try:
+        topo = with_window(config.load(args.topology), idle=args.idle, timeout=args.timeout, grace=args.grace)
+    except config.TopologyError as e:
+        print(f"rstscope: {e}", file=sys.stderr)
+        return 2
     for f in args.files:
         if not f.is_file():
             print(f"rstscope: {f}: no such file", file=sys.stderr)
@@ -103,9 +92,14 @@ def run_analyze(args: argparse.Namespace) -> int:
                    args.sample_mode or topo.sampling.mode, topo.sampling.hash_key, engine=args.engine)
     geo = GeoDB.open(args.geo) if args.geo else GeoDB.empty()
     with contextlib.ExitStack() as stack:
-        out: IO[bytes] | None = stack.enter_context(args.out.open("wb")) if args.out else None
-        sink = (lambda rec: write_line(out, rec)) if out is not None else None
-        analyzer = Analyzer(topo, opts, geo, sink)
+        try:
+            # Both files are opened first: a missing extra (pyarrow) is reported before a long run.
+            out: Writer | None = stack.enter_context(record_writer(args.out)) if args.out else None
+            rollups: Writer | None = stack.enter_context(rollup_writer(args.rollups)) if args.rollups else None
+        except MissingExtra as e:
+            print(f"rstscope: {e}", file=sys.stderr)
+            return 2
+        analyzer = Analyzer(topo, opts, geo, out.write if out is not None else None)
         total = sum(f.stat().st_size for f in args.files)
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         try:
@@ -113,10 +107,9 @@ def run_analyze(args: argparse.Namespace) -> int:
         except CaptureError as e:
             print(f"rstscope: {e}", file=sys.stderr)
             return 2
-    if args.rollups:
-        with args.rollups.open("wb") as fh:
+        if rollups is not None:
             for row in analyzer.rollup.rows():
-                write_line(fh, row)
+                rollups.write(row)
     for st in analyzer.files:
         if st.stopped_at is not None:
             print(f"rstscope: {st.path}: stopped at byte {st.stopped_at}: "

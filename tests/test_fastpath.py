@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rstscope.analyze import Analyzer, Options
 from rstscope.config import Topology, WindowParams
 from rstscope.fastpath.reader import read_columns
 from rstscope.geo import GeoDB
+from rstscope.offline import Analyzer, Options
 from rstscope.packet import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, PacketRecord
 from tests.builders import ether, ipv4_tcp, ipv6_tcp, pcap_bytes, pcapng_bytes
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rstscope import config
-from rstscope.analyze import Analyzer, Options
+from rstscope.offline import Analyzer, Options
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text())["fixtures"]

@@ -33,11 +33,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rstscope.analyze import Analyzer, Options
 from rstscope.codecs.packet import Watermark, encode_packet, encode_watermark
 from rstscope.config import Topology, WindowParams
 from rstscope.direction import Direction
 from rstscope.edge.producer import Edge
+from rstscope.offline import Analyzer, Options
 from rstscope.sampling import Gate
 from rstscope.streams.connection_agent import ConnectionStage
 from tests.builders import ack, fin, pcap_bytes, psh, rst, spaced, syn

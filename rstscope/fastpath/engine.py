@@ -76,7 +76,7 @@ from rstscope.geo import GeoInfo
 from rstscope.packet import TH_ACK, TH_FIN, TH_RST, TH_SYN
 
 if TYPE_CHECKING:
-    from rstscope.analyze import Analyzer
+    from rstscope.offline import Analyzer
 
 I8 = npt.NDArray[np.int64]
 F8 = npt.NDArray[np.float64]

@@ -5,7 +5,7 @@ against the offline rollups of the repo's fixture captures.
 
 The data: each fixture capture (tests/fixtures/*.pcap, real traffic) is replayed at several times (its
 timestamps shifted by whole hours, which keeps every 15-minute bucket boundary) and from several places
-(a GeoLite2-style country and ASN database per site), classified by `rstscope.analyze.Analyzer` and
+(a GeoLite2-style country and ASN database per site), classified by `rstscope.offline.Analyzer` and
 rolled up by the core's `Rollup`: the same rows `rstscope analyze --rollups` writes, with several
 locations and ASes in the same buckets. The expected numbers are summed from those rows here, with this
 file's own reading of the rules in docs/api.md (ranges, flooring, continents, exclusions).
@@ -42,11 +42,11 @@ from mmdb_writer import MMDBWriter
 
 from api.conftest import FIXTURES, REPO
 from rstscope import config
-from rstscope.analyze import Analyzer, Options
 from rstscope.api.app import create_app
 from rstscope.api.store import Store
 from rstscope.core.rollup import Rollup
 from rstscope.geo import GeoDB
+from rstscope.offline import Analyzer, Options
 
 STAGES = ("post_syn", "post_ack", "post_psh", "later_in_flow", "no_match")
 # Sites the captures are replayed from: (country, ASN). AS13335 is in two countries; XX/0 is "unknown"

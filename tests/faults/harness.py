@@ -21,9 +21,9 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartiti
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from rstscope import config
-from rstscope.analyze import Analyzer, Options
 from rstscope.codecs.jsonl import loads
 from rstscope.core.rollup import row_key_text
+from rstscope.offline import Analyzer, Options
 from rstscope.streams.topics import all_specs
 
 from .synth import PORTS, SERVER_IP

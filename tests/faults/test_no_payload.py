@@ -51,8 +51,8 @@ def check_counts(pcap: Path) -> None:
     two data packets each, closed with a FIN or, when the server's response was not read yet, an RST
     (None or Later); 12 single sends closed before the server's answer came, which the client then
     resets (FIN and RST after one data packet: Post-PSH). None is incomplete."""
-    from rstscope.analyze import Analyzer, Options
     from rstscope.config import load
+    from rstscope.offline import Analyzer, Options
 
     from .synth import SERVER_IP
 

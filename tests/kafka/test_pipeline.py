@@ -26,9 +26,9 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, To
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from rstscope import config
-from rstscope.analyze import Analyzer, Options
 from rstscope.codecs.jsonl import loads
 from rstscope.core.rollup import row_key_text
+from rstscope.offline import Analyzer, Options
 from tests.netns import SERVER_IP, capture_client_run
 
 pytestmark = pytest.mark.kafka

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from rstscope.analyze import Analyzer, Options
 from rstscope.codecs.jsonl import loads
 from rstscope.core.rollup import row_key_text
+from rstscope.offline import Analyzer, Options
 
 _PIPELINE = Path(__file__).resolve().parent.parent / "kafka" / "test_pipeline.py"
 _spec = importlib.util.spec_from_file_location("rstscope_pipeline_helpers", _PIPELINE)

@@ -1,5 +1,7 @@
 """`rstscope analyze`: capture files -> classified connections and rollups, offline.
 
+(The module is `rstscope.offline`; the Python API on top of it is `rstscope.analyze()`.)
+
 A thin shell around the core: frames are decoded, gated (direction, sampling, first N packets) and
 fed to the connection table; finished connections are classified and counted. The Kafka path runs
 the same gate at the edge and the same table in the workers.
@@ -7,12 +9,14 @@ the same gate at the edge and the same table in the workers.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rstscope import config
 from rstscope.capture.files import FileStats, read_frames
 from rstscope.config import Topology
 from rstscope.core.record import ConnectionRecord, make_record
@@ -37,6 +41,24 @@ class Options:
     sample_mode: str = "random"
     sample_key: str | None = None
     engine: str = "batch"  # batch (rstscope.fastpath, same results) or packet (the reference, per packet)
+
+
+def with_window(topo: Topology, *, idle: float | None = None, timeout: float | None = None,
+                grace: float | None = None) -> Topology:
+    """The topology with the window options of a run (idle mode, timeout, grace); TopologyError if invalid."""
+    w = topo.window
+    changes: dict[str, object] = {}
+    if idle is not None:
+        changes.update(mode=config.MODE_IDLE, idle_s=idle)
+    if timeout is not None:
+        changes["timeout_s"] = timeout
+    if grace is not None:
+        changes["grace_s"] = grace
+    if not changes:
+        return topo
+    topo = dataclasses.replace(topo, window=dataclasses.replace(w, **changes))  # type: ignore[arg-type]
+    config.validate(topo)
+    return topo
 
 
 class Progress:
@@ -157,3 +179,4 @@ class Analyzer:
         if progress is not None:
             progress.done()
         return self.summary
+
