@@ -3,12 +3,17 @@ records for several countries, ASes and buckets, and a real `rstscope analyze` r
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from fastapi.testclient import TestClient
@@ -157,3 +162,35 @@ def rich_rows(days: int = 3) -> list[dict[str, Any]]:
     roll = Rollup()
     roll.extend(rich_records(days))
     return list(roll.rows())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def serving(rollups: Path, module: str = "rstscope.cli") -> Iterator[str]:
+    """`rstscope serve --rollups FILE` as a real process on a free loopback port; yields its base URL once
+    it answers (30 s at most), stops it after."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", module, "serve", "--port", str(port), "--rollups", str(rollups)],
+                            cwd=Path(__file__).resolve().parents[2], stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/rstscope/meta", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server died"
+            assert time.monotonic() < deadline, "rstscope serve did not start"
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)

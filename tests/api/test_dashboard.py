@@ -4,10 +4,6 @@ follows the selector, and leaves a screenshot in docs/dashboard.png."""
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from api.conftest import REPO, rich_rows
+from api.conftest import REPO, rich_rows, serving
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
@@ -27,37 +23,13 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 STAGES = ("post_syn", "post_ack", "post_psh", "later_in_flow", "no_match")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     d = tmp_path_factory.mktemp("dash")
     rollups = d / "rollups.jsonl"
     rollups.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rich_rows()))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rstscope.api.cli", "serve", "--port", str(port),
-                             "--rollups", str(rollups)], cwd=REPO, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/rstscope/meta", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server died"
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+    with serving(rollups, "rstscope.api.cli") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def wait_ready(page: Any, after: int) -> None:

@@ -18,8 +18,6 @@ import csv
 import io
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -40,7 +38,7 @@ from cloudflare.types.radar.tcp_resets_timeout_summary_response import Summary0
 from cloudflare.types.radar.tcp_resets_timeout_timeseries_groups_response import Serie0
 from mmdb_writer import MMDBWriter
 
-from api.conftest import FIXTURES, REPO
+from api.conftest import FIXTURES, REPO, serving
 from rstscope import config
 from rstscope.api.app import create_app
 from rstscope.api.store import Store
@@ -644,35 +642,15 @@ async def test_async_client_on_an_asgi_transport(store: Store, data: Data) -> No
 
 def test_rstscope_serve_command(data: Data) -> None:
     """The CLI server (real clock, so absolute dates) answers the strict library with the same numbers."""
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = subprocess.Popen([sys.executable, "-m", "rstscope.cli", "serve", "--port", str(port),
-                             "--rollups", str(data.rollups)], cwd=REPO, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/rstscope/meta", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server died"
-            assert time.monotonic() < deadline, "rstscope serve did not start"
-            time.sleep(0.1)
-        with Cloudflare(api_token="t", base_url=base, max_retries=0, _strict_response_validation=True) as client:
-            for kw in (DATES[8], DATES[9], DATES[10]):
-                for f in (FILTERS[0], FILTERS[8], FILTERS[15]):
-                    check_summary(client.radar.tcp_resets_timeouts.summary(**f, **kw), {**f, **kw}, data)
-                    check_timeseries(client.radar.tcp_resets_timeouts.timeseries_groups(**f, **kw, agg_interval="1h"),
-                                     {**f, **kw, "agg_interval": "1h"}, data)
-            kw = MULTI[4]
-            check_summary(client.radar.tcp_resets_timeouts.summary(**kw), kw, data)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
+    with serving(data.rollups) as base, Cloudflare(api_token="t", base_url=base, max_retries=0,
+                                                      _strict_response_validation=True) as client:
+        for kw in (DATES[8], DATES[9], DATES[10]):
+            for f in (FILTERS[0], FILTERS[8], FILTERS[15]):
+                check_summary(client.radar.tcp_resets_timeouts.summary(**f, **kw), {**f, **kw}, data)
+                check_timeseries(client.radar.tcp_resets_timeouts.timeseries_groups(**f, **kw, agg_interval="1h"),
+                                 {**f, **kw, "agg_interval": "1h"}, data)
+        kw = MULTI[4]
+        check_summary(client.radar.tcp_resets_timeouts.summary(**kw), kw, data)
 
 def test_empty_values_over_plain_http(base_url: str, data: Data) -> None:
     """An empty value means "not set" for its series, so series can mix filters and date forms. (The official
