@@ -22,13 +22,14 @@ class TopologyError(ValueError):
 MODE_WINDOW = "window"  # the blog's method (SPEC 4): no inactivity timer, decided at the cutoff
 MODE_IDLE = "idle"  # explicit, lower latency and memory: quiet for idle_s -> timeout at once
 MODES = (MODE_WINDOW, MODE_IDLE)
+WINDOW_S = 900  # the default window, hence rollup bucket: 15 minutes, Radar's FIFTEEN_MINUTES
 
 
 @dataclass(frozen=True, slots=True)
 class WindowParams:
     """How packets become connections and when a connection is decided (SPEC section 4)."""
 
-    size_s: int = 900  # tumbling windows of event time (15 minutes)
+    size_s: int = WINDOW_S  # tumbling windows of event time (15 minutes)
     max_packets: int = 10  # the first N client packets of a connection, the SYN included
     timeout_s: float = 10.0  # not ended: a timeout when its last packet lies this long before the cutoff
     grace_s: float = 10.0  # ended: emitted once the watermark passes its last packet by this much

@@ -24,8 +24,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rstscope import __version__
 from rstscope.api import query as q
-from rstscope.api.store import Agg, Store
+from rstscope.api.store import Store
 from rstscope.core.classify import SIGNATURES, TAGS
+from rstscope.core.rollup import Cell
 
 STATIC = Path(__file__).parent / "static"
 Now = Callable[[], datetime]
@@ -105,6 +106,11 @@ class Serie(BaseModel):
     post_psh: list[str]
     later_in_flow: list[str]
     no_match: list[str]
+
+
+for _model in (StageShares, Serie):  # spelled out for the OpenAPI schema; must follow core's STAGES
+    if tuple(f for f in _model.model_fields if f != "timestamps") != q.STAGES:
+        raise RuntimeError(f"{_model.__name__} does not list the stages {q.STAGES} in order")
 
 
 class SummaryResult(BaseModel):
@@ -195,6 +201,7 @@ class DataMeta(BaseModel):
     dataEnd: str | None
     rows: int
     bucketSeconds: int
+    stages: list[str] = Field(description="the stages, in order: the field names of shares and series")
     maxRangeDays: int
     maxPoints: int
     connectionsExposed: bool
@@ -211,15 +218,15 @@ class DataMetaBody(BaseModel):
 
 # ---------------------------------------------------------------- pure builders
 
-def stage_shares(agg: Agg) -> dict[str, str]:
+def stage_shares(agg: Cell) -> dict[str, str]:
     total = agg.total
     return {s: q.percent(agg.counts[s], total) for s in q.STAGES}
 
 
-def sum_aggs(aggs: Iterable[Agg]) -> Agg:
-    out = Agg()
+def sum_aggs(aggs: Iterable[Cell]) -> Cell:
+    out = Cell()
     for a in aggs:
-        out.add(a)
+        out.merge(a)
     return out
 
 
@@ -240,7 +247,7 @@ def base_meta(ranges: Sequence[q.TimeRange], last_updated: str, level: int,
     }
 
 
-def series_annotations(series: q.Series, buckets: dict[int, Agg], span: Span, link: str) -> list[dict[str, Any]]:
+def series_annotations(series: q.Series, buckets: dict[int, Cell], span: Span, link: str) -> list[dict[str, Any]]:
     """What a reader of these numbers must know: parts of the range without data (PIPELINE), and the
     Post-SYN caveat for numbers of one location or AS (GENERAL)."""
     r = series.range
@@ -270,7 +277,7 @@ def series_annotations(series: q.Series, buckets: dict[int, Agg], span: Span, li
     return out
 
 
-def series_meta(parts: Sequence[tuple[q.Series, dict[int, Agg]]], last_updated: str, span: Span,
+def series_meta(parts: Sequence[tuple[q.Series, dict[int, Cell]]], last_updated: str, span: Span,
                 link: str) -> dict[str, Any]:
     """Meta of one or more series: a dateRange each, the lowest confidence, all annotations (once each)."""
     notes: list[dict[str, Any]] = []
@@ -282,7 +289,7 @@ def series_meta(parts: Sequence[tuple[q.Series, dict[int, Agg]]], last_updated: 
     return base_meta([s.range for s, _ in parts], last_updated, level, notes)
 
 
-def summary_results(parts: Sequence[tuple[q.Series, dict[int, Agg]]], last_updated: str, span: Span,
+def summary_results(parts: Sequence[tuple[q.Series, dict[int, Cell]]], last_updated: str, span: Span,
                     link: str, *, named: bool = False) -> dict[str, Any]:
     """meta + one share object per series, under its key (`summary_i` or its name)."""
     result: dict[str, Any] = {"meta": series_meta(parts, last_updated, span, link)}
@@ -294,11 +301,11 @@ def summary_results(parts: Sequence[tuple[q.Series, dict[int, Agg]]], last_updat
     return result
 
 
-def serie(buckets: dict[int, Agg], r: q.TimeRange, agg_interval: str) -> dict[str, list[str]]:
+def serie(buckets: dict[int, Cell], r: q.TimeRange, agg_interval: str) -> dict[str, list[str]]:
     """Buckets summed per aggInterval slot; every slot of the range is listed, "0" where nothing was counted."""
-    slots: dict[int, Agg] = {}
+    slots: dict[int, Cell] = {}
     for b, a in buckets.items():
-        slots.setdefault(q.interval_start(b, agg_interval), Agg()).add(a)
+        slots.setdefault(q.interval_start(b, agg_interval), Cell()).merge(a)
     out: dict[str, list[str]] = {"timestamps": [], **{s: [] for s in q.STAGES}}
     for t in q.slot_starts(r, agg_interval):
         slot = slots.get(t)
@@ -308,7 +315,7 @@ def serie(buckets: dict[int, Agg], r: q.TimeRange, agg_interval: str) -> dict[st
     return out
 
 
-def timeseries_results(parts: Sequence[tuple[q.Series, dict[int, Agg]]], agg_interval: str, last_updated: str,
+def timeseries_results(parts: Sequence[tuple[q.Series, dict[int, Cell]]], agg_interval: str, last_updated: str,
                        span: Span, link: str, *, named: bool = False) -> dict[str, Any]:
     meta = series_meta(parts, last_updated, span, link)
     meta["aggInterval"] = q.AGG_INTERVALS[agg_interval][1]
@@ -357,19 +364,18 @@ def breakdown(counts: dict[str, int], known: Sequence[str], total: int, *, with_
     return items
 
 
-def top_items(totals: dict[str, Agg], kind: str, min_connections: int, limit: int) -> list[dict[str, Any]]:
+def top_items(totals: dict[str, Cell], kind: str, min_connections: int, limit: int) -> list[dict[str, Any]]:
     """Ranked by anomaly share (100 - no_match, from counts), then by connections."""
     ranked = []
     for key, a in totals.items():
         total = a.total
         if total < max(1, min_connections):
             continue
-        anomalous = total - a.counts["no_match"]
-        ranked.append((-anomalous / total, -total, key, a))
+        ranked.append((-a.anomalous / total, -total, key, a))
     ranked.sort(key=lambda t: (t[0], t[1], t[2]))
     out = []
     for _, _, key, a in ranked[:limit]:
-        item: dict[str, Any] = {"value": q.percent(a.total - a.counts["no_match"], a.total),
+        item: dict[str, Any] = {"value": q.percent(a.anomalous, a.total),
                                 "connections": a.total, "shares": stage_shares(a)}
         if kind == "locations":
             item["clientCountryAlpha2"] = key
@@ -494,7 +500,7 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
     def link(request: Request) -> str:
         return str(request.url_for("data_meta"))
 
-    def fetch(qy: q.SeriesQuery) -> list[tuple[q.Series, dict[int, Agg]]]:
+    def fetch(qy: q.SeriesQuery) -> list[tuple[q.Series, dict[int, Cell]]]:
         return [(s, store.per_bucket(s.filters, s.range.start_s, s.range.stop_s)) for s in qy.series]
 
     # ------------------------------------------------------------ Radar
@@ -573,11 +579,11 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
         restricted = filters.asn.given if kind == "locations" else filters.by_country
         if restricted:
             # Restricted by the other dimension: sum the country+ASN rows that pass both filters.
-            totals: dict[str, Agg] = {}
+            totals: dict[str, Cell] = {}
             for key, a in store.key_totals("country_asn", r.start_s, r.stop_s).items():
                 cc, _, asn = key.partition(":")
                 if filters.accepts_country(cc) and filters.asn.accepts(asn):
-                    totals.setdefault(cc if kind == "locations" else asn, Agg()).add(a)
+                    totals.setdefault(cc if kind == "locations" else asn, Cell()).merge(a)
         elif kind == "locations":
             totals = {k: a for k, a in store.key_totals("country", r.start_s, r.stop_s).items()
                       if filters.accepts_country(k)}
@@ -625,9 +631,10 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
             return [{"key": k, "connections": a.total} for k, a in ranked]
 
         return ok({"dataStart": q.iso_s(start) if span else None, "dataEnd": q.iso_s(end) if span else None,
-                   "rows": store.row_count(), "bucketSeconds": q.BUCKET_S, "maxRangeDays": q.MAX_RANGE.days,
-                   "maxPoints": q.MAX_POINTS, "connectionsExposed": expose_connections,
-                   "locations": keys("country"), "ases": keys("asn"), "version": __version__})
+                   "rows": store.row_count(), "bucketSeconds": q.BUCKET_S, "stages": list(q.STAGES),
+                   "maxRangeDays": q.MAX_RANGE.days, "maxPoints": q.MAX_POINTS,
+                   "connectionsExposed": expose_connections, "locations": keys("country"), "ases": keys("asn"),
+                   "version": __version__})
 
     if expose_connections:
         @app.get("/rstscope/connections", tags=["rstscope"], responses=_ERRORS)

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from rstscope.api.continents import CONTINENTS, continent_of, countries_in
+from rstscope.core.classify import STAGES as STAGES  # defined in core; also Radar's field names
+from rstscope.core.rollup import BUCKET_S as BUCKET_S
+from rstscope.core.rollup import share
 
-BUCKET_S = 900
 BUCKET = timedelta(seconds=BUCKET_S)
-STAGES = ("post_syn", "post_ack", "post_psh", "later_in_flow", "no_match")
 MAX_RANGE = timedelta(days=366)  # dateStart..dateEnd
 MAX_POINTS = 5000
 MAX_SERIES = 10
@@ -27,7 +28,7 @@ _RANGE_LIMITS = {"h": 364 * 24, "d": 364, "w": 52}
 
 # aggInterval: the Radar spelling -> (seconds, meta name). Weeks start on Monday (ISO), days at 00:00 UTC.
 AGG_INTERVALS: dict[str, tuple[int, str]] = {
-    "15m": (900, "FIFTEEN_MINUTES"),
+    "15m": (BUCKET_S, "FIFTEEN_MINUTES"),
     "1h": (3600, "ONE_HOUR"),
     "1d": (86400, "ONE_DAY"),
     "1w": (7 * 86400, "ONE_WEEK"),
@@ -512,7 +513,7 @@ def percent(count: int, total: int) -> str:
     """A share as Radar spells it: a decimal string, at most 6 decimals, no trailing zeros."""
     if total <= 0:
         return "0"
-    text = f"{100.0 * count / total:.6f}".rstrip("0").rstrip(".")
+    text = f"{share(count, total):.6f}".rstrip("0").rstrip(".")
     return text or "0"
 
 

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from rstscope.api.store import BadRow, RowKey, Store, normalize_row
+from rstscope.api.store import BadRow, Store, normalize_row
+from rstscope.core.rollup import RowKey
 
 log = logging.getLogger("rstscope.api.sink")
 GROUP_ID = "rstscope-api-sink"

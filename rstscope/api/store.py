@@ -15,19 +15,16 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import orjson
 
-from rstscope.api.query import BUCKET_S, STAGES, Filters
-
-DIMENSIONS = ("world", "country", "asn", "country_asn")
-RowKey = tuple[int, str, str]
+from rstscope.api.query import Filters
+from rstscope.core.classify import STAGES
+from rstscope.core.rollup import BUCKET_S, DIMENSIONS, Cell, RowKey
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS rollups (
@@ -60,39 +57,6 @@ _CHUNK = 500
 
 class BadRow(ValueError):
     """A rollup row that does not follow docs/wire-formats.md (v1)."""
-
-
-@dataclass(slots=True)
-class Agg:
-    """Summed counts of some rows: the only thing shares are computed from."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-    tags: Counter[str] = field(default_factory=Counter)
-    signatures: Counter[str] = field(default_factory=Counter)
-    post_syn_geo_unreliable: int = 0
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts[s] for s in STAGES)
-
-    def add(self, other: Agg, sign: int = 1) -> None:
-        for s in STAGES:
-            self.counts[s] += sign * other.counts[s]
-        for k, v in other.tags.items():
-            self.tags[k] += sign * v
-        for k, v in other.signatures.items():
-            self.signatures[k] += sign * v
-        self.post_syn_geo_unreliable += sign * other.post_syn_geo_unreliable
-
-    def clamp(self) -> Agg:
-        """Drop non-positive entries left by subtraction (an excluded key absent from a world row's bucket)."""
-        for s in STAGES:
-            self.counts[s] = max(0, self.counts[s])
-        for c in (self.tags, self.signatures):
-            for k in [k for k, v in c.items() if v <= 0]:
-                del c[k]
-        self.post_syn_geo_unreliable = max(0, self.post_syn_geo_unreliable)
-        return self
 
 
 def _count(v: Any, what: str) -> int:
@@ -254,7 +218,7 @@ class Store:
             return con.execute(sql, params).fetchall()
 
     def _bucket_aggs(self, dimension: str, start_s: int, end_s: int, keys: Iterable[str] | None,
-                     accept: Filters | None, breakdowns: bool) -> dict[int, Agg]:
+                     accept: Filters | None, breakdowns: bool) -> dict[int, Cell]:
         sql = (f"SELECT bucket_start, key, {', '.join(STAGES)}, tags, signatures, post_syn_geo_unreliable "
                "FROM rollups WHERE dimension = ? AND bucket_start >= ? AND bucket_start < ?")
         params: list[Any] = [dimension, start_s, end_s]
@@ -264,14 +228,14 @@ class Store:
                 return {}
             sql += f" AND key IN ({', '.join('?' for _ in keys)})"
             params += keys
-        out: dict[int, Agg] = {}
+        out: dict[int, Cell] = {}
         n = len(STAGES)
         for row in self._rows(sql, params):
             if accept is not None and not accept.accepts(row[1]):
                 continue
             agg = out.get(row[0])
             if agg is None:
-                agg = out[row[0]] = Agg()
+                agg = out[row[0]] = Cell()
             for i, s in enumerate(STAGES):
                 agg.counts[s] += row[2 + i]
             if breakdowns:  # JSON decoding dominates the cost: only when tags/signatures are asked for
@@ -280,7 +244,7 @@ class Store:
             agg.post_syn_geo_unreliable += row[4 + n]
         return out
 
-    def per_bucket(self, filters: Filters, start_s: int, end_s: int, *, breakdowns: bool = False) -> dict[int, Agg]:
+    def per_bucket(self, filters: Filters, start_s: int, end_s: int, *, breakdowns: bool = False) -> dict[int, Cell]:
         """Summed counts per 15-minute bucket in [start_s, end_s) for the rows `filters` selects.
 
         Exclusion only (`location=-DE`, `continent=-EU`, `asn=-174`): the world row minus the excluded rows,
@@ -301,21 +265,21 @@ class Store:
         return self._bucket_aggs(dim, start_s, end_s, None, filters, breakdowns)
 
     def _world_minus(self, dim: str, exclude: Iterable[str], start_s: int, end_s: int,
-                     breakdowns: bool) -> dict[int, Agg]:
+                     breakdowns: bool) -> dict[int, Cell]:
         world = self._bucket_aggs("world", start_s, end_s, None, None, breakdowns)
         for b, agg in self._bucket_aggs(dim, start_s, end_s, exclude, None, breakdowns).items():
             if b in world:
-                world[b].add(agg, -1)
+                world[b].merge(agg, -1)
         clamped = {b: a.clamp() for b, a in world.items()}
         return {b: a for b, a in clamped.items() if a.total > 0}
 
-    def key_totals(self, dimension: str, start_s: int, end_s: int) -> dict[str, Agg]:
+    def key_totals(self, dimension: str, start_s: int, end_s: int) -> dict[str, Cell]:
         """Summed counts per key of a dimension over a range (for top lists and selectors)."""
         sql = (f"SELECT key, {', '.join(f'sum({s})' for s in STAGES)} FROM rollups "
                "WHERE dimension = ? AND bucket_start >= ? AND bucket_start < ? GROUP BY key")
-        out: dict[str, Agg] = {}
+        out: dict[str, Cell] = {}
         for row in self._rows(sql, [dimension, start_s, end_s]):
-            agg = out[row[0]] = Agg()
+            agg = out[row[0]] = Cell()
             for i, s in enumerate(STAGES):
                 agg.counts[s] = int(row[1 + i])
         return out

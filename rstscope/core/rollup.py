@@ -12,9 +12,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rstscope.core.classify import POST_SYN, STAGES
+from rstscope.config import WINDOW_S
+from rstscope.core.classify import NO_MATCH, POST_SYN, STAGES
 
 DIMENSIONS = ("world", "country", "asn", "country_asn")
+BUCKET_S = WINDOW_S  # the bucket of rollup rows (wire format v1; the API accepts only this one)
 ROLLUP_VERSION = 1
 RowKey = tuple[int, str, str]  # (bucket_start, dimension, value)
 
@@ -28,33 +30,74 @@ def dimension_keys(record: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 @dataclass(slots=True)
 class Cell:
-    """Counts of one (bucket, dimension, value)."""
+    """Counts of one (bucket, dimension, value), or the sum of several: the only thing shares come from.
 
-    stages: Counter[str] = field(default_factory=Counter)
+    Field names are the wire format's (docs/wire-formats.md): ``counts`` per stage, ``tags``,
+    ``signatures``, ``post_syn_geo_unreliable``.
+    """
+
+    counts: Counter[str] = field(default_factory=Counter)
     tags: Counter[str] = field(default_factory=Counter)
     signatures: Counter[str] = field(default_factory=Counter)
-    post_syn_unreliable: int = 0
+    post_syn_geo_unreliable: int = 0
+
+    @property
+    def total(self) -> int:
+        """All classified connections (no_match included)."""
+        return sum(self.counts[s] for s in STAGES)
+
+    @property
+    def anomalous(self) -> int:
+        """Connections in a stage other than no_match."""
+        return self.total - self.counts[NO_MATCH]
 
     def add(self, record: Mapping[str, Any], n: int = 1) -> None:
-        self.stages[record["stage"]] += n
+        """Count one connection record (or ``n`` identical ones)."""
+        self.counts[record["stage"]] += n
         for t in record.get("tags") or ():
             self.tags[t] += n
         sig = record.get("signature")
         if sig:
             self.signatures[sig] += n
         if record["stage"] == POST_SYN:
-            self.post_syn_unreliable += n
+            self.post_syn_geo_unreliable += n
+
+    def merge(self, other: Cell, sign: int = 1) -> None:
+        """Add (``sign=1``) or subtract (``sign=-1``) another cell's counts."""
+        for s in STAGES:
+            self.counts[s] += sign * other.counts[s]
+        for k, v in other.tags.items():
+            self.tags[k] += sign * v
+        for k, v in other.signatures.items():
+            self.signatures[k] += sign * v
+        self.post_syn_geo_unreliable += sign * other.post_syn_geo_unreliable
+
+    def clamp(self) -> Cell:
+        """Drop non-positive entries left by subtraction (an excluded key absent from a world row's bucket)."""
+        for s in STAGES:
+            self.counts[s] = max(0, self.counts[s])
+        for c in (self.tags, self.signatures):
+            for k in [k for k, v in c.items() if v <= 0]:
+                del c[k]
+        self.post_syn_geo_unreliable = max(0, self.post_syn_geo_unreliable)
+        return self
 
 
-def shares(stages: Mapping[str, int]) -> dict[str, float]:
+def share(count: int, total: int, ndigits: int = 6) -> float:
+    """``count`` as a percentage of ``total``, rounded to ``ndigits`` decimals (0.0 when there is nothing)."""
+    return round(100.0 * count / total, ndigits) if total > 0 else 0.0
+
+
+def shares(stages: Mapping[str, int], ndigits: int = 6) -> dict[str, float]:
+    """Each stage's share of all classified connections (no_match included)."""
     total = sum(stages.get(s, 0) for s in STAGES)
-    return {s: round(100.0 * stages.get(s, 0) / total, 6) if total else 0.0 for s in STAGES}
+    return {s: share(stages.get(s, 0), total, ndigits) for s in STAGES}
 
 
 class Rollup:
     """Accumulates connection records into rows keyed by (bucket_start, dimension, value)."""
 
-    def __init__(self, bucket_s: int = 900) -> None:
+    def __init__(self, bucket_s: int = BUCKET_S) -> None:
         self.bucket_s = bucket_s
         self.cells: dict[RowKey, Cell] = {}
 
@@ -91,7 +134,7 @@ def row_key_text(key: RowKey) -> str:
 
 def row_dict(key: RowKey, cell: Cell, bucket_s: int) -> dict[str, Any]:
     bucket, dim, value = key
-    stages = {s: cell.stages.get(s, 0) for s in STAGES}
+    stages = {s: cell.counts.get(s, 0) for s in STAGES}
     return {
         "v": ROLLUP_VERSION,
         "bucket_start": bucket,
@@ -103,5 +146,5 @@ def row_dict(key: RowKey, cell: Cell, bucket_s: int) -> dict[str, Any]:
         "shares": shares(stages),
         "tags": dict(sorted(cell.tags.items())),
         "signatures": dict(sorted(cell.signatures.items())),
-        "post_syn_geo_unreliable": cell.post_syn_unreliable,
+        "post_syn_geo_unreliable": cell.post_syn_geo_unreliable,
     }

@@ -12,6 +12,7 @@ from typing import Any
 
 from rstscope.config import MODE_WINDOW
 from rstscope.core.classify import EVIDENCE_SYN_ONLY, SCANNERS, SIGNATURES, STAGES, TAGS
+from rstscope.core.rollup import share
 from rstscope.core.table import AFTER_CLOSE, AFTER_IDLE, BEYOND_MAX, EXCLUSIONS, LATE, NO_SYN
 
 CONNECTION_EXCLUSIONS = EXCLUSIONS
@@ -74,7 +75,7 @@ class Summary:
             "mode": self.mode,
             "connections": total,
             "stages": {s: self.stages.get(s, 0) for s in STAGES},
-            "shares": {s: round(100.0 * self.stages.get(s, 0) / total, 4) if total else 0.0 for s in STAGES},
+            "shares": {s: share(self.stages.get(s, 0), total, 4) for s in STAGES},
             "tags": {t: self.tags.get(t, 0) for t in TAGS},
             "signatures": {s: self.signatures.get(s, 0) for s in SIGNATURES},
             "scanners": {s: self.scanners.get(s, 0) for s in SCANNERS},

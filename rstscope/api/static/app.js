@@ -3,7 +3,8 @@
 // from the browser's clock. What was drawn is exposed on window.rstscope for the browser test.
 "use strict";
 
-const STAGES = ["post_syn", "post_ack", "post_psh", "later_in_flow", "no_match"];
+// The stages and their order come from the API (/rstscope/meta `stages`); LABELS and HINTS only name them.
+let STAGES = [];
 const LABELS = {
   post_syn: "Post-SYN", post_ack: "Post-ACK", post_psh: "Post-PSH", later_in_flow: "Later in flow", no_match: "No match",
 };
@@ -15,7 +16,7 @@ const HINTS = {
   no_match: "closed normally or still alive",
 };
 const css = getComputedStyle(document.documentElement);
-const COLORS = Object.fromEntries(STAGES.map((s) => [s, css.getPropertyValue("--" + s).trim()]));
+const COLORS = Object.fromEntries(Object.keys(LABELS).map((s) => [s, css.getPropertyValue("--" + s).trim()]));
 const SIG_STAGE_COLOR = (stage) => COLORS[stage] || "#5b6b86";
 const regionNames = typeof Intl.DisplayNames === "function" ? new Intl.DisplayNames(["en"], { type: "region" }) : null;
 
@@ -167,7 +168,7 @@ function tickLabel(ms, withYear) {
 
 function stackBar(shares) {
   const bar = el("div", { className: "stack" });
-  for (const s of STAGES.slice(0, 4)) bar.append(el("span", { style: `width:${Number(shares[s])}%;background:${COLORS[s]}` }));
+  for (const s of STAGES.filter((s) => s !== "no_match")) bar.append(el("span", { style: `width:${Number(shares[s])}%;background:${COLORS[s]}` }));
   return bar;
 }
 
@@ -255,6 +256,7 @@ function fillSelect(sel, items, label) {
 async function init() {
   try {
     meta = exposed.meta = await api("/rstscope/meta");
+    STAGES = meta.stages;
   } catch (e) {
     $("err").textContent = String(e.message || e);
     exposed.ready = true;
