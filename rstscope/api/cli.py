@@ -71,7 +71,7 @@ def serve(args: argparse.Namespace) -> int:
 def sink(args: argparse.Namespace) -> int:
     from rstscope.api import sink as sk
     from rstscope.api.store import Store
-    from rstscope.streams.topics import default_bootstrap, role_spec
+    from rstscope.kafka.roles import default_bootstrap, role_spec
 
     topic = args.topic
     if topic is None:

@@ -8,39 +8,20 @@ an error to fix by hand (re-create the topic), never something apply "repairs" s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rstscope.config import TopicSpec, Topology, TopologyError, load
+from rstscope.kafka.roles import DEFAULT_BOOTSTRAP as DEFAULT_BOOTSTRAP  # moved down a layer; re-exported
+from rstscope.kafka.roles import ROLES as ROLES
+from rstscope.kafka.roles import default_bootstrap as default_bootstrap
+from rstscope.kafka.roles import role_spec as role_spec
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_APP_ID = "rstscope"
-ROLES = ("packets", "connections", "rollups", "dead_letters")
 # Faust names a table's changelog "<app id>-<table name>-changelog".
 RECORDS_TABLE = "rollup-records"
-
-
-def default_bootstrap() -> str:
-    """$KAFKA_BOOTSTRAP_SERVERS, else ``bootstrap.servers`` of $RSTSCOPE_KAFKA_CONFIG, else the default."""
-    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if env:
-        return env
-    from rstscope.kafka import security
-
-    try:
-        return security.load().bootstrap or DEFAULT_BOOTSTRAP
-    except security.SecurityConfigError:
-        return DEFAULT_BOOTSTRAP
-
-
-def role_spec(topology: Topology, role: str) -> TopicSpec:
-    try:
-        return topology.topics[role]
-    except KeyError:
-        raise TopologyError(f"topology {topology.source}: no topics.{role}") from None
 
 
 def internal_specs(topology: Topology, app_id: str) -> dict[str, TopicSpec]:
