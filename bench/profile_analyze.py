@@ -1,7 +1,8 @@
 """Profile `rstscope analyze` on a capture: cProfile (or pyinstrument if installed) of one engine.
 
-Usage: python bench/profile_analyze.py CAPTURE [--engine batch|packet] [--sample 1] [--top 25]
-Prints the engine that decided, the wall time and the functions with the most own time.
+Usage: python bench/profile_analyze.py CAPTURE [--engine batch|packet] [--sample 1] [--top 25] [--slice-frames N]
+Prints the engine that decided, the wall time, the peak RSS and the functions with the most own time
+(the batch engine in slices of N frames: its default, or RSTSCOPE_SLICE_FRAMES).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
+import resource
 import sys
 import time
 from pathlib import Path
@@ -28,7 +31,10 @@ def main() -> int:
     ap.add_argument("--sample", type=float, default=1.0)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--sort", default="tottime")
+    ap.add_argument("--slice-frames", type=int, default=None, help="frames per slice of the batch engine")
     args = ap.parse_args()
+    if args.slice_frames:
+        os.environ["RSTSCOPE_SLICE_FRAMES"] = str(args.slice_frames)
     topo = config.load()
     an = Analyzer(topo, Options(probability=args.sample, sample_mode="hash", sample_key="bench", engine=args.engine))
     prof = cProfile.Profile()
@@ -37,7 +43,8 @@ def main() -> int:
     an.run([args.capture])
     prof.disable()
     wall = time.perf_counter() - t
-    print(f"engine used: {an.engine_used}; {wall:.2f} s under the profiler; "
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"engine used: {an.engine_used}; {wall:.2f} s under the profiler; peak RSS {peak:.0f} MiB; "
           f"{an.summary.connections:,} connections")
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats(args.sort).print_stats(args.top)

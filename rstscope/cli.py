@@ -67,8 +67,8 @@ def add_analyze(sub: Any) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress line on stderr (default: when stderr is a terminal)")
     p.add_argument("--engine", choices=("batch", "packet"), default="batch",
-                   help="batch: vectorized over whole files (default; falls back to packet when it does not "
-                        "apply); packet: the reference per-packet path")
+                   help="batch: vectorized, in time slices of bounded memory (default; falls back to packet "
+                        "when it does not apply); packet: the reference per-packet path")
 
 
 def run_analyze(args: argparse.Namespace) -> int:

@@ -152,29 +152,53 @@ class Analyzer:
     def run(self, paths: Iterable[Path], progress: Progress | None = None) -> Summary:
         """Analyze the files: with the batch engine when it applies (same results), else packet by packet."""
         paths = list(paths)
+        delivered = 0
         if self.engine == "batch":
             from rstscope.fastpath.engine import run as run_batch
 
-            if run_batch(self, paths):
+            left = run_batch(self, paths, progress)
+            if left is None:
                 self.engine_used = "batch"
                 if progress is not None:
                     progress.done()
                 return self.summary
-        return self.run_packets(paths, progress)
+            delivered = left
+            if delivered:  # it stopped after some slices: start over, without delivering their records again
+                w = self.topology.window
+                self.summary = Summary(mode=w.mode)
+                self.rollup = Rollup(w.size_s)
+                self.files = []
+                self.end_ts = float("-inf")
+        return self.run_packets(paths, progress, delivered)
 
-    def run_packets(self, paths: Iterable[Path], progress: Progress | None = None) -> Summary:
-        """The reference: every packet through Gate.admit and ConnectionTable.add, as the workers do."""
+    def run_packets(self, paths: Iterable[Path], progress: Progress | None = None, delivered: int = 0) -> Summary:
+        """The reference: every packet through Gate.admit and ConnectionTable.add, as the workers do.
+
+        ``delivered``: the records the table emits while the first that many frames are read went to
+        the sink already (the batch engine emits exactly those by then), so they are not sent again."""
         self.engine_used = "packet"
         admit = self.gate.admit
         add = self.table.add
         finish = self._finish
-        for pkt in self.packets(paths, progress):
-            if admit(pkt):
-                done = add(pkt)
-                if done:
-                    finish(done)
-        # The input ends at its latest frame (TCP or not): the cutoff of what is still undecided.
-        finish(self.table.close(self.end_ts))
+        sink = self.on_record
+        if delivered and sink is not None:
+            read = self.summary.packets
+
+            def after(rec: ConnectionRecord) -> None:
+                if read["read"] > delivered:
+                    sink(rec)
+
+            self.on_record = after
+        try:
+            for pkt in self.packets(paths, progress):
+                if admit(pkt):
+                    done = add(pkt)
+                    if done:
+                        finish(done)
+            # The input ends at its latest frame (TCP or not): the cutoff of what is still undecided.
+            finish(self.table.close(self.end_ts))
+        finally:
+            self.on_record = sink
         self.summary.take_counters(self.gate.counters, self.table.counters)
         if progress is not None:
             progress.done()

@@ -1,21 +1,25 @@
-"""Batch reading: capture files -> columns of decoded TCP header fields (numpy arrays).
+"""Batch reading: capture files -> slices of columns of decoded TCP header fields (numpy arrays).
 
-Classic pcap files (not compressed) are framed by a tight offset loop over a memory map, then the
-common frames (Ethernet, one 802.1Q tag, Linux cooked v1/v2, raw IP; IPv4 without options; TCP) are
-decoded all at once: the first ``ROW`` bytes of every record are copied into one ``(n, ROW)`` byte
-matrix and read through a structured dtype, so each field is a single vectorized conversion. Every
-other frame (IPv6, IP options, odd link types, truncated or malformed frames) goes through the
+Classic pcap files (not compressed) are read in blocks into one reused buffer (so memory does not grow
+with the file, and no page of a memory map is counted against the run), framed by a tight offset loop,
+then the common frames (Ethernet, one 802.1Q tag, Linux cooked v1/v2, raw IP; IPv4 without options;
+TCP) are decoded all at once: the first ``ROW`` bytes of every record are copied into one ``(n, ROW)``
+byte matrix and read through a structured dtype, so each field is a single vectorized conversion.
+Every other frame (IPv6, IP options, odd link types, truncated or malformed frames) goes through the
 reference per-frame decoder (``rstscope.decode.decode_frame``), and pcapng or compressed files are
-framed by the reference reader (``rstscope.capture.files.read_frames``). The result is exactly what
-the per-packet path decodes, frame for frame, with the same counters and ``FileStats``.
+framed by the reference reader (``rstscope.capture.files.read_frames``). The result is exactly what the
+per-packet path decodes, frame for frame, with the same counters and ``FileStats``.
+
+``SliceReader`` yields the input as consecutive slices of at most ``slice_frames`` frames (a slice never
+spans two files); ``read_columns`` joins them (tests, small inputs).
 """
 
 from __future__ import annotations
 
-import array
-import mmap
+import itertools
 import struct
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +44,8 @@ from rstscope.packet import PacketRecord
 F8 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int64]
 ROW = 16 + 18 + 20 + 20  # record header, Ethernet + one VLAN tag, IPv4 and TCP without options
-CHUNK_FRAMES = 1 << 18  # frames decoded per vectorized step
+BLOCK = 8 << 20  # bytes of a pcap file read at once (holds many MAX_RECORD records)
+CHUNK = 1 << 16  # records decoded per vectorized step (bounds its temporaries)
 V6_BASE = 1 << 32  # address ids: IPv4 addresses are their value, IPv6 ones V6_BASE + an index
 
 _RAW_TYPES = (LINKTYPE_RAW, LINKTYPE_RAW_OLD, LINKTYPE_RAW_OLD2, LINKTYPE_IPV4)
@@ -69,9 +74,23 @@ class AddressTable:
         return self.v6[ident - V6_BASE]
 
 
+# Stored narrow (memory); the engine does its arithmetic on int64 where it can overflow (addresses,
+# sequence numbers), and only compares the rest.
+DTYPES: dict[str, Any] = {
+    "ts": np.float64, "version": np.int8, "src": np.int64, "dst": np.int64, "sport": np.uint16,
+    "dport": np.uint16, "flags": np.uint8, "seq": np.int64, "ack": np.int64, "ipid": np.int32, "ttl": np.uint8,
+    "window": np.uint16, "payload": np.int32, "optlen": np.int16,
+}
+_FIELDS = tuple(k for k in DTYPES if k != "ts")
+
+
 @dataclass
 class Columns:
-    """The TCP packets of a run (in input order) as columns, plus what reading and decoding counted."""
+    """TCP packets (in input order) as columns, plus what reading and decoding counted.
+
+    A slice from ``SliceReader`` counts its own ``frames`` (TCP or not) and has the latest frame time
+    up to its end (``end_ts``); the other counters and ``files`` are the reader's (``read_columns``
+    fills them for the whole input)."""
 
     ts: F8
     version: npt.NDArray[np.int8]
@@ -106,30 +125,29 @@ class Columns:
                             int(self.flags[i]), int(self.seq[i]), int(self.ack[i]), None if ipid < 0 else ipid,
                             int(self.ttl[i]), int(self.window[i]), int(self.payload[i]), int(self.optlen[i]))
 
+    def arrays(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in DTYPES}
 
-# Stored narrow (memory); the engine does its arithmetic on int64 where it can overflow (addresses,
-# sequence numbers), and only compares the rest.
-DTYPES: dict[str, Any] = {
-    "ts": np.float64, "version": np.int8, "src": np.int64, "dst": np.int64, "sport": np.uint16,
-    "dport": np.uint16, "flags": np.uint8, "seq": np.int64, "ack": np.int64, "ipid": np.int32, "ttl": np.uint8,
-    "window": np.uint16, "payload": np.int32, "optlen": np.int16,
-}
-_FIELDS = tuple(k for k in DTYPES if k != "ts")
+    def take(self, idx: Any) -> Columns:
+        """The packets at ``idx`` (an index array or mask), in that order."""
+        return Columns(addresses=self.addresses, **{k: v[idx] for k, v in self.arrays().items()})
 
 
-class _Parts:
-    """Per-file pieces of the columns, concatenated at the end."""
+def empty_columns(addresses: AddressTable) -> Columns:
+    arrays: dict[str, Any] = {k: np.zeros(0, dtype=t) for k, t in DTYPES.items()}
+    return Columns(addresses=addresses, **arrays)
 
-    def __init__(self) -> None:
-        self.cols: dict[str, list[Any]] = {k: [] for k in ("ts", *_FIELDS)}
-        self.frames = 0
-        self.non_tcp = 0
-        self.malformed: Counter[str] = Counter()
-        self.end_ts = float("-inf")
 
-    def add_arrays(self, arrays: dict[str, Any]) -> None:
-        for k, v in arrays.items():
-            self.cols[k].append(np.asarray(v).astype(DTYPES[k], copy=False))
+def join_columns(parts: list[dict[str, Any]], addresses: AddressTable) -> Columns:
+    """Column pieces (dicts of arrays) -> one Columns, in order."""
+    if not parts:
+        return empty_columns(addresses)
+    arrays: dict[str, Any]
+    if len(parts) == 1:
+        arrays = {k: np.asarray(parts[0][k], dtype=t) for k, t in DTYPES.items()}
+    else:
+        arrays = {k: np.concatenate([p[k] for p in parts]).astype(t, copy=False) for k, t in DTYPES.items()}
+    return Columns(addresses=addresses, **arrays)
 
 
 def _records_to_arrays(recs: list[PacketRecord], addrs: AddressTable) -> dict[str, Any]:
@@ -137,40 +155,15 @@ def _records_to_arrays(recs: list[PacketRecord], addrs: AddressTable) -> dict[st
     n = len(recs)
     out: dict[str, Any] = {
         "ts": np.fromiter((r.ts for r in recs), np.float64, n),
-        "version": np.fromiter((r.version for r in recs), np.int64, n),
+        "version": np.fromiter((r.version for r in recs), np.int8, n),
         "src": np.fromiter((addrs.id_of(r.src) for r in recs), np.int64, n),
         "dst": np.fromiter((addrs.id_of(r.dst) for r in recs), np.int64, n),
-        "ipid": np.fromiter((-1 if r.ipid is None else r.ipid for r in recs), np.int64, n),
+        "ipid": np.fromiter((-1 if r.ipid is None else r.ipid for r in recs), np.int32, n),
     }
     for name, attr in (("sport", "sport"), ("dport", "dport"), ("flags", "flags"), ("seq", "seq"), ("ack", "ack"),
                        ("ttl", "ttl"), ("window", "window"), ("payload", "payload_len"), ("optlen", "opt_len")):
-        out[name] = np.fromiter((getattr(r, attr) for r in recs), np.int64, n)
+        out[name] = np.fromiter((getattr(r, attr) for r in recs), DTYPES[name], n)
     return out
-
-
-def _count_reason(parts: _Parts, reason: str) -> None:
-    if reason in NON_TCP_REASONS:
-        parts.non_tcp += 1
-    else:
-        parts.malformed[reason] += 1
-
-
-def _read_generic(path: Path, st: FileStats, parts: _Parts, addrs: AddressTable) -> None:
-    """Any capture: the reference framer and decoder, frame by frame."""
-    recs: list[PacketRecord] = []
-    end = parts.end_ts
-    for ts, linktype, data in read_frames(path, st):
-        parts.frames += 1
-        if ts > end:
-            end = ts
-        rec = decode_frame(ts, linktype, data)
-        if isinstance(rec, str):
-            _count_reason(parts, rec)
-        else:
-            recs.append(rec)
-    parts.end_ts = end
-    if recs:
-        parts.add_arrays(_records_to_arrays(recs, addrs))
 
 
 def _is_plain_pcap(path: Path) -> tuple[str, float, int] | None:
@@ -189,49 +182,30 @@ def _is_plain_pcap(path: Path) -> tuple[str, float, int] | None:
     return endian, tick, network & 0x0FFFFFFF
 
 
-def _frame_offsets(buf: Any, n: int, endian: str, st: FileStats) -> array.array[int]:
-    """Record offsets of a pcap body, with _read_pcap's stop conditions and FileStats."""
-    unpack = struct.Struct(endian + "I").unpack_from
-    pos = 24
-    offs = array.array("q")
+def _scan(buf: bytearray, pos: int, have: int, want: int, unpack: Any) -> tuple[I8, int, bool]:
+    """Offsets of up to ``want`` whole records in buf[pos:have]: (offsets, where it stopped, absurd length).
+
+    It stops early at a record that is not all in the buffer; the caller reads more, or at the end of
+    the file counts it as _read_pcap does. The loop only follows the lengths (the buffer has ROW spare
+    bytes, so a cut header is read from them and fails the bound); a record longer than MAX_RECORD
+    ends the chain where _read_pcap stops, found afterwards over all the lengths at once."""
+    offs: list[int] = []
     app = offs.append
-    last = n - 16
-    while pos <= last:
-        incl = unpack(buf, pos + 8)[0]
-        if incl > MAX_RECORD:
-            st.error("absurd_record_length")
-            st.stopped_at = pos
-            break
-        nxt = pos + 16 + incl
-        if nxt > n:
-            st.error("truncated_record")
-            st.stopped_at = pos
+    for _ in itertools.repeat(None, want):
+        nxt = pos + 16 + unpack(buf, pos + 8)[0]
+        if nxt > have:
             break
         app(pos)
         pos = nxt
-    else:
-        if n - pos > 0:
-            st.error("truncated_record_header")
-            st.stopped_at = pos
-    st.frames += len(offs)
-    st.bytes_read += pos - 24
-    return offs
-
-
-def _rows(arr: npt.NDArray[np.uint8], offs: I8) -> npt.NDArray[np.uint8]:
-    """The first ROW bytes of every record (zero past the end of the file) as an (n, ROW) matrix."""
-    n = len(arr)
-    nb = int(np.searchsorted(offs, n - ROW, "right")) if n >= ROW else 0  # offs ascend: a prefix fits
-    if nb == len(offs):
-        return np.lib.stride_tricks.sliding_window_view(arr, ROW)[offs]
-    out = np.empty((len(offs), ROW), dtype=np.uint8)
-    if nb:
-        out[:nb] = np.lib.stride_tricks.sliding_window_view(arr, ROW)[offs[:nb]]
-    start = int(offs[nb])
-    padded = np.zeros(n - start + ROW, dtype=np.uint8)
-    padded[: n - start] = arr[start:]
-    out[nb:] = np.lib.stride_tricks.sliding_window_view(padded, ROW)[offs[nb:] - start]
-    return out
+    o = np.array(offs, dtype=np.int64)
+    if len(o):
+        incl = np.diff(o, append=pos) - 16
+        big = np.flatnonzero(incl > MAX_RECORD)
+        if len(big):
+            j = int(big[0])
+            return o[:j], int(o[j]), True
+    absurd = pos + 16 <= have and unpack(buf, pos + 8)[0] > MAX_RECORD
+    return o, pos, absurd
 
 
 def _layout(endian: str, ip: int) -> np.dtype[Any]:
@@ -249,150 +223,243 @@ def _layout(endian: str, ip: int) -> np.dtype[Any]:
     })
 
 
-def _read_pcap_fast(path: Path, st: FileStats, parts: _Parts, addrs: AddressTable,
-                    endian: str, tick: float, linktype: int) -> None:
-    with path.open("rb") as fh:
-        size = path.stat().st_size
-        if size <= 24:
-            buf: Any = fh.read()
-        else:
-            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        _decode_pcap(buf, st, parts, addrs, endian, tick, linktype)
-    finally:
-        if isinstance(buf, mmap.mmap):
-            buf.close()
+class SliceReader:
+    """The input as slices of at most ``slice_frames`` frames (iterate once), and the totals so far:
+    frames, non-TCP and malformed counts, the latest frame's time (``end_ts``) and ``FileStats``."""
 
+    def __init__(self, paths: list[Path], slice_frames: int) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.slice_frames = max(1, int(slice_frames))
+        self.addresses = AddressTable()
+        self.files: list[FileStats] = []
+        self.frames = 0
+        self.non_tcp = 0
+        self.malformed: Counter[str] = Counter()
+        self.end_ts = float("-inf")
 
-def _decode_pcap(buf: Any, st: FileStats, parts: _Parts, addrs: AddressTable,
-                 endian: str, tick: float, linktype: int) -> None:
-    n = len(buf)
-    offs = np.frombuffer(_frame_offsets(buf, n, endian, st), dtype=np.int64)
-    m = len(offs)
-    parts.frames += m
-    if m == 0:
-        return
-    arr = np.frombuffer(buf, dtype=np.uint8)
-    for lo in range(0, m, CHUNK_FRAMES):  # bounded temporaries: peak memory does not grow with the file
-        _decode_chunk(buf, arr, offs[lo:lo + CHUNK_FRAMES], parts, addrs, endian, tick, linktype)
+    @property
+    def bytes_read(self) -> int:
+        """Of the input so far (progress)."""
+        return sum(st.bytes_read for st in self.files)
 
-
-def _decode_chunk(buf: Any, arr: npt.NDArray[np.uint8], offs: I8, parts: _Parts, addrs: AddressTable,
-                  endian: str, tick: float, linktype: int) -> None:
-    m = len(offs)
-    rows = _rows(arr, offs)
-    e = "<" if endian == "<" else ">"
-    hdr = rows.view(np.dtype({"names": ["sec", "frac", "incl"], "formats": [e + "u4"] * 3,
-                              "offsets": [0, 4, 8], "itemsize": ROW})).ravel()
-    ts = hdr["sec"].astype(np.float64) + hdr["frac"].astype(np.float64) * tick
-    incl = hdr["incl"].astype(np.int64)
-    parts.end_ts = max(parts.end_ts, float(ts.max()))
-    done = np.zeros(m, dtype=bool)  # decoded here (as TCP or as a non-TCP reason)
-    tcp = np.zeros(m, dtype=bool)
-    cols: dict[str, I8] = {}  # only rows where tcp is set are meaningful
-
-    def be16(at: int) -> I8:
-        return (rows[:, at].astype(np.int64) << 8) | rows[:, at + 1]
-
-    candidates: list[tuple[int, npt.NDArray[np.bool_]]] = []
-    if linktype == LINKTYPE_ETHERNET:
-        et = be16(28)
-        big = incl >= 14
-        vlan = np.isin(et, list(VLAN_TYPES))
-        inner = be16(32)
-        candidates.append((14, big & (et == 0x0800)))
-        candidates.append((18, big & vlan & (incl >= 18) & (inner == 0x0800)))
-        non_ip = big & (et != 0x0800) & (et != 0x86DD) & ~vlan
-        done |= non_ip
-        parts.non_tcp += int(non_ip.sum())
-    elif linktype == LINKTYPE_LINUX_SLL:
-        candidates.append((16, (incl >= 16) & (be16(30) == 0x0800)))
-    elif linktype == LINKTYPE_LINUX_SLL2:
-        candidates.append((20, (incl >= 20) & (be16(16) == 0x0800)))
-    elif linktype in _RAW_TYPES:
-        candidates.append((0, incl >= 1))
-    for ip, cand in candidates:
-        if not cand.any():
-            continue
-        v = rows.view(_layout(endian, ip)).ravel()
-        ok = cand & (v["vhl"] == 0x45) & (incl >= ip + 20)
-        proto = v["proto"]
-        other = ok & (proto != 6)
-        done |= other
-        parts.non_tcp += int(other.sum())
-        tot = v["tot"].astype(np.int64)
-        l4 = ip + 20
-        l4_len = np.where(tot != 0, tot - 20, incl - l4)
-        thl = (v["offx2"].astype(np.int64) >> 4) * 4
-        payload = l4_len - thl
-        good = (ok & (proto == 6) & ((v["frag"] & 0x1FFF) == 0) & (l4_len >= 0) & (incl >= l4 + 20)
-                & (thl >= 20) & (payload >= 0))
-        if not good.any():
-            continue
-        done |= good
-        fields: dict[str, Any] = {"version": 4, "payload": payload, "optlen": thl - 20}
-        for name, src in (("src", "src"), ("dst", "dst"), ("sport", "sport"), ("dport", "dport"),
-                          ("flags", "flags"), ("seq", "seq"), ("ack", "ack"), ("ipid", "ipid"), ("ttl", "ttl"),
-                          ("window", "win")):
-            fields[name] = v[src]
-        for name, val in fields.items():
-            if name not in cols:  # the first layout with packets: whole columns, no masking
-                cols[name] = np.broadcast_to(np.asarray(val, dtype=np.int64), (m,)).copy()
+    def __iter__(self) -> Iterator[Columns]:
+        for path in self.paths:
+            st = FileStats(str(path))
+            self.files.append(st)
+            info = _is_plain_pcap(path)
+            if info is not None and info[2] in _FAST_LINKTYPES:
+                yield from self._pcap(path, st, *info)
             else:
-                cols[name] = np.where(good, val, cols[name])
-        tcp |= good
-    for name in _FIELDS:
-        if name not in cols:
-            cols[name] = np.zeros(m, dtype=np.int64)
-    rest = np.nonzero(~done)[0]
-    if len(rest):
-        rest_ts = ts[rest].tolist()
-        rest_off = offs[rest].tolist()
-        rest_incl = incl[rest].tolist()
+                yield from self._generic(path, st)
+            for reason, count in st.errors.items():
+                self.malformed[reason] += count
+
+    def _count_reason(self, reason: str) -> None:
+        if reason in NON_TCP_REASONS:
+            self.non_tcp += 1
+        else:
+            self.malformed[reason] += 1
+
+    def _slice(self, parts: list[dict[str, Any]], frames: int) -> Columns:
+        """The pieces as one slice; ``parts`` is emptied, so that the slice is the only copy."""
+        cols = join_columns(parts, self.addresses)
+        parts.clear()
+        cols.frames = frames
+        cols.end_ts = self.end_ts
+        self.frames += frames
+        return cols
+
+    def _generic(self, path: Path, st: FileStats) -> Iterator[Columns]:
+        """Any capture: the reference framer and decoder, frame by frame."""
         recs: list[PacketRecord] = []
-        where: list[int] = []
-        for i, t, o, k in zip(rest.tolist(), rest_ts, rest_off, rest_incl, strict=True):
-            rec = decode_frame(t, linktype, bytes(buf[o + 16:o + 16 + k]))
+        parts: list[dict[str, Any]] = []
+        frames = 0
+        for ts, linktype, data in read_frames(path, st):
+            frames += 1
+            if ts > self.end_ts:
+                self.end_ts = ts
+            rec = decode_frame(ts, linktype, data)
             if isinstance(rec, str):
-                _count_reason(parts, rec)
+                self._count_reason(rec)
             else:
                 recs.append(rec)
-                where.append(i)
-        if recs:
-            idx = np.asarray(where, dtype=np.int64)
-            tcp[idx] = True
-            for k, arrv in _records_to_arrays(recs, addrs).items():
-                if k != "ts":
-                    cols[k][idx] = arrv
-    keep = np.nonzero(tcp)[0]
-    out: dict[str, Any] = {"ts": ts[keep]}
-    for k in _FIELDS:
-        out[k] = cols[k][keep]
-    parts.add_arrays(out)
+                if len(recs) == CHUNK:  # few records as objects at a time
+                    parts.append(_records_to_arrays(recs, self.addresses))
+                    recs.clear()
+            if frames == self.slice_frames:
+                if recs:
+                    parts.append(_records_to_arrays(recs, self.addresses))
+                    recs.clear()
+                yield self._slice(parts, frames)
+                frames = 0
+        if frames:
+            if recs:
+                parts.append(_records_to_arrays(recs, self.addresses))
+            yield self._slice(parts, frames)
+
+    def _pcap(self, path: Path, st: FileStats, endian: str, tick: float, linktype: int) -> Iterator[Columns]:
+        """A classic pcap: blocks into one buffer, framed by _scan, decoded by _decode_chunk."""
+        unpack = struct.Struct(endian + "I").unpack_from
+        buf = bytearray(BLOCK + ROW)  # ROW spare bytes: every record's first ROW bytes lie in the buffer
+        arr = np.frombuffer(buf, dtype=np.uint8)
+        view = memoryview(buf)
+        base = 24  # file offset of buf[0]
+        have = pos = 0
+        eof = False
+        parts: list[dict[str, Any]] = []
+        frames = 0
+        with path.open("rb") as fh:
+            fh.seek(24)
+            while True:
+                while not eof and have < BLOCK:
+                    got = fh.readinto(view[have:BLOCK])
+                    if not got:
+                        eof = True
+                    have += got or 0
+                o, end, absurd = _scan(buf, pos, have, min(self.slice_frames - frames, CHUNK), unpack)
+                if len(o):
+                    parts.append(self._decode_chunk(buf, arr, o, endian, tick, linktype))
+                    frames += len(o)
+                    st.frames += len(o)
+                    st.bytes_read += end - pos
+                pos = end
+                if frames == self.slice_frames:
+                    yield self._slice(parts, frames)
+                    frames = 0
+                    continue
+                if len(o) and not absurd:
+                    continue  # CHUNK records done: more may be in the buffer
+                stop = ""
+                if absurd:
+                    stop = "absurd_record_length"
+                elif eof:
+                    if have - pos >= 16:
+                        stop = "truncated_record"
+                    elif have > pos:
+                        stop = "truncated_record_header"
+                    else:
+                        break
+                if stop:
+                    st.error(stop)
+                    st.stopped_at = base + pos
+                    break
+                # the next record is not all in the buffer: keep its bytes, read more
+                arr[:have - pos] = arr[pos:have]
+                base += pos
+                have -= pos
+                pos = 0
+        view.release()
+        if frames:
+            yield self._slice(parts, frames)
+
+    def _decode_chunk(self, buf: bytearray, arr: npt.NDArray[np.uint8], offs: I8, endian: str, tick: float,
+                      linktype: int) -> dict[str, Any]:
+        """The TCP packets among the records at ``offs`` as column arrays (counting the other frames)."""
+        m = len(offs)
+        rows = np.lib.stride_tricks.sliding_window_view(arr, ROW)[offs]
+        e = "<" if endian == "<" else ">"
+        hdr = rows.view(np.dtype({"names": ["sec", "frac", "incl"], "formats": [e + "u4"] * 3,
+                                  "offsets": [0, 4, 8], "itemsize": ROW})).ravel()
+        ts = hdr["sec"].astype(np.float64) + hdr["frac"].astype(np.float64) * tick
+        incl = hdr["incl"].astype(np.int64)
+        self.end_ts = max(self.end_ts, float(ts.max()))
+        done = np.zeros(m, dtype=bool)  # decoded here (as TCP or as a non-TCP reason)
+        tcp = np.zeros(m, dtype=bool)
+        cols: dict[str, Any] = {}  # only rows where tcp is set are meaningful
+
+        def be16(at: int) -> I8:
+            return (rows[:, at].astype(np.int64) << 8) | rows[:, at + 1]
+
+        candidates: list[tuple[int, npt.NDArray[np.bool_]]] = []
+        if linktype == LINKTYPE_ETHERNET:
+            et = be16(28)
+            big = incl >= 14
+            vlan = np.isin(et, list(VLAN_TYPES))
+            inner = be16(32)
+            candidates.append((14, big & (et == 0x0800)))
+            candidates.append((18, big & vlan & (incl >= 18) & (inner == 0x0800)))
+            non_ip = big & (et != 0x0800) & (et != 0x86DD) & ~vlan
+            done |= non_ip
+            self.non_tcp += int(non_ip.sum())
+            del et, vlan, inner, big
+        elif linktype == LINKTYPE_LINUX_SLL:
+            candidates.append((16, (incl >= 16) & (be16(30) == 0x0800)))
+        elif linktype == LINKTYPE_LINUX_SLL2:
+            candidates.append((20, (incl >= 20) & (be16(16) == 0x0800)))
+        elif linktype in _RAW_TYPES:
+            candidates.append((0, incl >= 1))
+        for ip, cand in candidates:
+            if not cand.any():
+                continue
+            v = rows.view(_layout(endian, ip)).ravel()
+            ok = cand & (v["vhl"] == 0x45) & (incl >= ip + 20)
+            proto = v["proto"]
+            other = ok & (proto != 6)
+            done |= other
+            self.non_tcp += int(other.sum())
+            tot = v["tot"].astype(np.int64)
+            l4 = ip + 20
+            l4_len = np.where(tot != 0, tot - 20, incl - l4)
+            thl = (v["offx2"] >> 4).astype(np.int64) * 4
+            payload = l4_len - thl
+            good = (ok & (proto == 6) & ((v["frag"] & 0x1FFF) == 0) & (l4_len >= 0) & (incl >= l4 + 20)
+                    & (thl >= 20) & (payload >= 0))
+            if not good.any():
+                continue
+            done |= good
+            fields: dict[str, Any] = {"payload": payload, "optlen": thl - 20}
+            for name, src in (("src", "src"), ("dst", "dst"), ("sport", "sport"), ("dport", "dport"),
+                              ("flags", "flags"), ("seq", "seq"), ("ack", "ack"), ("ipid", "ipid"), ("ttl", "ttl"),
+                              ("window", "win")):
+                fields[name] = v[src]
+            if not cols:  # the first layout with packets: whole columns, no masking
+                cols["version"] = np.full(m, 4, dtype=np.int8)
+                for name, val in fields.items():
+                    cols[name] = val.astype(DTYPES[name])
+            else:
+                for name, val in fields.items():
+                    cols[name] = np.where(good, val, cols[name]).astype(DTYPES[name], copy=False)
+                cols["version"][good] = 4
+            tcp |= good
+        for name in _FIELDS:
+            if name not in cols:
+                cols[name] = np.zeros(m, dtype=DTYPES[name])
+        rest = np.nonzero(~done)[0]
+        if len(rest):
+            recs: list[PacketRecord] = []
+            where: list[int] = []
+            for i, t, o, k in zip(rest.tolist(), ts[rest].tolist(), offs[rest].tolist(), incl[rest].tolist(),
+                                  strict=True):
+                rec = decode_frame(t, linktype, bytes(buf[o + 16:o + 16 + k]))
+                if isinstance(rec, str):
+                    self._count_reason(rec)
+                else:
+                    recs.append(rec)
+                    where.append(i)
+            if recs:
+                idx = np.asarray(where, dtype=np.int64)
+                tcp[idx] = True
+                for k, arrv in _records_to_arrays(recs, self.addresses).items():
+                    if k != "ts":
+                        cols[k][idx] = arrv
+        if bool(tcp.all()):
+            cols["ts"] = ts
+            return cols
+        keep = np.nonzero(tcp)[0]
+        out: dict[str, Any] = {"ts": ts[keep]}
+        for k in _FIELDS:
+            out[k] = cols[k][keep]
+        return out
 
 
-def read_columns(paths: list[Path]) -> Columns:
+def read_columns(paths: list[Path], slice_frames: int = 1 << 62) -> Columns:
     """Read and decode every file in turn into one set of columns (input order kept)."""
-    parts = _Parts()
-    addrs = AddressTable()
-    files: list[FileStats] = []
-    for p in paths:
-        path = Path(p)
-        st = FileStats(str(path))
-        files.append(st)
-        info = _is_plain_pcap(path)
-        if info is not None and info[2] in _FAST_LINKTYPES:
-            _read_pcap_fast(path, st, parts, addrs, *info)
-        else:
-            _read_generic(path, st, parts, addrs)
-        for reason, count in st.errors.items():
-            parts.malformed[reason] += count
-    cat: dict[str, Any] = {}
-    for k, lst in parts.cols.items():
-        dtype = DTYPES[k]
-        if len(lst) == 1:
-            cat[k] = np.asarray(lst[0], dtype=dtype)
-        else:
-            cat[k] = np.concatenate(lst).astype(dtype, copy=False) if lst else np.zeros(0, dtype=dtype)
-    return Columns(addresses=addrs, frames=parts.frames, non_tcp=parts.non_tcp, malformed=parts.malformed,
-                   end_ts=parts.end_ts, files=files, **cat)
+    reader = SliceReader(paths, slice_frames)
+    parts = [s.arrays() for s in reader]
+    cols = join_columns(parts, reader.addresses)
+    cols.frames = reader.frames
+    cols.non_tcp = reader.non_tcp
+    cols.malformed = reader.malformed
+    cols.end_ts = reader.end_ts
+    cols.files = reader.files
+    return cols
