@@ -25,7 +25,7 @@ mmdb_writer = pytest.importorskip("mmdb_writer")
 netaddr = pytest.importorskip("netaddr")
 
 from rstscope import geo  # noqa: E402
-from rstscope.geo import UNKNOWN, GeoDB, GeoError, GeoInfo  # noqa: E402
+from rstscope.geo import UNKNOWN, GeoDB, GeoError, GeoInfo, download  # noqa: E402
 
 V4_NET = "198.51.100.0/24"
 V4_NET2 = "203.0.113.0/25"
@@ -336,8 +336,8 @@ def test_fetch_unknown_source(tmp_path: Path) -> None:
 
 
 def test_months() -> None:
-    assert geo._months(dt.date(2025, 1, 3)) == ["2025-01", "2024-12"]
-    assert geo._months(dt.date(2025, 7, 31)) == ["2025-07", "2025-06"]
+    assert download._months(dt.date(2025, 1, 3)) == ["2025-01", "2024-12"]
+    assert download._months(dt.date(2025, 7, 31)) == ["2025-07", "2025-06"]
 
 
 def _closed_port() -> int:
@@ -350,7 +350,7 @@ def _closed_port() -> int:
 def test_fetch_dbip_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     port = _closed_port()
     monkeypatch.setattr(
-        geo, "DBIP_URL_TEMPLATE", f"http://127.0.0.1:{port}/dbip-{{kind}}-lite-{{month}}.mmdb.gz"
+        download, "DBIP_URL_TEMPLATE", f"http://127.0.0.1:{port}/dbip-{{kind}}-lite-{{month}}.mmdb.gz"
     )
     with pytest.raises(GeoError, match=r"cannot download .*--source npm"):
         geo.fetch(tmp_path / "dest", "dbip")
@@ -384,8 +384,8 @@ def test_fetch_dbip_falls_back_to_previous_month(
     a = maxmind_asn(build / "a.mmdb")
     for kind, src in (("country", c), ("asn", a)):
         (root / f"dbip-{kind}-lite-2025-02.mmdb.gz").write_bytes(gzip.compress(src.read_bytes()))
-    monkeypatch.setattr(geo, "DBIP_URL_TEMPLATE", base + "/dbip-{kind}-lite-{month}.mmdb.gz")
-    monkeypatch.setattr(geo, "_today", lambda: dt.date(2025, 3, 1))
+    monkeypatch.setattr(download, "DBIP_URL_TEMPLATE", base + "/dbip-{kind}-lite-{month}.mmdb.gz")
+    monkeypatch.setattr(download, "_today", lambda: dt.date(2025, 3, 1))
     dest = tmp_path / "dest"
     files = geo.fetch(dest, "dbip")
     assert sorted(f.name for f in files) == ["dbip-asn-lite-2025-02.mmdb", "dbip-country-lite-2025-02.mmdb"]
@@ -469,3 +469,31 @@ def test_fetch_npm_real_registry(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert (google.country, google.asn) == ("US", 15169)
         assert db.lookup("2001:4860:4860::8888").asn == 15169
         assert db.lookup("10.0.0.1") is UNKNOWN
+
+
+# ---------------------------------------------------------------- the package's parts
+
+
+def test_package_reexports_and_module_entry(maxmind_dir: Path) -> None:
+    """``from rstscope.geo import ...`` keeps working after the split, and so does ``python -m rstscope.geo``."""
+    import subprocess
+    import sys
+
+    from rstscope.geo import cli, lookup
+
+    assert geo.GeoDB is lookup.GeoDB and geo.GeoError is lookup.GeoError and geo.UNKNOWN is lookup.UNKNOWN
+    assert geo.fetch is download.fetch and geo.main is cli.main
+    run = subprocess.run([sys.executable, "-m", "rstscope.geo", "lookup", "--json", "--geo", str(maxmind_dir),
+                          "198.51.100.1"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["country"] == "JP"
+
+
+def test_lookup_module_does_no_io_beyond_reading() -> None:
+    """The lookup (imported by the edge and the workers) must not carry the downloader's means."""
+    import ast
+
+    src = Path(geo.lookup.__file__).read_text(encoding="utf-8")
+    names = {a.name.split(".")[0] for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import) for a in n.names}
+    names |= {(n.module or "").split(".")[0] for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)}
+    assert not names & {"subprocess", "urllib", "tarfile", "gzip", "shutil", "tempfile", "argparse"}

@@ -27,6 +27,7 @@ from rstscope.api import query as q
 from rstscope.api.store import Store
 from rstscope.core.classify import SIGNATURES, TAGS
 from rstscope.core.rollup import Cell
+from rstscope.names import as_label, country_label
 
 STATIC = Path(__file__).parent / "static"
 Now = Callable[[], datetime]
@@ -166,8 +167,15 @@ class BreakdownBody(BaseModel):
 
 
 class TopItem(BaseModel):
+    """Radar's top-list item (`clientCountryAlpha2` + `clientCountryName`, or `clientASN` + `clientASName`)
+    and what rstscope adds (connections, per-stage shares)."""
+
     clientCountryAlpha2: str | None = None
+    clientCountryName: str | None = Field(None, description="English short name (ISO 3166, Debian iso-codes); "
+                                                             "`Unknown` for XX")
     clientASN: int | None = None
+    clientASName: str | None = Field(None, description="the AS's organisation from the ASN database (most recent "
+                                                       "seen); `Unknown` for AS 0, empty when the database had none")
     value: str = Field(description="anomaly share: 100 - no_match share, percent")
     connections: int
     shares: StageShares
@@ -177,6 +185,7 @@ class TopMeta(BaseModel):
     dateRange: list[DateRange]
     lastUpdated: str
     normalization: str
+    units: list[Unit]
     minConnections: int
 
 
@@ -193,6 +202,8 @@ class TopBody(BaseModel):
 
 class MetaKey(BaseModel):
     key: str
+    name: str = Field(description="country: English short name; AS: organisation (empty if unknown); "
+                                  "`Unknown` for XX and AS 0")
     connections: int
 
 
@@ -230,6 +241,8 @@ def sum_aggs(aggs: Iterable[Cell]) -> Cell:
     return out
 
 
+DIMENSION_OF = {"locations": "country", "ases": "asn"}  # top-list / meta kind -> rollup dimension
+MAX_META_KEYS = 500  # /rstscope/meta lists the largest locations and ASes, not every one of a long capture
 UNITS = [{"name": "*", "value": "connections"}]  # every value is a percentage of connections
 DATA_SOURCE = "CONNECTION_ANOMALY"  # Radar's annotation data source for this dataset
 ZEROS = dict.fromkeys(q.STAGES, "0")
@@ -364,8 +377,17 @@ def breakdown(counts: dict[str, int], known: Sequence[str], total: int, *, with_
     return items
 
 
-def top_items(totals: dict[str, Cell], kind: str, min_connections: int, limit: int) -> list[dict[str, Any]]:
-    """Ranked by anomaly share (100 - no_match, from counts), then by connections."""
+def key_label(kind: str, key: str, names: dict[str, str]) -> str:
+    """The name shown for a location or AS key: the store's (from the rollup rows), else the package's table."""
+    if kind == "locations":
+        return names.get(key) or country_label(key)
+    return as_label(key, names.get(key, ""))
+
+
+def top_items(totals: dict[str, Cell], kind: str, min_connections: int, limit: int,
+              names: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Ranked by anomaly share (100 - no_match, from counts), then by connections; with Radar's name fields."""
+    names = names or {}
     ranked = []
     for key, a in totals.items():
         total = a.total
@@ -379,8 +401,10 @@ def top_items(totals: dict[str, Cell], kind: str, min_connections: int, limit: i
                                 "connections": a.total, "shares": stage_shares(a)}
         if kind == "locations":
             item["clientCountryAlpha2"] = key
+            item["clientCountryName"] = key_label(kind, key, names)
         else:
             item["clientASN"] = int(key)
+            item["clientASName"] = key_label(kind, key, names)
         out.append(item)
     return out
 
@@ -589,15 +613,16 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
                       if filters.accepts_country(k)}
         else:
             totals = {k: a for k, a in store.key_totals("asn", r.start_s, r.stop_s).items() if filters.asn.accepts(k)}
-        items = top_items(totals, kind, min_conn, limit)
+        items = top_items(totals, kind, min_conn, limit, store.names(DIMENSION_OF[kind]))
         if fmt == "CSV":
-            name = "clientCountryAlpha2" if kind == "locations" else "clientASN"
-            return csv_response(to_csv((name, "value", "connections", *q.STAGES),
-                                       ([i.get(name), i["value"], i["connections"], *i["shares"].values()]
+            key, name = ("clientCountryAlpha2", "clientCountryName") if kind == "locations" else \
+                ("clientASN", "clientASName")
+            return csv_response(to_csv((key, name, "value", "connections", *q.STAGES),
+                                       ([i[key], i[name], i["value"], i["connections"], *i["shares"].values()]
                                         for i in items)))
         meta = {"dateRange": [{"startTime": q.iso(r.start), "endTime": q.iso(r.end)}],
                 "lastUpdated": last_updated(store.span(), r), "normalization": "PERCENTAGE",
-                "minConnections": min_conn}
+                "units": [dict(u) for u in UNITS], "minConnections": min_conn}
         return ok({"meta": meta, "top_0": items})
 
     @app.get("/rstscope/top/locations", response_model=TopBody, tags=["rstscope"],
@@ -623,17 +648,19 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
         span = store.span()
         start, end = span if span else (0, 0)
 
-        def keys(dim: str) -> list[dict[str, Any]]:
+        def keys(kind: str) -> list[dict[str, Any]]:
             if not span:
                 return []
+            dim = DIMENSION_OF[kind]
             totals = store.key_totals(dim, start, end)
-            ranked = sorted(totals.items(), key=lambda kv: (-kv[1].total, kv[0]))[:500]
-            return [{"key": k, "connections": a.total} for k, a in ranked]
+            names = store.names(dim)
+            ranked = sorted(totals.items(), key=lambda kv: (-kv[1].total, kv[0]))[:MAX_META_KEYS]
+            return [{"key": k, "name": key_label(kind, k, names), "connections": a.total} for k, a in ranked]
 
         return ok({"dataStart": q.iso_s(start) if span else None, "dataEnd": q.iso_s(end) if span else None,
                    "rows": store.row_count(), "bucketSeconds": q.BUCKET_S, "stages": list(q.STAGES),
                    "maxRangeDays": q.MAX_RANGE.days, "maxPoints": q.MAX_POINTS,
-                   "connectionsExposed": expose_connections, "locations": keys("country"), "ases": keys("asn"),
+                   "connectionsExposed": expose_connections, "locations": keys("locations"), "ases": keys("ases"),
                    "version": __version__})
 
     if expose_connections:

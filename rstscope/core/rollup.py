@@ -3,6 +3,10 @@
 Dimensions: world, country, asn, country_asn. Shares are percent of all classified connections in
 the bucket (no_match included): the numbers a Radar summary shows. Rows merge by addition, so the
 same counts come out whether they are built in one pass (analyze) or incrementally (rollup agent).
+
+Country and ASN rows also carry a display ``name`` (additive to wire format v1): the country's from the
+package's table (rstscope/names.py), the AS's from its connection records' ``as_name``. A row's AS name
+depends only on that row's records, so rows come out the same however the records are partitioned.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 from rstscope.config import WINDOW_S
 from rstscope.core.classify import NO_MATCH, POST_SYN, STAGES
+from rstscope.names import country_name
 
 DIMENSIONS = ("world", "country", "asn", "country_asn")
 BUCKET_S = WINDOW_S  # the bucket of rollup rows (wire format v1; the API accepts only this one)
@@ -100,6 +105,9 @@ class Rollup:
     def __init__(self, bucket_s: int = BUCKET_S) -> None:
         self.bucket_s = bucket_s
         self.cells: dict[RowKey, Cell] = {}
+        # asn row -> (last_ts, as_name) of its most recent record with a name (the name wins ties, so
+        # the result does not depend on the order records arrive in).
+        self.as_names: dict[RowKey, tuple[float, str]] = {}
 
     def add(self, record: Mapping[str, Any], n: int = 1) -> list[RowKey]:
         """Count one record (or ``n`` identical ones); returns the row keys it changed."""
@@ -112,14 +120,26 @@ class Rollup:
                 cell = self.cells[k] = Cell()
             cell.add(record, n)
             keys.append(k)
+            if dim == "asn":
+                self._note_as_name(k, record)
         return keys
+
+    def _note_as_name(self, key: RowKey, record: Mapping[str, Any]) -> None:
+        name = record.get("as_name")
+        if not name or not isinstance(name, str):
+            return
+        rank = (float(record.get("last_ts") or record["window_start"]), name)
+        old = self.as_names.get(key)
+        if old is None or rank > old:
+            self.as_names[key] = rank
 
     def extend(self, records: Iterable[Mapping[str, Any]]) -> None:
         for r in records:
             self.add(r)
 
     def row(self, key: RowKey) -> dict[str, Any]:
-        return row_dict(key, self.cells[key], self.bucket_s)
+        named = self.as_names.get(key)
+        return row_dict(key, self.cells[key], self.bucket_s, named[1] if named else "")
 
     def rows(self) -> Iterator[dict[str, Any]]:
         for k in sorted(self.cells):
@@ -132,10 +152,11 @@ def row_key_text(key: RowKey) -> str:
     return f"{bucket}|{dim}|{value}"
 
 
-def row_dict(key: RowKey, cell: Cell, bucket_s: int) -> dict[str, Any]:
+def row_dict(key: RowKey, cell: Cell, bucket_s: int, as_name: str = "") -> dict[str, Any]:
+    """A rollup row in wire format (docs/wire-formats.md); ``name`` only on country and asn rows that have one."""
     bucket, dim, value = key
     stages = {s: cell.counts.get(s, 0) for s in STAGES}
-    return {
+    row = {
         "v": ROLLUP_VERSION,
         "bucket_start": bucket,
         "bucket_s": bucket_s,
@@ -148,3 +169,7 @@ def row_dict(key: RowKey, cell: Cell, bucket_s: int) -> dict[str, Any]:
         "signatures": dict(sorted(cell.signatures.items())),
         "post_syn_geo_unreliable": cell.post_syn_geo_unreliable,
     }
+    name = country_name(value) if dim == "country" else as_name if dim == "asn" else ""
+    if name:
+        row["name"] = name
+    return row

@@ -41,6 +41,10 @@ PROFILE: dict[tuple[str, int], dict[str, int]] = {
     ("US", 7922): {"post_syn": 30, "post_ack": 3, "post_psh": 2, "later_in_flow": 5, "no_match": 60},
     ("XX", 0): {"post_syn": 9, "post_ack": 0, "post_psh": 0, "later_in_flow": 0, "no_match": 1},
 }
+# The ASN database's names of the test ASes (what the records' `as_name` carries); AS 0 has none.
+AS_NAMES = {3320: "DTAG Internet service provider operations", 6805: "TDDE-ASN1", 3215: "Orange",
+            7922: "COMCAST-7922", 28573: "Claro NXT Telecomunicacoes Ltda", 58224: "Iran Telecommunication Company PJS",
+            4134: "CHINANET-BACKBONE"}
 # Buckets with data: 8 consecutive on day 1 (two hours), 4 on day 2; bucket i scales counts by (1 + i % 3).
 BUCKETS = [BASE + i * 900 for i in range(8)] + [BASE + 86400 + i * 900 for i in range(4)]
 
@@ -51,8 +55,8 @@ def records() -> Iterator[dict[str, Any]]:
             for stage, n in stages.items():
                 tags, sig = STAGE_TAGS[stage]
                 for _ in range(n * (1 + i % 3)):
-                    yield {"window_start": b, "country": cc, "asn": asn, "stage": stage, "tags": tags,
-                           "signature": sig}
+                    yield {"window_start": b, "country": cc, "asn": asn, "as_name": AS_NAMES.get(asn, ""),
+                           "stage": stage, "tags": tags, "signature": sig}
 
 
 def make_rows() -> list[dict[str, Any]]:
@@ -155,7 +159,8 @@ def rich_records(days: int = 3) -> Iterator[dict[str, Any]]:
                 tags, sig = STAGE_TAGS[stage]
                 if stage == "post_syn" and rnd.random() < 0.5:
                     tags, sig = ["timeout", "zmap"], "SYN→∅"
-                yield {"window_start": b, "country": cc, "asn": asn, "stage": stage, "tags": tags, "signature": sig}
+                yield {"window_start": b, "country": cc, "asn": asn, "as_name": AS_NAMES.get(asn, ""), "stage": stage,
+                       "tags": tags, "signature": sig}
 
 
 def rich_rows(days: int = 3) -> list[dict[str, Any]]:

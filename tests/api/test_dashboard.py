@@ -1,10 +1,14 @@
 """The dashboard in a real browser (Debian's chromium driven by playwright): it draws the API's numbers,
-follows the selector, and leaves a screenshot in docs/dashboard.png."""
+follows the selector, shows country and AS names, stays readable from one 15-minute bucket (visible bars)
+to a year of buckets (thinned axis labels, bounded load time), and leaves a screenshot in docs/dashboard.png."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +17,8 @@ import httpx
 import orjson
 import pytest
 
-from api.conftest import REPO, rich_rows, serving
+from api.conftest import AS_NAMES, REPO, RICH_START, STAGE_TAGS, rich_rows, serving
+from rstscope.core.rollup import Rollup
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
@@ -114,3 +119,161 @@ def test_dashboard_draws_the_api_numbers(server: str, tmp_path: Path) -> None:
         assert {s: summary_on_page(page)[s] for s in STAGES} == loc["summary_0"]
         assert errors == [] and page.evaluate("window.rstscope.errors") == []
         browser.close()
+
+
+# ---------------------------------------------------------------- from one bucket to a year
+
+COLORS = {"post_syn": (0xF6, 0x82, 0x1F), "post_ack": (0xFB, 0xAD, 0x41), "post_psh": (0xD6, 0x45, 0x6B),
+          "later_in_flow": (0x7B, 0x5C, 0xC4), "no_match": (0xB9, 0xC3, 0xD3)}  # style.css
+# (country, asn) -> connections per stage in every bucket of the small data sets
+FEW: dict[tuple[str, int], dict[str, int]] = {
+    ("CN", 4134): {"post_syn": 6, "post_ack": 2, "post_psh": 4, "later_in_flow": 1, "no_match": 17},
+    ("DE", 3320): {"post_syn": 2, "post_ack": 1, "post_psh": 1, "later_in_flow": 1, "no_match": 25},
+    ("XX", 0): {"post_syn": 9, "no_match": 1},
+}
+
+
+def rows_for(buckets: Iterable[int], profile: dict[tuple[str, int], dict[str, int]],
+             scale: Any = lambda b: 1) -> list[dict[str, Any]]:
+    """Rollup rows (the real core's) for the same mix of connections in each bucket, scaled per bucket."""
+    roll = Rollup()
+    for b in buckets:
+        for (cc, asn), stages in profile.items():
+            for stage, n in stages.items():
+                tags, sig = STAGE_TAGS[stage]
+                roll.add({"window_start": b, "country": cc, "asn": asn, "as_name": AS_NAMES.get(asn, ""),
+                          "last_ts": b + 60.0, "stage": stage, "tags": tags, "signature": sig}, n * scale(b))
+    return list(roll.rows())
+
+
+@contextlib.contextmanager
+def dashboard(tmp: Path, rows: list[dict[str, Any]], ready_within: float = 15.0) -> Iterator[tuple[Any, str, float]]:
+    """`rstscope serve` over the rows and a browser page on it, loaded; yields (page, base URL, load seconds)."""
+    from playwright.sync_api import sync_playwright
+
+    path = tmp / "rollups.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    with serving(path, "rstscope.api.cli") as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1360, "height": 900}, device_scale_factor=1)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        t0 = time.monotonic()
+        page.goto(base + "/")
+        page.wait_for_function("window.rstscope && window.rstscope.ready && window.rstscope.generation > 0",
+                               timeout=ready_within * 1000)
+        yield page, base, time.monotonic() - t0
+        assert errors == [] and page.evaluate("window.rstscope.errors") == []
+        browser.close()
+
+
+def stage_pixels(page: Any) -> dict[str, int]:
+    """Pixels of the plot area painted in each stage's colour (what the eye sees, not the chart's model)."""
+    got: dict[str, int] = page.evaluate("""(colors) => {
+        const c = Chart.getChart('chart'), a = c.chartArea;
+        const img = c.ctx.getImageData(a.left, a.top, a.right - a.left, a.bottom - a.top).data;
+        const out = Object.fromEntries(Object.keys(colors).map((s) => [s, 0]));
+        for (let i = 0; i < img.length; i += 4) {
+          for (const [s, [r, g, b]] of Object.entries(colors)) {
+            if (Math.abs(img[i] - r) + Math.abs(img[i + 1] - g) + Math.abs(img[i + 2] - b) <= 12) { out[s]++; break; }
+          }
+        }
+        return out; }""", COLORS)
+    return got
+
+
+def tick_boxes(page: Any) -> list[dict[str, Any]]:
+    """The x axis labels as drawn (after Chart.js thins them): their text and horizontal extent in pixels."""
+    got: list[dict[str, Any]] = page.evaluate("""() => {
+        const s = Chart.getChart('chart').scales.x, ctx = s.ctx;
+        ctx.save(); ctx.font = Chart.helpers.toFont(s.options.ticks.font).string;
+        const out = s.ticks.map((t, i) => {
+          const lines = [].concat(t.label).map(String);
+          const w = Math.max(...lines.map((l) => ctx.measureText(l).width));
+          const x = s.getPixelForTick(i);
+          return {text: lines.join(' '), left: x - w / 2, right: x + w / 2};
+        });
+        ctx.restore(); return out; }""")
+    return got
+
+
+def assert_readable_axis(page: Any, most: int = 14) -> list[str]:
+    boxes = tick_boxes(page)
+    assert 1 <= len(boxes) <= most, boxes
+    for a, b in itertools.pairwise(boxes):
+        assert a["right"] + 4 <= b["left"], (a, b)  # labels apart, none drawn over another
+    return [b["text"] for b in boxes]
+
+
+def test_one_bucket_is_drawn_as_visible_bars(tmp_path: Path) -> None:
+    """A short capture (one 15-minute bucket): one stacked bar whose parts have the API's shares."""
+    with dashboard(tmp_path, rows_for([RICH_START], FEW)) as (page, base, _):
+        drawn = page.evaluate("window.rstscope.drawn")
+        assert drawn["mode"] == "bars" and len(drawn["timestamps"]) == 1
+        series = api_for_page(base, page, "/radar/tcp_resets_timeouts/timeseries_groups", {})["serie_0"]
+        assert drawn_from_chart(page) == {s: [float(series[s][0])] for s in STAGES}
+        bars = page.evaluate("""() => Chart.getChart('chart').data.datasets.map((d, i) => {
+            const e = Chart.getChart('chart').getDatasetMeta(i).data[0];
+            return {stage: d.stage, width: e.width, height: Math.abs(e.base - e.y)}; })""")
+        area = page.evaluate("(() => { const a = Chart.getChart('chart').chartArea; return a.bottom - a.top; })()")
+        for b in bars:
+            assert b["width"] >= 20, b
+            assert b["height"] == pytest.approx(area * float(series[b["stage"]][0]) / 100, abs=1.5), b
+        pixels = stage_pixels(page)
+        for s in STAGES:
+            assert pixels[s] > 0 if float(series[s][0]) > 0 else True, (s, pixels)
+        assert sum(pixels.values()) > 2000  # a bar, not a hairline
+        labels = assert_readable_axis(page)
+        assert labels == ["00:00 02 Sept 2024"]
+        # Names: the top lists and selectors say who, not only a number.
+        assert "AS4134 CHINANET-BACKBONE" in page.inner_text("#top-ases").replace("\t", " ")
+        assert "China CN" in page.inner_text("#top-locations").replace("\t", " ")
+        options = page.eval_on_selector_all("#asn option", "os => os.map((o) => o.textContent)")
+        assert any(o.startswith("AS4134 CHINANET-BACKBONE") for o in options), options
+        page.screenshot(path=str(tmp_path / "dashboard-one-bucket.png"), full_page=True)
+
+
+def test_isolated_points_of_an_area_get_markers(tmp_path: Path) -> None:
+    """Two buckets a day apart: 97 slots at 15 minutes (an area), each bucket alone between gaps: a marker."""
+    rows = rows_for([RICH_START, RICH_START + 86400], FEW)
+    with dashboard(tmp_path, rows) as (page, _, _):
+        drawn = page.evaluate("window.rstscope.drawn")
+        assert drawn["mode"] == "area" and len(drawn["timestamps"]) == 97 and drawn["isolated"] == 2
+        marks = page.evaluate("""() => { const c = Chart.getChart('chart');
+            return c.getDatasetMeta(0).data.filter((e) => e.options.radius > 0 && !e.skip)
+              .map((e) => ({x: e.x, y: e.y, r: e.options.radius})); }""")
+        assert len(marks) == 2 and all(m["r"] >= 3 for m in marks)
+        assert stage_pixels(page)["post_syn"] > 20  # the markers are painted
+        assert_readable_axis(page)
+
+
+def test_a_year_of_buckets_loads_and_stays_readable(tmp_path: Path) -> None:
+    """35,040 buckets (a year at 15 minutes): the page is ready in bounded time, the axis is thinned, names
+    are shown, and intervals that would exceed the API's point limit cannot be chosen."""
+    import math
+
+    start = 1704067200  # 2024-01-01T00:00:00Z
+    buckets = [start + i * 900 for i in range(35040)]
+    profile = {k: {s: n for s, n in v.items() if s in ("post_syn", "post_psh", "no_match")} for k, v in FEW.items()}
+    rows = rows_for(buckets, profile, lambda b: 1 + int(2 * (1 + math.sin(2 * math.pi * (b - start) / 86400))))
+    assert len({r["bucket_start"] for r in rows}) == 35040
+    with dashboard(tmp_path, rows, ready_within=30.0) as (page, base, seconds):
+        assert seconds < 30
+        drawn = page.evaluate("window.rstscope.drawn")
+        assert drawn["mode"] == "area" and 360 <= len(drawn["timestamps"]) <= 367  # auto: one day a point
+        labels = assert_readable_axis(page, most=8)
+        assert any("2024" in x for x in labels), labels
+        assert "AS4134 CHINANET-BACKBONE" in page.inner_text("#top-ases").replace("\t", " ")
+        disabled = page.eval_on_selector_all("#agg option", "os => os.filter((o) => o.disabled).map((o) => o.value)")
+        assert disabled == ["15m", "1h"]  # 35,040 and 8,760 points: over the API's 5,000
+        page.screenshot(path=str(tmp_path / "dashboard-year-daily.png"), full_page=True)
+        gen = page.evaluate("window.rstscope.generation")
+        page.select_option("#agg", "1w")
+        wait_ready(page, gen)
+        drawn = page.evaluate("window.rstscope.drawn")
+        assert drawn["mode"] == "bars" and 52 <= len(drawn["timestamps"]) <= 54
+        assert stage_pixels(page)["post_psh"] > 0
+        assert_readable_axis(page, most=14)
+        api = api_for_page(base, page, "/radar/tcp_resets_timeouts/timeseries_groups", {"aggInterval": "1w"})
+        assert drawn_from_chart(page)["post_psh"] == [float(v) for v in api["serie_0"]["post_psh"]]
+        page.screenshot(path=str(tmp_path / "dashboard-year.png"), full_page=True)

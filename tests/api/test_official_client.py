@@ -688,3 +688,65 @@ def test_docs_example_runs(base_url: str) -> None:
     assert m, "docs/api.md lost its official-library example"
     code = m.group(1).replace("http://127.0.0.1:8080", base_url)
     exec(compile(code, "docs/api.md", "exec"), {"print": lambda *a, **k: None})
+
+
+# ---------------------------------------------------------------- top lists: Radar's top-list models, names
+
+
+def top_via_client(cf: Cloudflare, kind: str, query: dict[str, str]) -> Any:
+    """rstscope's top list read the way the library reads Radar's `http/top/locations` and `http/top/ases`:
+    the same request options, result unwrapping and (strict) response model."""
+    from typing import cast
+
+    from cloudflare._base_client import make_request_options
+    from cloudflare._wrappers import ResultWrapper
+    from cloudflare.types.radar.http.ase_get_response import AseGetResponse
+    from cloudflare.types.radar.http.location_get_response import LocationGetResponse
+
+    model: Any = LocationGetResponse if kind == "locations" else AseGetResponse
+    return cf.get(f"/rstscope/top/{kind}",
+                  options=make_request_options(query=query, post_parser=ResultWrapper[model]._unwrapper),
+                  cast_to=cast(Any, ResultWrapper[model]))
+
+
+@pytest.mark.parametrize("query", [{}, {"location": "DE"}, {"continent": "EU"}, {"asn": "13335"},
+                                   {"location": "-US", "asn": "-0"}])
+@pytest.mark.parametrize("kind", ["locations", "ases"])
+def test_top_lists_parse_as_radar_top_lists(cf: Cloudflare, data: Data, kind: str, query: dict[str, str]) -> None:
+    """clientCountryName / clientASName are what Radar's top lists carry (the library requires them)."""
+    from cloudflare.types.radar.http.ase_get_response import AseGetResponse
+    from cloudflare.types.radar.http.location_get_response import LocationGetResponse
+
+    q = {"dateStart": iso(data.span[0]).strftime("%Y-%m-%dT%H:%M:%SZ"),
+         "dateEnd": iso(data.span[1] - 900).strftime("%Y-%m-%dT%H:%M:%SZ"), "minConnections": "0", "limit": "100",
+         **query}
+    got = top_via_client(cf, kind, q)
+    assert isinstance(got, LocationGetResponse if kind == "locations" else AseGetResponse)
+    w = want_series({k: [v] for k, v in {"location": query.get("location"), "continent": query.get("continent"),
+                                         "asn": query.get("asn")}.items() if v}, 1)[0]
+    counts: dict[str, Counter[str]] = {}
+    for r in data.rows:
+        if r["dimension"] == "country_asn" and data.span[0] <= r["bucket_start"] < data.span[1]:
+            cc, _, a = r["key"].partition(":")
+            if w.accept(cc, a):
+                counts.setdefault(cc if kind == "locations" else a, Counter()).update(r["counts"])
+    country_names = {"DE": "Germany", "FR": "France", "US": "United States", "BR": "Brazil", "CN": "China",
+                     "IR": "Iran", "AU": "Australia", "ZA": "South Africa", "XX": "Unknown"}
+    if kind == "locations":
+        items = {t.client_country_alpha2: t for t in got.top_0}
+        assert {k: t.client_country_name for k, t in items.items()} == {k: country_names[k] for k in counts}
+    else:
+        items = {str(t.client_asn): t for t in got.top_0}
+        assert {k: t.client_as_name for k, t in items.items()} == {
+            k: ("Unknown" if k == "0" else f"Net {k}") for k in counts}
+    for k, t in items.items():
+        total = sum(counts[k][s] for s in STAGES)
+        assert float(t.value) == pytest.approx(100.0 * (total - counts[k]["no_match"]) / total, abs=1e-6)
+    assert [(u.name, u.value) for u in got.meta.units] == [("*", "connections")]
+
+
+def test_meta_lists_names(base_url: str, data: Data) -> None:
+    meta = httpx.get(base_url + "/rstscope/meta").json()["result"]
+    ases = {x["key"]: x["name"] for x in meta["ases"]}
+    assert ases == {str(a): ("Unknown" if a == 0 else f"Net {a}") for _, a in SITES}
+    assert {x["key"]: x["name"] for x in meta["locations"]}["IR"] == "Iran"

@@ -259,3 +259,40 @@ def test_breakdowns_exclusion_subtracts_counts(client: TestClient) -> None:
     others = get_ok(client, "/rstscope/tags", **ALL, location="FR,US,XX")
     assert excl["breakdown_0"] == others["breakdown_0"]
     assert excl["meta"]["connections"] == sum(expected_counts(set(PROFILE) - {("DE", 3320), ("DE", 6805)}).values())
+
+
+def test_top_lists_and_meta_carry_names(client: TestClient) -> None:
+    """Radar's top-list name fields: clientCountryName / clientASName (from the rollup rows, else the table)."""
+    ases = get_ok(client, "/rstscope/top/ases", **ALL, minConnections="0")
+    names = {i["clientASN"]: i["clientASName"] for i in ases["top_0"]}
+    assert names == {0: "Unknown", 3320: "DTAG Internet service provider operations", 6805: "TDDE-ASN1",
+                     3215: "Orange", 7922: "COMCAST-7922"}
+    assert ases["meta"]["units"] == [{"name": "*", "value": "connections"}]
+    locs = get_ok(client, "/rstscope/top/locations", **ALL, minConnections="0")["top_0"]
+    assert {i["clientCountryAlpha2"]: i["clientCountryName"] for i in locs} == {
+        "DE": "Germany", "FR": "France", "US": "United States", "XX": "Unknown"}
+    assert all("clientASN" not in i for i in locs) and all("clientCountryAlpha2" not in i for i in ases["top_0"])
+
+    r = client.get("/rstscope/top/ases", params={**ALL, "format": "CSV", "asn": "3215"})
+    table = list(csv.reader(io.StringIO(r.text)))
+    assert table[0][:4] == ["clientASN", "clientASName", "value", "connections"]
+    assert table[1][:2] == ["3215", "Orange"]
+    r = client.get("/rstscope/top/locations", params={**ALL, "format": "CSV", "location": "DE"})
+    assert list(csv.reader(io.StringIO(r.text)))[1][:2] == ["DE", "Germany"]
+
+    meta = get_ok(client, "/rstscope/meta")
+    assert {x["key"]: x["name"] for x in meta["ases"]}["3320"] == "DTAG Internet service provider operations"
+    assert {x["key"]: x["name"] for x in meta["locations"]} == {"US": "United States", "DE": "Germany",
+                                                               "FR": "France", "XX": "Unknown"}
+    assert {x["key"]: x["name"] for x in meta["ases"]}["0"] == "Unknown"
+
+
+def test_names_of_rows_without_names(rows: list[dict[str, Any]]) -> None:
+    """Rows from a producer without names: countries are named from the package's table, ASes stay blank."""
+    s = Store()
+    s.upsert([{k: v for k, v in r.items() if k != "name"} for r in rows])
+    c = TestClient(create_app(s, now=lambda: NOW))
+    meta = get_ok(c, "/rstscope/meta")
+    assert {x["key"]: x["name"] for x in meta["locations"]}["DE"] == "Germany"
+    assert {x["key"]: x["name"] for x in meta["ases"]} == {"3320": "", "6805": "", "3215": "", "7922": "",
+                                                          "0": "Unknown"}

@@ -125,3 +125,55 @@ def test_cli_rejects_missing_files_and_connections_without_flag(tmp_path: Path) 
     f = tmp_path / "c.jsonl"
     f.write_text("")
     assert main(["serve", "--connections", str(f)]) == 2
+
+
+# ---------------------------------------------------------------- names (wire format v1, additive)
+
+
+def test_names_travel_with_the_rows(rows: list[dict[str, Any]]) -> None:
+    s = Store()
+    s.upsert(rows)
+    assert s.names("asn") == {"3320": "DTAG Internet service provider operations", "6805": "TDDE-ASN1",
+                              "3215": "Orange", "7922": "COMCAST-7922"}  # AS 0 has none
+    assert s.names("country") == {"DE": "Germany", "FR": "France", "US": "United States"}
+    r = next(r for r in rows if r["dimension"] == "asn" and r["key"] == "3215")
+    assert s.get((r["bucket_start"], "asn", "3215")) == {k: v for k, v in r.items() if k != "shares"}
+
+
+def test_the_most_recent_non_empty_name_is_kept(rows: list[dict[str, Any]]) -> None:
+    s = Store()
+    asn = sorted((r for r in rows if r["dimension"] == "asn" and r["key"] == "3320"), key=lambda r: r["bucket_start"])
+    old, new, newest = copy.deepcopy(asn[0]), copy.deepcopy(asn[1]), copy.deepcopy(asn[2])
+    old["name"], new["name"] = "Old Name", "New Name"
+    newest.pop("name")  # a producer without the name (older version, or a rebuilt worker) erases nothing
+    s.upsert([new, newest])
+    s.upsert([old])  # replayed late: an older bucket does not win
+    assert s.names("asn") == {"3320": "New Name"}
+    s.delete([(new["bucket_start"], "asn", "3320")])
+    assert s.names("asn") == {"3320": "Old Name"}
+
+
+def test_names_are_validated_and_bounded(rows: list[dict[str, Any]]) -> None:
+    r = copy.deepcopy(next(r for r in rows if r["dimension"] == "asn"))
+    r["name"] = 42
+    with pytest.raises(BadRow, match="name"):
+        normalize_row(r)
+    r["name"] = "  " + "x" * 1000
+    assert normalize_row(r)[-1] == "x" * 256
+    world = copy.deepcopy(next(r for r in rows if r["dimension"] == "world"))
+    world["name"] = "ignored"
+    assert normalize_row(world)[-1] == ""  # only country and asn rows are named
+
+
+def test_a_store_file_from_before_names_gets_the_column(tmp_path: Path, rows: list[dict[str, Any]]) -> None:
+    import duckdb
+
+    from rstscope.api import store as store_mod
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(store_mod._SCHEMA.split("-- Added after")[0])  # the tables as the first release made them
+    con.close()
+    s = Store(path)
+    s.upsert(rows)
+    assert s.names("country")["DE"] == "Germany"

@@ -1,6 +1,7 @@
 // rstscope dashboard: one page over the API of the same server (no CDN, no build step).
 // Offline captures can be old, so the period is taken from the data's own span (/rstscope/meta), never
 // from the browser's clock. What was drawn is exposed on window.rstscope for the browser test.
+// Names (countries, ASes) come from the API: /rstscope/meta and the top lists carry them.
 "use strict";
 
 // The stages and their order come from the API (/rstscope/meta `stages`); LABELS and HINTS only name them.
@@ -36,11 +37,20 @@ const el = (tag, attrs = {}, ...kids) => {
   return e;
 };
 
+// key -> name, from /rstscope/meta (countries: English short names; ASes: the ASN database's organisation).
+const NAMES = { location: new Map(), asn: new Map() };
 function countryName(cc) {
   if (cc === "XX") return "Unknown";
+  const known = NAMES.location.get(cc);
+  if (known) return known;
   try { return (regionNames && regionNames.of(cc)) || cc; } catch { return cc; }
 }
-function asnName(asn) { return String(asn) === "0" ? "Unknown AS" : "AS" + asn; }
+// "AS4134 CHINANET-BACKBONE"; "AS64500" when the database has no name; AS 0 is "Unknown AS".
+function asnName(asn, name) {
+  if (String(asn) === "0") return "Unknown AS";
+  const n = name === undefined ? NAMES.asn.get(String(asn)) : name;
+  return n ? `AS${asn} ${n}` : `AS${asn}`;
+}
 function fmtPct(s) {
   const v = Number(s);
   return v >= 10 ? v.toFixed(1) : v.toFixed(2);
@@ -74,6 +84,18 @@ function rangeParams() {
   return { dateStart: iso(from), dateEnd: iso(Math.max(from, last)) };
 }
 
+// Intervals that would give more points than the API allows (a year at 15 minutes) are disabled; a
+// selection that became one of them falls back to auto.
+const AGG_MS = { "15m": 900e3, "1h": 3600e3, "1d": 86400e3, "1w": 7 * 86400e3 };
+function fitIntervals(range) {
+  const span = Date.parse(range.dateEnd) - Date.parse(range.dateStart) + meta.bucketSeconds * 1e3;
+  for (const opt of $("agg").options) {
+    if (!opt.value) continue;
+    opt.disabled = Math.ceil(span / AGG_MS[opt.value]) + 1 > meta.maxPoints;
+    if (opt.disabled && state.agg === opt.value) { state.agg = ""; $("agg").value = ""; }
+  }
+}
+
 function filterParams() {
   if (state.scope === "location" && state.location) return { location: state.location };
   if (state.scope === "asn" && state.asn) return { asn: state.asn };
@@ -81,7 +103,7 @@ function filterParams() {
 }
 
 function scopeLabel() {
-  if (state.scope === "location" && state.location) return countryName(state.location);
+  if (state.scope === "location" && state.location) return `${countryName(state.location)} (${state.location})`;
   if (state.scope === "asn" && state.asn) return asnName(state.asn);
   return "Worldwide";
 }
@@ -102,68 +124,109 @@ function renderSummary(summary, connections) {
     el("div", { className: "hint" }, `${fmtInt(connections)} connections · ${scopeLabel()}`)));
 }
 
+// Up to BAR_MAX slots the chart is stacked bars (one bucket is one visible bar); beyond, a stacked area,
+// with a marker on every point that has no neighbour (an area of one point has no width, so draws nothing).
+const BAR_MAX = 60;
+const SLOT_MS = { FIFTEEN_MINUTES: 900e3, ONE_HOUR: 3600e3, ONE_DAY: 86400e3, ONE_WEEK: 7 * 86400e3 };
+
 function renderChart(series) {
   const serie = series.serie_0;
   const xs = serie.timestamps.map((t) => Date.parse(t));
-  // Slots without connections come as all "0": break the area there instead of drawing a drop to zero.
-  const points = Object.fromEntries(STAGES.map((s) => [s, []]));
-  xs.forEach((x, i) => {
-    const empty = STAGES.every((s) => Number(serie[s][i]) === 0);
-    for (const s of STAGES) points[s].push({ x, y: empty ? null : Number(serie[s][i]) });
-  });
+  const slot = SLOT_MS[series.meta.aggInterval] || 900e3;
+  const bars = xs.length <= BAR_MAX;
+  // Slots without connections come as all "0": a gap (no bar, or a break in the area), not a drop to zero.
+  const empty = xs.map((_, i) => STAGES.every((s) => Number(serie[s][i]) === 0));
+  const isolated = empty.map((e, i) => !e && (i === 0 || empty[i - 1]) && (i === xs.length - 1 || empty[i + 1]));
+  const points = Object.fromEntries(STAGES.map((s) => [s, xs.map((x, i) => ({
+    x: bars ? serie.timestamps[i] : x, y: empty[i] ? null : Number(serie[s][i]) }))]));
   const shown = STAGES.filter((s) => state.showNone || s !== "no_match");
   const datasets = shown.map((s) => ({
-    label: LABELS[s], data: points[s], stage: s, fill: true, borderColor: COLORS[s], backgroundColor: COLORS[s] + "cc",
-    borderWidth: 1.2, pointRadius: xs.length < 3 ? 4 : 0, pointHoverRadius: 4, tension: 0, spanGaps: false,
+    type: bars ? "bar" : "line", label: LABELS[s], data: points[s], stage: s, borderColor: COLORS[s],
+    backgroundColor: bars ? COLORS[s] : COLORS[s] + "cc", borderWidth: bars ? 0 : 1.2,
+    ...(bars ? { barPercentage: 0.92, categoryPercentage: 0.92, maxBarThickness: 96, minBarLength: 0 }
+      : { fill: true, tension: 0, spanGaps: false, pointHoverRadius: 4, pointBackgroundColor: COLORS[s],
+        pointRadius: (ctx) => (isolated[ctx.dataIndex] ? 3.5 : 0) }),
   }));
   exposed.drawn = Object.fromEntries(shown.map((s) => [s, serie[s].map(Number)]));
   exposed.drawn.timestamps = serie.timestamps.slice();
-  const multiYear = xs.length && new Date(xs[0]).getUTCFullYear() !== new Date().getUTCFullYear();
+  exposed.drawn.mode = bars ? "bars" : "area";
+  exposed.drawn.isolated = isolated.filter(Boolean).length;
+  const withYear = xs.length && (new Date(xs[0]).getUTCFullYear() !== new Date(xs[xs.length - 1]).getUTCFullYear()
+    || new Date(xs[0]).getUTCFullYear() !== new Date().getUTCFullYear());
+  tickStep = slot;
+  const x = bars
+    ? { type: "category", stacked: true, grid: { color: "#eef0f4", offset: true },
+      ticks: { color: "#6b7385", maxRotation: 0, autoSkip: true, autoSkipPadding: 14,
+        callback(v, i) { return tickLabel(Date.parse(this.getLabelForValue(v)), withYear, slot, i === 0); } } }
+    : { type: "linear", min: xs[0], max: xs[xs.length - 1], grid: { color: "#eef0f4" },
+      afterBuildTicks: (axis) => { axis.ticks = niceTicks(axis.min, axis.max).map((value) => ({ value })); },
+      ticks: { color: "#6b7385", maxRotation: 0, autoSkip: true, autoSkipPadding: 14,
+        callback: (v) => tickLabel(v, withYear, tickStep) } };
   const options = {
     animation: false, maintainAspectRatio: false, responsive: true,
     interaction: { mode: "index", intersect: false },
     scales: {
-      x: { type: "linear", min: xs.length ? xs[0] : undefined, max: xs.length ? xs[xs.length - 1] : undefined,
-        grid: { color: "#eef0f4" },
-        afterBuildTicks: (axis) => { axis.ticks = niceTicks(axis.min, axis.max).map((value) => ({ value })); },
-        ticks: { color: "#6b7385", maxRotation: 0, callback: (v) => tickLabel(v, multiYear) } },
+      x,
       y: { stacked: true, min: 0, max: state.showNone ? 100 : undefined, grid: { color: "#eef0f4" },
         ticks: { color: "#6b7385", callback: (v) => v + "%" } },
     },
     plugins: {
       legend: { position: "bottom", labels: { boxWidth: 12, boxHeight: 12, color: "#1d2330" } },
       tooltip: { callbacks: {
-        title: (items) => items.length ? fmtTime(items[0].parsed.x, true) + " UTC" : "",
+        title: (items) => items.length ? fmtTime(bars ? Date.parse(items[0].raw.x) : items[0].parsed.x, true) + " UTC" : "",
         label: (item) => ` ${item.dataset.label}: ${item.parsed.y === null ? "–" : item.parsed.y.toFixed(2) + "%"}`,
       } },
     },
   };
-  if (chart) { chart.data.datasets = datasets; chart.options = options; chart.update(); }
-  else chart = new Chart($("chart"), { type: "line", data: { datasets }, options });
+  // A new chart when the kind changes (bar <-> line scales do not morph); otherwise update in place.
+  if (chart && chart.config.type !== (bars ? "bar" : "line")) { chart.destroy(); chart = null; }
+  const data = { labels: bars ? serie.timestamps.slice() : [], datasets };
+  if (chart) { chart.data = data; chart.options = options; chart.update(); }
+  else chart = new Chart($("chart"), { type: bars ? "bar" : "line", data, options });
   $("chart-title").textContent = `Share of connections by stage · ${scopeLabel()}`;
   const r = series.meta.dateRange[0];
-  $("chart-meta").textContent = `${serie.timestamps.length} points · ${series.meta.aggInterval.replace("_", " ").toLowerCase()} · ` +
+  $("chart-meta").textContent = `${serie.timestamps.length} ${serie.timestamps.length === 1 ? "point" : "points"} · ` +
+    `${series.meta.aggInterval.replace("_", " ").toLowerCase()} · ` +
     `${r.startTime.slice(0, 16).replace("T", " ")} → ${r.endTime.slice(0, 16).replace("T", " ")} UTC`;
 }
 
-// Ticks on round UTC times (hours, days, weeks), about six of them, whatever the data's span.
+// Ticks on round UTC times (hours, days, weeks, months), about six of them, whatever the data's span: from
+// one bucket to a year the labels stay apart (Chart.js autoSkip drops any that would still touch).
 const TICK_STEPS = [900e3, 1800e3, 3600e3, 3 * 3600e3, 6 * 3600e3, 12 * 3600e3, 86400e3, 2 * 86400e3, 7 * 86400e3,
-  14 * 86400e3, 28 * 86400e3, 91 * 86400e3];
+  14 * 86400e3];
+const MONTH_STEPS = [1, 2, 3, 6, 12];
 let tickStep = 3600e3;
 function niceTicks(min, max) {
   if (!(max > min)) return [min];
-  tickStep = TICK_STEPS.find((s) => (max - min) / s <= 7) || TICK_STEPS[TICK_STEPS.length - 1];
-  const first = Math.ceil(min / tickStep) * tickStep;
+  const step = TICK_STEPS.find((s) => (max - min) / s <= 7);
+  if (step) {
+    tickStep = step;
+    const out = [];
+    for (let v = Math.ceil(min / step) * step; v <= max; v += step) out.push(v);
+    return out;
+  }
+  // Beyond 14-day steps: the first of a month, every 1, 2, 3, 6 or 12 months.
+  const months = MONTH_STEPS.find((m) => (max - min) / (m * 30.44 * 86400e3) <= 7) || 12;
+  tickStep = months * 30 * 86400e3;
+  const d = new Date(min);
+  let idx = d.getUTCFullYear() * 12 + d.getUTCMonth();  // months since year 0
+  if (Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1) < min) idx += 1;
   const out = [];
-  for (let v = first; v <= max; v += tickStep) out.push(v);
+  for (idx = Math.ceil(idx / months) * months; ; idx += months) {
+    const v = Date.UTC(Math.floor(idx / 12), idx % 12, 1);
+    if (v > max) break;
+    out.push(v);
+  }
   return out;
 }
-function tickLabel(ms, withYear) {
+// A tick's label for ticks `step` apart: months, days, or times (with the day at midnight, or when `withDay`).
+function tickLabel(ms, withYear, step, withDay) {
   const d = new Date(ms);
+  if (step >= 28 * 86400e3) return d.toLocaleDateString("en-GB", { month: "short", year: "numeric", timeZone: "UTC" });
   const day = d.toLocaleDateString("en-GB", { day: "2-digit", month: "short", timeZone: "UTC", ...(withYear ? { year: "numeric" } : {}) });
-  if (tickStep >= 86400e3) return day;
+  if (step >= 86400e3) return day;
   const hm = d.toISOString().slice(11, 16);
-  return hm === "00:00" ? [hm, day] : hm;
+  return hm === "00:00" || withDay ? [hm, day] : hm;
 }
 
 function stackBar(shares) {
@@ -174,16 +237,23 @@ function stackBar(shares) {
 
 function renderTop(table, items, kind) {
   table.replaceChildren(el("tr", {}, el("th", {}, "#"), el("th", {}, kind === "locations" ? "Location" : "AS"),
-    el("th", {}, "Anomalous stages"), el("th", { className: "num" }, "Anomalous"), el("th", { className: "num" }, "Conns")));
+    el("th", {}, "Stages"), el("th", { className: "num" }, "Anomalous"), el("th", { className: "num" }, "Conns")));
   if (!items.length) {
     table.append(el("tr", {}, el("td", { colSpan: 5, className: "empty" }, "No network reaches the minimum of connections.")));
     return;
   }
   items.forEach((it, i) => {
     const key = kind === "locations" ? it.clientCountryAlpha2 : String(it.clientASN);
-    const name = kind === "locations" ? `${countryName(key)} (${key})` : asnName(key);
-    const tr = el("tr", { className: "row", title: "show this network" }, el("td", { className: "rank" }, String(i + 1)),
-      el("td", {}, name), el("td", {}, stackBar(it.shares)), el("td", { className: "num" }, fmtPct(it.value) + "%"),
+    // Radar's name fields: clientCountryName, clientASName.
+    const cell = kind === "locations"
+      ? el("td", { className: "who", title: `${it.clientCountryName} (${key})` }, it.clientCountryName, " ",
+        el("span", { className: "code" }, key))
+      : el("td", { className: "who", title: asnName(key, it.clientASName) },
+        key === "0" ? "Unknown AS" : el("span", { className: "code asn" }, "AS" + key),
+        key === "0" ? "" : " " + (it.clientASName || ""));
+    const tr = el("tr", { className: "row", title: "show this network", "data-key": key },
+      el("td", { className: "rank" }, String(i + 1)),
+      cell, el("td", {}, stackBar(it.shares)), el("td", { className: "num" }, fmtPct(it.value) + "%"),
       el("td", { className: "num" }, fmtInt(it.connections)));
     const scope = kind === "locations" ? "location" : "asn";
     if (state.scope === scope && state[scope] === key) tr.classList.add("sel");
@@ -210,6 +280,7 @@ async function refresh() {
   const gen = ++exposed.generation;
   exposed.ready = false;
   const range = rangeParams();
+  fitIntervals(range);
   const filters = filterParams();
   const p = { ...range, ...filters };
   try {
@@ -271,8 +342,10 @@ async function init() {
   $("span").innerHTML = "";
   $("span").append(el("div", {}, `Data ${meta.dataStart.slice(0, 16).replace("T", " ")} → ${meta.dataEnd.slice(0, 16).replace("T", " ")} UTC`),
     el("div", {}, `${fmtInt(meta.rows)} rollup rows · ${meta.locations.length} locations · ${meta.ases.length} ASes`));
+  for (const it of meta.locations) NAMES.location.set(it.key, it.name);
+  for (const it of meta.ases) NAMES.asn.set(it.key, it.name);
   fillSelect($("location"), meta.locations, (k) => `${countryName(k)} (${k})`);
-  fillSelect($("asn"), meta.ases, asnName);
+  fillSelect($("asn"), meta.ases, (k) => asnName(k));
   state.location = meta.locations.length ? meta.locations[0].key : null;
   state.asn = meta.ases.length ? meta.ases[0].key : null;
   for (const b of document.querySelectorAll("#scope button")) b.addEventListener("click", () => select(b.dataset.scope));
