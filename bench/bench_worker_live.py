@@ -46,7 +46,15 @@ from confluent_kafka import Consumer, Producer  # noqa: E402
 
 from rstscope import config  # noqa: E402
 from rstscope.codecs.jsonl import loads  # noqa: E402
-from rstscope.codecs.packet import Watermark, encode_packet, encode_watermark, packet_key  # noqa: E402
+from rstscope.codecs.packet import (  # noqa: E402
+    Watermark,
+    encode_batch,
+    encode_packet,
+    encode_watermark,
+    packet_fields,
+    packet_key,
+    partition_of,
+)
 from rstscope.edge.producer import DEFAULT_CONF  # noqa: E402
 from rstscope.packet import TH_ACK, TH_PSH, TH_RST, TH_SYN, PacketRecord  # noqa: E402
 from rstscope.streams.connection_agent import ConnectionStage  # noqa: E402
@@ -95,18 +103,33 @@ def start_worker(bootstrap: str, topo_path: Path, app_id: str, tmp: Path) -> tup
 def held(log: Path) -> int:
     import re
 
-    found = re.findall(r"held=(\d+)", log.read_text(errors="replace"))
+    found = re.findall(r"'packets': (\d+)", log.read_text(errors="replace"))  # packets in (all held)
     return int(found[-1]) if found else 0
+
+
+def batches(packets: list[PacketRecord], partitions: int, size: int = 500) -> list[tuple[int, bytes]]:
+    """(partition, message) as `rstscope edge` sends them: per partition, up to ``size`` records a message."""
+    parts: dict[int, list[list[Any]]] = {}
+    out = []
+    for p in packets:
+        q = partition_of(p.packed_key, partitions)
+        recs = parts.setdefault(q, [])
+        recs.append(packet_fields(p))
+        if len(recs) >= size:
+            out.append((q, encode_batch("bench", recs)))
+            parts[q] = []
+    out += [(q, encode_batch("bench", recs)) for q, recs in parts.items() if recs]
+    return out
 
 
 def stage_bytes(topo: config.Topology, n: int, k: int) -> float:
     """ConnectionStage alone: traced bytes per held connection (handles are ints, not Faust events)."""
-    stage = ConnectionStage(topo)
-    values = [encode_packet(p) for i in range(min(n, 200_000)) for p in client_packets(i, T0 + i * 4e-6, k)]
+    stage = ConnectionStage(topo, warmup_s=0)
+    values = batches([p for i in range(min(n, 200_000)) for p in client_packets(i, T0 + i * 4e-6, k)], 8)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    for off, v in enumerate(values):
-        stage.feed(off % 8, v, off)
+    for off, (part, v) in enumerate(values):
+        stage.feed(part, v, off)
     used = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     return used / sum(len(st.table.open) for st in stage.parts.values())  # not ended: all held
@@ -115,7 +138,8 @@ def stage_bytes(topo: config.Topology, n: int, k: int) -> float:
 T0 = 1_700_000_100.0
 
 
-def memory(bootstrap: str, tmp: Path, n: int, k: int) -> None:
+def memory(bootstrap: str, tmp: Path, n: int, k: int) -> dict[str, float]:
+    """Worker RSS growth per held connection (and the stage's own, traced); printed and returned."""
     tag = f"mem{uuid.uuid4().hex[:6]}"
     topo_path = topology_file(tmp, tag)
     topo = config.load(topo_path)
@@ -127,17 +151,18 @@ def memory(bootstrap: str, tmp: Path, n: int, k: int) -> None:
         prod = Producer({**DEFAULT_CONF, "bootstrap.servers": bootstrap})
         topic = topo.topics["packets"].name
         sent = 0
-        for i in range(n):  # all within 4 s of event time, none ended: held until their window closes
-            for p in client_packets(i, T0 + i * (4.0 / n), k):
+        parts = topo.topics["packets"].partitions
+        for lo in range(0, n, 100_000):  # all within 4 s of event time, none ended: held until their window closes
+            chunk = [p for i in range(lo, min(n, lo + 100_000)) for p in client_packets(i, T0 + i * (4.0 / n), k)]
+            for part, value in batches(chunk, parts):
                 while True:
                     try:
-                        prod.produce(topic, encode_packet(p), packet_key(p))
+                        prod.produce(topic, value, None, partition=part)
                         break
                     except BufferError:
                         prod.poll(0.1)
-                sent += 1
-            if not i % 10000:
-                prod.poll(0)
+            sent += len(chunk)
+            prod.poll(0)
         assert prod.flush(120) == 0
         t0 = time.monotonic()
         while held(log) < sent:
@@ -147,9 +172,11 @@ def memory(bootstrap: str, tmp: Path, n: int, k: int) -> None:
         full = rss(proc.pid)
         per_conn = (full - idle) / n
         in_proc = stage_bytes(topo, n, k)
-        print(f"held connections {n:,} (not ended, {k} packet(s) each, {sent:,} messages held); worker RSS idle "
+        print(f"held connections {n:,} (not ended, {k} packet(s) each, {sent:,} packets held); worker RSS idle "
               f"{idle / 2**20:.0f} MiB, all held {full / 2**20:.0f} MiB: {per_conn:,.0f} bytes per held connection "
               f"(target 500); ConnectionStage alone (tracemalloc, no Faust): {in_proc:,.0f} bytes")
+        return {"per_connection": per_conn, "stage_per_connection": in_proc, "idle_mib": idle / 2**20,
+                "held_mib": full / 2**20}
     finally:
         proc.terminate()
         proc.wait(60)
@@ -221,7 +248,7 @@ def latency(bootstrap: str, tmp: Path, rate: float, seconds: float, mode: str) -
             while i < due:
                 end = TH_RST if i % 2 else None
                 for p in client_packets(i, now + shift, 3, end):
-                    prod.produce(topic, encode_packet(p), packet_key(p))
+                    prod.produce(topic, encode_packet(p, edge="bench"), packet_key(p))
                     sent += 1
                 i += 1
             if now >= next_wm:  # a live edge's promise: nothing older than now follows

@@ -51,6 +51,14 @@ class EvidenceParams:
 
 
 @dataclass(frozen=True, slots=True)
+class EdgeParams:
+    """How workers combine the event time of many edges on one partition (docs/streaming.md)."""
+
+    idle_s: float = 30.0  # an edge silent this long (wall clock) stops holding windows back, until it returns
+    max_ahead_s: float = 300.0  # records more than this ahead of the worker's clock are refused (dead letter)
+
+
+@dataclass(frozen=True, slots=True)
 class TopicSpec:
     name: str
     partitions: int
@@ -66,6 +74,7 @@ class Topology:
     evidence: EvidenceParams = field(default_factory=EvidenceParams)
     topics: dict[str, TopicSpec] = field(default_factory=dict)
     source: str = "<defaults>"
+    edges: EdgeParams = field(default_factory=EdgeParams)
 
 
 # Keys of earlier releases, with what replaced them (a clear error instead of a silent change of method).
@@ -108,7 +117,8 @@ def load(path: Path | str | None = None) -> Topology:
     sampling = _section(SamplingParams, raw.get("sampling"), "sampling")
     evidence = _section(EvidenceParams, raw.get("evidence"), "evidence")
     topics = {k: _section(TopicSpec, v, f"topics.{k}") for k, v in (raw.get("topics") or {}).items()}
-    topo = Topology(window, sampling, evidence, topics, str(p))
+    edges = _section(EdgeParams, raw.get("edges"), "edges")
+    topo = Topology(window, sampling, evidence, topics, str(p), edges)
     validate(topo)
     return topo
 
@@ -119,6 +129,8 @@ def validate(t: Topology) -> None:
         raise TopologyError("topology: window sizes, timeouts and max_packets must be positive")
     if w.mode not in MODES:
         raise TopologyError(f"topology: window.mode must be one of {', '.join(MODES)}")
+    if t.edges.idle_s <= 0 or t.edges.max_ahead_s <= 0:
+        raise TopologyError("topology: edges.idle_s and edges.max_ahead_s must be positive")
     if not 0.0 < t.sampling.probability <= 1.0:
         raise TopologyError("topology: sampling.probability must be in (0, 1]")
     if t.sampling.mode not in ("random", "hash"):

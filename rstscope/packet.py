@@ -7,6 +7,7 @@ record stays small on the wire and hashes fast in the connection table.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import NamedTuple
 
 # TCP flag bits, named as in RFC 9293 section 3.1 (plus ECE/CWR from RFC 3168).
@@ -43,9 +44,29 @@ class PacketRecord(NamedTuple):
         """The connection key: (client ip, client port, server ip, server port); protocol is TCP."""
         return (self.src, self.sport, self.dst, self.dport)
 
+    @property
+    def packed_key(self) -> bytes:
+        """``tuple_key`` as one bytes object (``pack_key``): the Kafka key, and the tables' dict key."""
+        return self.src + self.sport.to_bytes(2, "big") + self.dst + self.dport.to_bytes(2, "big")
+
+
+def pack_key(src: bytes, sport: int, dst: bytes, dport: int) -> bytes:
+    """A 4-tuple as client ip, client port, server ip, server port (ports big-endian): 12 bytes for IPv4,
+    36 for IPv6. One small object instead of a tuple of four (about 45 bytes instead of 220 per held
+    connection), and the same bytes the edge keys Kafka messages with."""
+    return src + sport.to_bytes(2, "big") + dst + dport.to_bytes(2, "big")
+
+
+def unpack_key(key: bytes) -> tuple[bytes, int, bytes, int]:
+    """``pack_key`` reversed."""
+    a = (len(key) - 4) // 2
+    return key[:a], int.from_bytes(key[a:a + 2], "big"), key[a + 2:2 * a + 2], int.from_bytes(key[2 * a + 2:], "big")
+
 
 def ip_text(packed: bytes) -> str:
     """Packed address to its usual text form."""
+    if len(packed) == 4:
+        return socket.inet_ntoa(packed)  # the same text, ten times faster (a record has two addresses)
     return str(ipaddress.ip_address(packed))
 
 

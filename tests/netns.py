@@ -26,10 +26,12 @@ def _sh(*cmd: str, check: bool = True) -> None:
 
 
 def capture_client_run(path: Path, prefix: str, client: str, *client_args: str, timeout: float = 60,
-                       server_cwd: Path | None = None, duration_s: float = 20) -> Path:
-    """Run the Python source ``client`` in the client namespace against ``http.server`` on port 80 of
-    SERVER_IP, with tcpdump (full snap length) writing the server side to ``path``. The client's traffic
-    (``duration_s`` at most) is kept 25 s off any 15-minute window boundary."""
+                       server_cwd: Path | None = None, duration_s: float = 20, client_ip: str = CLIENT_IP) -> Path:
+    """Run the Python source ``client`` in the client namespace (address ``client_ip``, in SERVER_IP's
+    /24) against ``http.server`` on port 80 of SERVER_IP, with tcpdump (full snap length) writing the
+    server side to ``path``. The client's traffic (``duration_s`` at most) is kept 25 s off any 15-minute
+    window boundary. Concurrent runs need different ``prefix``es (their last two characters name the
+    veth devices)."""
     tag = f"{os.getpid() % 100000}"
     a, b = f"{prefix}A{tag}", f"{prefix}B{tag}"
     da, db = f"v{prefix[-2:]}a", f"v{prefix[-2:]}b"
@@ -40,7 +42,7 @@ def capture_client_run(path: Path, prefix: str, client: str, *client_args: str, 
         _sh("ip", "netns", "add", a)
         _sh("ip", "netns", "add", b)
         _sh("ip", "link", "add", da, "netns", a, "type", "veth", "peer", "name", db, "netns", b)
-        _sh("ip", "-n", a, "addr", "add", f"{CLIENT_IP}/24", "dev", da)
+        _sh("ip", "-n", a, "addr", "add", f"{client_ip}/24", "dev", da)
         _sh("ip", "-n", b, "addr", "add", f"{SERVER_IP}/24", "dev", db)
         for ns, dev in ((a, da), (b, db)):
             _sh("ip", "-n", ns, "link", "set", dev, "up")

@@ -158,3 +158,36 @@ def test_a_partition_that_never_delivered_is_sought_to_its_start() -> None:
     g.progress[P0] -= 10.5
     asyncio.run(g.tick())
     assert c.seeks == [(P0, 5)]
+    # still nothing delivered (the seek was lost in a broker failover): sought again after STALL_S,
+    # and again (found by the soak: it used to seek once and wait forever)
+    for k in (2, 3):
+        asyncio.run(g.tick())
+        g.progress[P0] -= 10.5
+        asyncio.run(g.tick())
+        assert c.seeks == [(P0, 5)] * k
+
+
+def test_a_failing_lookup_neither_crashes_the_agent_nor_stops_the_repairs() -> None:
+    """The log-start lookup failing (a broker failing over): the message is not processed now, the
+    agent goes on, a later message finds the gap and seeks back; the tick repairs the other partitions."""
+    g, c, n = make(committed=None, earliest=0)
+    p1 = TP("packets", 1)
+    c.assigned = {P0, p1}
+    c.committed[p1] = None
+    fail = [True]
+
+    def marks(topic: str, partition: int) -> tuple[int, int]:
+        if fail[0] and partition == 0:
+            raise RuntimeError("KafkaError{code=_UNKNOWN_PARTITION}")
+        return 0, 100
+
+    g.watermarks = marks
+    assert run(g, [Msg(0)]) == [] and n["offset_lookup_error:t"] == 1
+    asyncio.run(g.tick())  # starts the clocks (no lookup yet)
+    for tp in (P0, p1):
+        g.progress[tp] -= 10.5
+    asyncio.run(g.tick())  # P0's lookup fails, p1 is still repaired
+    assert c.seeks == [(p1, 0)] and n["offset_lookup_error:t"] == 2
+    fail[0] = False
+    assert run(g, [Msg(1)]) == [] and g.seeked.get(P0) is not None  # a gap: 0 is expected
+    assert run(g, [Msg(0), Msg(1)]) == [0, 1]

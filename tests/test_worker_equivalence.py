@@ -61,7 +61,7 @@ def _analyze(path: Path, options: Options, topo: Topology) -> tuple[Analyzer, li
     def spy(pkt: Any) -> bool:
         ok = admit(pkt)
         if ok:
-            admitted.append(encode_packet(pkt))
+            admitted.append(encode_packet(pkt, edge="edge"))
         return ok
 
     an.gate.admit = spy  # type: ignore[method-assign]
@@ -80,7 +80,7 @@ def _feed(stage: ConnectionStage, messages: list[bytes], partition: int = 0) -> 
     out: list[dict[str, Any]] = []
     for offset, value in enumerate(messages):
         recs, err = stage.feed(partition, value, offset)
-        assert err is None, err
+        assert err == [], err
         out.extend(recs)  # type: ignore[arg-type]
     return out
 
@@ -122,7 +122,7 @@ def test_stage_emits_the_records_of_analyze(tmp_path_factory: pytest.TempPathFac
     path.write_bytes(pcap_bytes(frames))
     options, topo = OPTIONS[opt], TOPOLOGIES[topo_i]
     an, ref, admitted = _analyze(path, options, topo)
-    stage = ConnectionStage(topo)
+    stage = ConnectionStage(topo, warmup_s=0)
     got = _feed(stage, _messages(admitted, an.end_ts))
     assert sorted(map(_key, got)) == sorted(map(_key, ref))
     assert {r["mode"] for r in got} <= {topo.window.mode}
@@ -134,7 +134,7 @@ def test_stage_emits_the_records_of_analyze(tmp_path_factory: pytest.TempPathFac
         path.write_bytes(pcap_bytes(sorted(frames, key=lambda f: f[0])))
         an, ref, _ = _analyze(path, options, topo)
     parts = _edge_partitions(path, options, topo, an)
-    stage8 = ConnectionStage(topo)
+    stage8 = ConnectionStage(topo, warmup_s=0)
     got8 = [r for p, msgs in parts.items() for r in _feed(stage8, msgs, p)]
     assert sorted(map(_key, got8)) == sorted(map(_key, ref))
 
@@ -146,12 +146,12 @@ def _crashing_run(messages: list[bytes], topo: Topology, rng: random.Random, cra
     points = sorted(rng.sample(range(1, len(messages) + 1), min(crashes, len(messages))))
     committed = 0
     out: list[dict[str, Any]] = []
-    stage = ConnectionStage(topo)
+    stage = ConnectionStage(topo, warmup_s=0)
     replays = 0
     offset = 0
     while offset < len(messages):
         recs, err = stage.feed(0, messages[offset], offset)
-        assert err is None
+        assert err == []
         out.extend(recs)  # type: ignore[arg-type]
         offset += 1
         if rng.random() < 0.3:  # a flush: acks in offset order, then Faust commits them
@@ -160,7 +160,7 @@ def _crashing_run(messages: list[bytes], topo: Topology, rng: random.Random, cra
             committed += len(acked)
         if points and offset >= points[0]:
             points.pop(0)
-            stage = ConnectionStage(topo)  # SIGKILL (or a rebalance): memory lost, the log stays
+            stage = ConnectionStage(topo, warmup_s=0)  # SIGKILL (or a rebalance): memory lost, the log stays
             replays += offset - committed
             offset = committed
     acked = stage.ackable(0)
@@ -173,7 +173,7 @@ def _replays_from_every_commit(messages: list[bytes], topo: Topology, ref: list[
     records emitted until then plus those of a fresh stage replaying from the committed offset are
     exactly the uninterrupted run's ids, and every copy equals the original. Returns the replays."""
     want = {r["id"]: _key(r) for r in ref}
-    stage = ConnectionStage(topo)
+    stage = ConnectionStage(topo, warmup_s=0)
     emitted: set[str] = set()
     checkpoints: list[tuple[int, set[str]]] = []
     frontier = 0
@@ -186,7 +186,7 @@ def _replays_from_every_commit(messages: list[bytes], topo: Topology, ref: list[
             checkpoints.append((frontier, set(emitted)))
     assert frontier == len(messages), "every message is acked at the end of the input"
     for committed, before in checkpoints[:-1]:
-        again = _feed(ConnectionStage(topo), messages[committed:])
+        again = _feed(ConnectionStage(topo, warmup_s=0), messages[committed:])
         assert before | {r["id"] for r in again} == set(want), "a crash lost or added a connection"
         for r in again:
             assert _key(r) == want[r["id"]]
@@ -216,8 +216,8 @@ def test_absorbed_syn_after_a_commit_opens_nothing_on_replay() -> None:
     s = syn()
     packets = [s._replace(ts=s.ts + d) for d in (0, 1, 3, 7, 15)]  # Linux's SYN retransmission times
     packets += spaced([syn(sport=2), ack(sport=2), fin(sport=2)], start=s.ts + 20)
-    msgs = _messages([encode_packet(p) for p in packets], s.ts + 60)
-    stage = ConnectionStage(topo)
+    msgs = _messages([encode_packet(p, edge="edge") for p in packets], s.ts + 60)
+    stage = ConnectionStage(topo, warmup_s=0)
     recs = []
     for off, m in enumerate(msgs):
         recs += stage.feed(0, m, off)[0]
@@ -228,7 +228,7 @@ def test_absorbed_syn_after_a_commit_opens_nothing_on_replay() -> None:
     assert stage.ackable(0) == list(range(len(msgs)))
     # acked as soon as its connection was decided, offset 4 would have been committed: a replay from
     # there opens a connection with the SYN of t+15 that the uninterrupted run absorbed
-    again = ConnectionStage(topo)
+    again = ConnectionStage(topo, warmup_s=0)
     replay = [r for off in range(4, len(msgs)) for r in again.feed(0, msgs[off], off)[0]]
     assert {r["id"] for r in replay} - {r["id"] for r in recs}
     for seed in range(30):
@@ -243,8 +243,8 @@ def test_held_until_the_window_closes_and_acked_after() -> None:
     a = spaced([syn(sport=1), ack(sport=1), psh(sport=1), rst(sport=1)])  # ended by its RST
     b = spaced([syn(sport=2), ack(sport=2)], start=a[-1].ts + 0.5)  # not ended
     t = b[-1].ts
-    msgs = [encode_packet(p) for p in (*a, *b)]
-    stage = ConnectionStage(topo)
+    msgs = [encode_packet(p, edge="edge") for p in (*a, *b)]
+    stage = ConnectionStage(topo, warmup_s=0)
     assert _feed(stage, msgs) == []
     w = topo.window
 
@@ -279,8 +279,8 @@ def test_rebalance_keeps_counts_exact_across_owners() -> None:
         packets += spaced(flow, start=t, step=0.5)
         t += rng.choice((0.1, 2.0, 12.0))
     packets.sort(key=lambda p: p.ts)
-    msgs = _messages([encode_packet(p) for p in packets], t + 30)
-    ref = _feed(ConnectionStage(topo), msgs)
+    msgs = _messages([encode_packet(p, edge="edge") for p in packets], t + 30)
+    ref = _feed(ConnectionStage(topo, warmup_s=0), msgs)
     for seed in range(20):
         got, replays = _crashing_run(msgs, topo, random.Random(seed), 3)
         assert {r["id"] for r in got} == {r["id"] for r in ref}

@@ -1,15 +1,20 @@
-"""Packet records on the wire: msgpack arrays with an explicit schema version.
+"""Packet records on the wire: msgpack arrays with an explicit schema version (docs/wire-formats.md).
 
-Layout (schema 1), one msgpack array:
-  [1, 0, ts, ip_version, src, dst, sport, dport, flags, seq, ack, ipid, ttl, window, payload_len, opt_len]
-  (kind 0: a packet), optionally followed by [country, asn]: the client's geolocation, looked up at the
+Schema 2 (what edges write):
+  [2, 2, edge, [record, record, ...]]  (kind 2: a batch of packet records from edge ``edge``, all for one
+  partition), each record [ts, ip_version, src, dst, sport, dport, flags, seq, ack, ipid, ttl, window,
+  payload_len, opt_len], optionally followed by [country, asn]: the client's geolocation, looked up at the
   edge before its address was truncated or hashed (``rstscope edge --geo DIR --client-ip ...``)
-  [1, 1, ts, source, eof]  (kind 1: a watermark from an edge producer; see docs/wire-formats.md)
+  [2, 1, ts, edge, eof]  (kind 1: a watermark: no packet older than ``ts`` follows from ``edge``)
+Schema 1 (still read): [1, 0, <record fields>] one packet per message; [1, 1, ts, edge, eof] a watermark.
 Arrays rather than maps: the field names are the schema, and a record is ~45 bytes instead of ~150.
+Batches because a Kafka message costs a Faust worker ~60 µs whatever it holds: hundreds of records per
+message make that cost per record small (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, NamedTuple
 
 import msgpack
@@ -17,11 +22,15 @@ import msgpack
 from rstscope.codecs.errors import MalformedRecord, UnknownSchemaVersion
 from rstscope.packet import PacketRecord
 
-SCHEMA_VERSION = 1
-KIND_PACKET = 0
+SCHEMA_VERSION = 2  # what this writer writes; readers accept READ_VERSIONS
+READ_VERSIONS = (1, 2)
+KIND_PACKET = 0  # schema 1 only
 KIND_WATERMARK = 1
-_PACKET_LEN = 16
-_PACKET_GEO_LEN = 18
+KIND_BATCH = 2  # schema 2
+MAX_BATCH_RECORDS = 10_000  # a reader refuses larger batches (an edge sends at most its --batch-records)
+MAX_EDGE_ID = 128  # characters of an edge id
+_FIELDS = 14  # a packet record's fields (without the optional country, asn)
+_PACKET_LEN = 2 + _FIELDS  # schema 1: version and kind first
 _U32 = 1 << 32
 MAX_TS = 1e11  # seconds since the epoch: about the year 5100
 
@@ -43,15 +52,38 @@ class Watermark(NamedTuple):
 
 def packet_key(pkt: PacketRecord) -> bytes:
     """The Kafka key: the 4-tuple packed (protocol is always TCP), so a connection keeps a partition."""
-    return pkt.src + pkt.sport.to_bytes(2, "big") + pkt.dst + pkt.dport.to_bytes(2, "big")
+    return pkt.packed_key
 
 
-def encode_packet(pkt: PacketRecord, geo: EdgeGeo | None = None) -> bytes:
-    fields = [SCHEMA_VERSION, KIND_PACKET, pkt.ts, pkt.version, pkt.src, pkt.dst, pkt.sport, pkt.dport,
-              pkt.flags, pkt.seq, pkt.ack, pkt.ipid, pkt.ttl, pkt.window, pkt.payload_len, pkt.opt_len]
+def partition_of(key: bytes, partitions: int) -> int:
+    """The packets partition of a 4-tuple (its ``packet_key``): every packet of a connection, from any
+    edge, lands on one partition, so a worker can keep one connection table per partition."""
+    return zlib.crc32(key) % partitions
+
+
+def packet_fields(pkt: PacketRecord, geo: EdgeGeo | None = None) -> list[Any]:
+    """One packet as a batch's record (a list, for ``encode_batch``): a record's fields are
+    PacketRecord's, in its order (tests/test_codecs.py holds them together)."""
+    fields: list[Any] = list(pkt)
     if geo is not None:
         fields += [geo.country, geo.asn]
-    out: bytes = msgpack.packb(fields, use_bin_type=True)
+    return fields
+
+
+def encode_batch(edge: str, records: list[list[Any]]) -> bytes:
+    """A schema-2 batch message: ``records`` from ``packet_fields``, all for one partition."""
+    out: bytes = msgpack.packb([SCHEMA_VERSION, KIND_BATCH, edge, records], use_bin_type=True)
+    return out
+
+
+def encode_packet(pkt: PacketRecord, geo: EdgeGeo | None = None, edge: str = "") -> bytes:
+    """One packet as a message of its own (a batch of one)."""
+    return encode_batch(edge, [packet_fields(pkt, geo)])
+
+
+def encode_packet_v1(pkt: PacketRecord, geo: EdgeGeo | None = None) -> bytes:
+    """A schema-1 packet message (what edges wrote before batches; readers still accept it)."""
+    out: bytes = msgpack.packb([1, KIND_PACKET, *packet_fields(pkt, geo)], use_bin_type=True)
     return out
 
 
@@ -60,19 +92,32 @@ def encode_watermark(wm: Watermark) -> bytes:
     return out
 
 
+class Batch(NamedTuple):
+    """A decoded packet message: its edge, its good records (with the edge's geolocation, if any) and
+    the bad ones (index in the batch, why): one bad record does not cost its neighbours."""
+
+    edge: str
+    packets: list[tuple[PacketRecord, EdgeGeo | None]]
+    errors: list[tuple[int, MalformedRecord]]
+
+
 def _check_geo(f: list[Any]) -> EdgeGeo | None:
-    if len(f) == _PACKET_LEN:
+    if len(f) == _FIELDS:
         return None
-    if len(f) != _PACKET_GEO_LEN:
-        raise MalformedRecord(f"packet record has {len(f)} fields, schema 1 has {_PACKET_LEN} or {_PACKET_GEO_LEN}")
-    country, asn = f[_PACKET_LEN:]
+    if len(f) != _FIELDS + 2:
+        raise MalformedRecord(f"packet record has {len(f)} fields, not {_FIELDS} or {_FIELDS + 2}")
+    country, asn = f[_FIELDS:]
     if not (isinstance(country, str) and len(country) == 2 and type(asn) is int and 0 <= asn < _U32):
         raise MalformedRecord("bad edge geolocation (country, asn)")
     return EdgeGeo(country, asn)
 
 
-def _check_packet(f: list[Any]) -> PacketRecord:
-    (_v, _k, ts, ver, src, dst, sport, dport, flags, seq, ack, ipid, ttl, win, plen, olen) = f[:_PACKET_LEN]
+def check_record(f: Any) -> tuple[PacketRecord, EdgeGeo | None]:
+    """One packet record's fields, checked (types, ranges, address lengths); raises MalformedRecord."""
+    if not isinstance(f, list):
+        raise MalformedRecord("a packet record is not an array")
+    geo = _check_geo(f)
+    (ts, ver, src, dst, sport, dport, flags, seq, ack, ipid, ttl, win, plen, olen) = f[:_FIELDS]
     if not isinstance(ts, (int, float)) or isinstance(ts, bool):
         raise MalformedRecord("ts is not a number")
     if not 0.0 <= ts < MAX_TS:  # also false for NaN: a poisoned event time would stall a table
@@ -82,8 +127,9 @@ def _check_packet(f: list[Any]) -> PacketRecord:
     alen = 4 if ver == 4 else 16
     if not (isinstance(src, bytes) and isinstance(dst, bytes) and len(src) == alen and len(dst) == alen):
         raise MalformedRecord("addresses do not match the IP version")
-    ints = (sport, dport, flags, seq, ack, ttl, win, plen, olen)
-    if not all(type(x) is int for x in ints):
+    if not (type(sport) is int and type(dport) is int and type(flags) is int and type(seq) is int
+            and type(ack) is int and type(ttl) is int and type(win) is int and type(plen) is int
+            and type(olen) is int):  # spelled out: a worker checks every record, and this is its hot loop
         raise MalformedRecord("a header field is not an integer")
     if not (0 <= sport < 65536 and 0 <= dport < 65536 and 0 <= flags < 256 and 0 <= seq < _U32
             and 0 <= ack < _U32 and 0 <= ttl < 256 and 0 <= win < 65536 and 0 <= plen < 65536 * 4
@@ -94,31 +140,59 @@ def _check_packet(f: list[Any]) -> PacketRecord:
             raise MalformedRecord("IPv4 record without a valid ipid")
     elif ipid is not None:
         raise MalformedRecord("IPv6 record with an ipid")
-    return PacketRecord(float(ts), ver, src, dst, sport, dport, flags, seq, ack, ipid, ttl, win, plen, olen)
+    # tuple.__new__: PacketRecord(...) without the namedtuple's argument handling (a worker's hot loop)
+    return tuple.__new__(PacketRecord, (float(ts), ver, src, dst, sport, dport, flags, seq, ack, ipid, ttl, win,
+                                        plen, olen)), geo
 
 
-def decode(data: bytes) -> PacketRecord | Watermark:
-    """Decode one record; raises UnknownSchemaVersion or MalformedRecord."""
-    return decode_with_geo(data)[0]
-
-
-def decode_with_geo(data: bytes) -> tuple[PacketRecord | Watermark, EdgeGeo | None]:
-    """Decode one record and the edge's geolocation of its client, if it carries one."""
+def decode_message(data: bytes) -> Batch | Watermark:
+    """Decode one packets-topic message (schema 1 or 2). Raises UnknownSchemaVersion, or MalformedRecord
+    when the message as a whole is bad; a bad record inside a good batch is in ``Batch.errors``."""
     try:
         f = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=64, max_str_len=256,
-                            max_array_len=64, max_map_len=16)
+                            max_array_len=MAX_BATCH_RECORDS, max_map_len=16)
     except Exception as e:  # msgpack raises several unrelated types for garbage
         raise MalformedRecord(f"not msgpack: {type(e).__name__}") from e
     if not isinstance(f, list) or len(f) < 2:
         raise MalformedRecord("not a msgpack array record")
-    if f[0] != SCHEMA_VERSION:
-        raise UnknownSchemaVersion(f"schema version {f[0]!r} is not supported (this reader knows 1)")
-    if f[1] == KIND_PACKET:
-        geo = _check_geo(f)
-        return _check_packet(f), geo
-    if f[1] == KIND_WATERMARK:
-        if len(f) != 5 or not isinstance(f[2], (int, float)) or not isinstance(f[3], str) \
-                or not isinstance(f[4], bool) or not 0.0 <= f[2] < MAX_TS:
+    version, kind = f[0], f[1]
+    if version not in READ_VERSIONS or isinstance(version, bool):
+        raise UnknownSchemaVersion(f"schema version {version!r} is not supported (this reader knows 1 and 2)")
+    if kind == KIND_WATERMARK:
+        if len(f) != 5 or not isinstance(f[2], (int, float)) or isinstance(f[2], bool) \
+                or not isinstance(f[3], str) or not isinstance(f[4], bool) or not 0.0 <= f[2] < MAX_TS:
             raise MalformedRecord("bad watermark record")
-        return Watermark(float(f[2]), f[3], f[4]), None
-    raise MalformedRecord(f"unknown record kind {f[1]!r}")
+        # schema 1 had no edge ids on packets (its watermark's source was a per-run name): all of a
+        # schema-1 producer's records belong to the unnamed edge ""
+        return Watermark(float(f[2]), f[3] if version == 2 else "", f[4])
+    if version == 1 and kind == KIND_PACKET:
+        return Batch("", [check_record(f[2:])], [])
+    if version == 2 and kind == KIND_BATCH:
+        if len(f) != 4 or not isinstance(f[2], str) or len(f[2]) > MAX_EDGE_ID or not isinstance(f[3], list):
+            raise MalformedRecord("bad batch header")
+        good: list[tuple[PacketRecord, EdgeGeo | None]] = []
+        bad: list[tuple[int, MalformedRecord]] = []
+        for i, rec in enumerate(f[3]):
+            try:
+                good.append(check_record(rec))
+            except MalformedRecord as e:
+                bad.append((i, e))
+        return Batch(f[2], good, bad)
+    raise MalformedRecord(f"unknown record kind {kind!r} in schema {version}")
+
+
+def decode_with_geo(data: bytes) -> tuple[PacketRecord | Watermark, EdgeGeo | None]:
+    """Decode a message holding one packet (or a watermark) and the edge's geolocation of its client."""
+    m = decode_message(data)
+    if isinstance(m, Watermark):
+        return m, None
+    if m.errors:
+        raise m.errors[0][1]
+    if len(m.packets) != 1:
+        raise MalformedRecord(f"a batch of {len(m.packets)} packets where one was expected")
+    return m.packets[0]
+
+
+def decode(data: bytes) -> PacketRecord | Watermark:
+    """Decode a message holding one packet (or a watermark); raises UnknownSchemaVersion or MalformedRecord."""
+    return decode_with_geo(data)[0]

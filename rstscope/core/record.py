@@ -94,6 +94,7 @@ def build_record(key: Key, window_start: int, syn_seq: int, first_ts: float, las
 def make_record(conn: Connection, max_packets: int, evidence: EvidenceParams, mode: str,
                 country: str = "XX", asn: int = 0, as_name: str = "") -> ConnectionRecord:
     """Classify a finished connection and describe it as a record."""
-    v = classify(conn.packets, max_packets, evidence)
+    packets = conn.packets
+    v = classify(packets, max_packets, evidence)
     return build_record(conn.key, conn.window_start, conn.syn_seq, conn.first_ts, conn.last_ts,
-                        len(conn.packets), v, mode, country, asn, as_name)
+                        len(packets), v, mode, country, asn, as_name)

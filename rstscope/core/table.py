@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import enum
 import heapq
+import struct
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from rstscope.config import MODE_IDLE, WindowParams
-from rstscope.packet import TH_ACK, TH_FIN, TH_RST, TH_SYN, PacketRecord
+from rstscope.packet import TH_ACK, TH_FIN, TH_RST, TH_SYN, PacketRecord, pack_key, unpack_key
 
 Key = tuple[bytes, int, bytes, int]
 
@@ -190,19 +191,75 @@ def exclusion(syns: int, decided: bool, last_ts: float, cutoff: float, params: W
     return EXCLUSIONS[code - 1] if code else None
 
 
-@dataclass(slots=True)
-class Connection:
-    """The client-to-server packets of one connection (at most max_packets of them)."""
+# One packet of a held connection, packed: ts, flags, seq, ack, ipid (-1: none), ttl, window,
+# payload_len, opt_len, and the shell's ref (the streaming worker: which message carried it).
+_ROW = struct.Struct("<dBIIiBHIBq")
 
-    key: Key
-    window_start: int
-    syn_seq: int
-    first_ts: float
-    last_ts: float
-    packets: list[PacketRecord] = field(default_factory=list)
-    syns: int = 1  # SYN packets among them (more than one: multi_syn)
-    ended: bool = False  # an RST or a FIN was seen
-    sealed: str = ""  # "" while open; the end that decided it
+
+class Connection:
+    """The client-to-server packets of one connection (at most max_packets of them).
+
+    A busy worker holds a million of these (SPEC 4 holds a connection that has not ended until its
+    window closes), so they are compact: the key is one packed bytes object (``rstscope.packet.pack_key``)
+    and the packets are fixed-size rows in one bytes object; ``key`` and ``packets`` rebuild the usual
+    tuple and records when the connection is classified. Each row carries an int ``ref`` the shell
+    chose (the worker acks a message once no held connection refers to it)."""
+
+    __slots__ = ("body", "ended", "first_ts", "last_ts", "meta", "pkey", "sealed", "syn_seq", "syns",
+                 "window_start")
+
+    def __init__(self, key: Key | bytes, window_start: int, syn_seq: int, first_ts: float, last_ts: float,
+                 packets: Iterable[PacketRecord] = (), syns: int = 1, ended: bool = False, sealed: str = "",
+                 refs: Iterable[int] | None = None) -> None:
+        self.pkey = key if isinstance(key, bytes) else pack_key(*key)
+        self.window_start = window_start
+        self.syn_seq = syn_seq
+        self.first_ts = first_ts
+        self.last_ts = last_ts
+        self.syns = syns  # SYN packets among them (more than one: multi_syn)
+        self.ended = ended  # an RST or a FIN was seen
+        self.sealed = sealed  # "" while open; the end that decided it
+        self.meta: Any = None  # what the shell attached (the worker: the edge's geolocation of the client)
+        pkts = list(packets)
+        refs = [0] * len(pkts) if refs is None else list(refs)
+        self.body = b"".join(_row(p, r) for p, r in zip(pkts, refs, strict=True))
+
+    @property
+    def key(self) -> Key:
+        """(client ip, client port, server ip, server port)."""
+        return unpack_key(self.pkey)
+
+    @property
+    def count(self) -> int:
+        """How many packets it holds."""
+        return len(self.body) // _ROW.size
+
+    @property
+    def packets(self) -> list[PacketRecord]:
+        """Its packets as records, in the order they were added."""
+        src, sport, dst, dport = unpack_key(self.pkey)
+        version = 4 if len(src) == 4 else 6
+        new = tuple.__new__  # PacketRecord(...) without the namedtuple's argument handling: a worker's hot path
+        return [new(PacketRecord, (ts, version, src, dst, sport, dport, flags, seq, ack,
+                                   None if ipid < 0 else ipid, ttl, win, plen, olen))
+                for ts, flags, seq, ack, ipid, ttl, win, plen, olen, _ref in _ROW.iter_unpack(self.body)]
+
+    @property
+    def refs(self) -> list[int]:
+        """The shell's ref of each packet (``ConnectionTable.add``)."""
+        return [row[-1] for row in _ROW.iter_unpack(self.body)]
+
+    def append(self, pkt: PacketRecord, ref: int = 0) -> None:
+        self.body += _row(pkt, ref)
+
+    def __repr__(self) -> str:
+        return (f"Connection({self.key!r}, window_start={self.window_start}, syn_seq={self.syn_seq}, "
+                f"packets={self.count}, syns={self.syns}, ended={self.ended}, sealed={self.sealed!r})")
+
+
+def _row(p: PacketRecord, ref: int) -> bytes:
+    return _ROW.pack(p.ts, p.flags, p.seq, p.ack, -1 if p.ipid is None else p.ipid, p.ttl, p.window,
+                     p.payload_len, p.opt_len, ref)
 
 
 @dataclass(slots=True)
@@ -234,34 +291,39 @@ class ConnectionTable:
     worker holds their messages unacked), ``closed`` the markers of decided ones in open windows.
     """
 
-    def __init__(self, params: WindowParams) -> None:
+    def __init__(self, params: WindowParams, auto_advance: bool = True) -> None:
         self.params = params
+        # True: event time is the largest packet time added (one input, `rstscope analyze`); False: the
+        # caller moves it with `advance` (a worker: the slowest of the edges feeding its partition)
+        self.auto_advance = auto_advance
         self.size = params.size_s
         self.max_packets = params.max_packets
         self.idle_mode = params.mode == MODE_IDLE
-        self.open: dict[Key, Connection] = {}
-        self.closed: dict[Key, Marker] = {}
+        self.open: dict[bytes, Connection] = {}  # keyed by packed 4-tuple (``pack_key``)
+        self.closed: dict[bytes, Marker] = {}
+        self.last: Connection | None = None  # the connection the last added packet joined or opened
         self.counters: Counter[str] = Counter()
         self.watermark = float("-inf")
         self.current_window = -1  # windows before this one are closed
-        self._due: list[tuple[float, int, Key, Connection]] = []  # (emit at, tiebreak, key, conn)
+        self._due: list[tuple[float, int, Connection]] = []  # (emit at, tiebreak, conn)
         self._tiebreak = 0
 
     # -- the three hooks -------------------------------------------------------------------------
 
-    def _open(self, pkt: PacketRecord, window: int) -> Connection:
+    def _open(self, key: bytes, pkt: PacketRecord, window: int, ref: int) -> Connection:
         # a SYN+FIN (a scanner's probe) has ended already
-        conn = Connection(pkt.tuple_key, window, pkt.seq, pkt.ts, pkt.ts, [pkt], ended=bool(pkt.flags & TH_FIN))
-        self.open[conn.key] = conn
-        self.closed.pop(conn.key, None)
+        conn = Connection(key, window, pkt.seq, pkt.ts, pkt.ts, ended=bool(pkt.flags & TH_FIN))
+        conn.append(pkt, ref)
+        self.open[key] = conn
+        self.closed.pop(key, None)
         if conn.ended:
             self._schedule(conn, pkt.ts + self.params.grace_s)
         elif self.idle_mode:
             self._schedule(conn, pkt.ts + self.params.idle_s)
         return conn
 
-    def _update(self, conn: Connection, pkt: PacketRecord) -> None:
-        conn.packets.append(pkt)
+    def _update(self, conn: Connection, pkt: PacketRecord, ref: int) -> None:
+        conn.append(pkt, ref)
         if pkt.ts > conn.last_ts:
             conn.last_ts = pkt.ts
         if pkt.ts < conn.first_ts:
@@ -277,53 +339,58 @@ class ConnectionTable:
             self._schedule(conn, conn.last_ts + self.params.idle_s)
 
     def _finalize(self, conn: Connection, end: str, cutoff: float = float("inf")) -> Finished:
-        del self.open[conn.key]
+        del self.open[conn.pkey]
         decided = conn.ended or end in (END_MAX_PACKETS, END_IDLE)
         excluded = exclusion(conn.syns, decided, conn.last_ts, cutoff, self.params)
         if excluded:
             self.counters[excluded] += 1
         conn.sealed = end
         if end not in (END_WINDOW, END_INPUT):
-            self.closed[conn.key] = Marker(conn.window_start, conn.syn_seq, end)
+            self.closed[conn.pkey] = Marker(conn.window_start, conn.syn_seq, end)
         return Finished(conn, end, excluded)
 
     def _schedule(self, conn: Connection, at: float) -> None:
         self._tiebreak += 1
-        heapq.heappush(self._due, (at, self._tiebreak, conn.key, conn))
+        heapq.heappush(self._due, (at, self._tiebreak, conn))
 
     # -- input -----------------------------------------------------------------------------------
 
-    def add(self, pkt: PacketRecord) -> list[Finished]:
-        """Feed one client-to-server packet; returns the connections this finalized."""
+    def add(self, pkt: PacketRecord, ref: int = 0, key: bytes | None = None) -> list[Finished]:
+        """Feed one client-to-server packet; returns the connections this finalized. ``ref`` is kept
+        with the packet (``Connection.refs``); ``last`` says which connection took it (None: none).
+        ``key``: the packet's ``packed_key``, if the caller has it already."""
         out: list[Finished] = []
-        if pkt.ts > self.watermark:
+        self.last = None
+        if pkt.ts > self.watermark and self.auto_advance:
             out = self.advance(pkt.ts)
         ts = pkt.ts
         window = int(ts // self.size) * self.size
         if window < self.current_window:
             self.counters[LATE] += 1
             return out
-        key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        if key is None:
+            key = pkt.src + pkt.sport.to_bytes(2, "big") + pkt.dst + pkt.dport.to_bytes(2, "big")  # pack_key
         conn = self.open.get(key)
         st: Connection | Marker | None = conn if conn is not None else self.closed.get(key)
         o = step(st, ts, pkt.flags, pkt.seq, window, self.params)
         s = o.step
         if s is Step.JOIN:
             assert conn is not None
-            self._update(conn, pkt)
-            if len(conn.packets) >= self.max_packets:
+            self._update(conn, pkt, ref)
+            self.last = conn
+            if conn.count >= self.max_packets:
                 out.append(self._finalize(conn, END_MAX_PACKETS))
             return out
         if s is Step.OPEN:
             if conn is not None:  # an open connection of an older window (late close): decide it first
                 out.append(self._finalize(conn, END_WINDOW, conn.window_start + self.size))
-            self._open(pkt, window)
+            self.last = self._open(key, pkt, window, ref)
             return out
         if s is Step.FINISH_OPEN or s is Step.FINISH_DROP:
             assert conn is not None
             out.append(self._finalize(conn, o.end))
             if s is Step.FINISH_OPEN:
-                self._open(pkt, window)
+                self.last = self._open(key, pkt, window, ref)
                 return out
         self.counters[o.counter] += 1
         return out
@@ -347,8 +414,8 @@ class ConnectionTable:
         due = self._due
         open_ = self.open
         while due and due[0][0] <= watermark:
-            _at, _n, key, conn = heapq.heappop(due)
-            if open_.get(key) is not conn:
+            _at, _n, conn = heapq.heappop(due)
+            if open_.get(conn.pkey) is not conn:
                 continue  # decided already
             if conn.ended:
                 if conn.last_ts + self.params.grace_s <= watermark:

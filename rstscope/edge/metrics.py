@@ -30,7 +30,7 @@ class EdgeCollector:
             ("packets_tcp", "frames that decoded to TCP", s.tcp),
             ("packets_sampled", "packets that passed direction, sampling and the first-N gate", s.sampled),
             ("packets_sent", "records handed to the Kafka producer", s.sent),
-            ("packets_delivered", "records acknowledged by the broker", s.delivered),
+            ("packets_delivered", "records and watermarks acknowledged by the broker", s.delivered),
             ("delivery_failures", "records the broker did not take (after retries)", s.delivery_failures),
             ("watermarks", "watermark records sent", s.watermarks),
         ):

@@ -4,11 +4,17 @@ Sources: ``--pcap FILE`` (replay), ``--interface IF`` (live, software sampling w
 `rstscope analyze`), ``--nflog-group N`` (the kernel already sampled with `rstscope edge rules`: the
 producer keeps every connection and the gate only enforces direction and the first-N limit).
 
-Records are keyed by the connection's 4-tuple (murmur2, the partitioner aiokafka and Java use), so
-every packet of a connection lands on one partition and the worker can keep one connection table per
-partition. Event time reaches partitions that get no packets through watermarks sent to every
-partition: periodically (each ``--watermark-interval`` seconds of event time; a live source also
-advances it while idle) and, at the end, one with ``eof=True`` at the latest frame time.
+Packet records go out in batches, one Kafka message per partition holding up to ``--batch-records``
+records (and ``--batch-bytes``), sent when full or ``--linger-ms`` after its first record: a worker's
+cost is per message, so this is what lets one worker take tens of thousands of packets per second.
+A record's partition is a fixed function of its connection's 4-tuple (``codecs.packet.partition_of``),
+the same on every edge, so every packet of a connection lands on one partition and the worker keeps
+one connection table per partition. Every batch and watermark carries this edge's id (``--edge-id``,
+default the host name: stable across restarts); workers hold a window open until every live edge has
+passed it (docs/streaming.md). Event time reaches partitions that get no packets through watermarks
+sent to every partition (after the batches before them): periodically (each ``--watermark-interval``
+seconds of event time; a live source also advances it while idle) and, at the end, one with
+``eof=True`` at the latest frame time.
 
 Exit codes: 0 all delivered; 1 delivery failures; 2 bad arguments or setup; 3 data lost at the edge
 (local queue full for longer than ``--max-wait``, or the kernel dropped packets we read too slowly).
@@ -17,19 +23,27 @@ Exit codes: 0 all delivered; 1 delivery failures; 2 bad arguments or setup; 3 da
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
 import sys
 import time
-import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rstscope.capture.files import CaptureError
-from rstscope.codecs.packet import EdgeGeo, Watermark, encode_packet, encode_watermark, packet_key
+from rstscope.codecs.packet import (
+    MAX_BATCH_RECORDS,
+    MAX_EDGE_ID,
+    EdgeGeo,
+    Watermark,
+    encode_batch,
+    encode_watermark,
+    packet_fields,
+    partition_of,
+)
 from rstscope.config import TopologyError, load
 from rstscope.core.table import AFTER_CLOSE, AFTER_IDLE, BEYOND_MAX, LATE, NO_SYN
 from rstscope.decode import NON_TCP_REASONS, decode_frame
@@ -38,9 +52,9 @@ from rstscope.edge.privacy import AddrTransform
 from rstscope.edge.queue import BoundedSender
 from rstscope.edge.sources import LiveCapture, LiveError, PcapFiles, Source
 from rstscope.geo import GeoDB, GeoError
+from rstscope.kafka.roles import default_bootstrap, role_spec
 from rstscope.packet import PacketRecord
 from rstscope.sampling import Gate, Sampler
-from rstscope.streams.topics import default_bootstrap, role_spec
 
 DEFAULT_CONF: dict[str, Any] = {
     "partitioner": "murmur2_random",  # same partition as aiokafka/Java for the same key
@@ -49,7 +63,10 @@ DEFAULT_CONF: dict[str, Any] = {
     "compression.type": "lz4",
     "linger.ms": 10,
 }
-DEFAULT_QUEUE_MAX = 100_000
+DEFAULT_QUEUE_MAX = 100_000  # records
+DEFAULT_BATCH_RECORDS = 500
+DEFAULT_BATCH_BYTES = 256 * 1024  # well under the broker's default message.max.bytes (1 MiB)
+DEFAULT_LINGER_S = 0.05
 LIVE_SLACK_S = 2.0  # an idle live source promises "nothing older than now - 2 s" (NFLOG batches up to 1 s)
 # What the gate keeps from leaving the edge (sampling.Gate's counters; core.table.step's packet counters).
 GATE_DROPS = ("server_to_client", "other_traffic", "unsampled", NO_SYN, BEYOND_MAX, AFTER_CLOSE, AFTER_IDLE, LATE)
@@ -88,12 +105,51 @@ class EdgeStats:
                 "lost": self.lost()}
 
 
+class Batches:
+    """Packet records waiting for their partition's next message: sent when a batch holds
+    ``max_records`` records or about ``max_bytes``, or ``linger_s`` after its first record."""
+
+    def __init__(self, partitions: int, max_records: int = DEFAULT_BATCH_RECORDS,
+                 max_bytes: int = DEFAULT_BATCH_BYTES, linger_s: float = DEFAULT_LINGER_S) -> None:
+        if not 1 <= max_records <= MAX_BATCH_RECORDS:
+            raise ValueError(f"batch records must be 1..{MAX_BATCH_RECORDS}")
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.linger_s = linger_s
+        self.records: list[list[list[Any]]] = [[] for _ in range(partitions)]
+        self.size = [0] * partitions  # bytes, estimated from above
+        self.since = [0.0] * partitions  # monotonic time of the batch's first record
+
+    def add(self, partition: int, fields: list[Any], size: int) -> bool:
+        """Add a record; True when its batch is full (send it now)."""
+        recs = self.records[partition]
+        if not recs:
+            self.since[partition] = time.monotonic()
+        recs.append(fields)
+        self.size[partition] += size
+        return len(recs) >= self.max_records or self.size[partition] >= self.max_bytes
+
+    def take(self, partition: int) -> list[list[Any]]:
+        recs = self.records[partition]
+        self.records[partition] = []
+        self.size[partition] = 0
+        return recs
+
+    def stale(self, now: float) -> list[int]:
+        """Partitions whose batch waited linger_s."""
+        return [p for p, recs in enumerate(self.records) if recs and now - self.since[p] >= self.linger_s]
+
+    def waiting(self) -> list[int]:
+        return [p for p, recs in enumerate(self.records) if recs]
+
+
 class Edge:
-    """One producer run: owns the gate, the Kafka sender and the event-time bookkeeping."""
+    """One producer run: owns the gate, the batches, the Kafka sender and the event-time bookkeeping."""
 
     def __init__(self, producer: Any, topic: str, partitions: int, gate: Gate, source: str,
                  watermark_interval: float = 1.0, client_ip: AddrTransform | None = None,
-                 max_wait_s: float | None = None, geo: GeoDB | None = None) -> None:
+                 max_wait_s: float | None = None, geo: GeoDB | None = None,
+                 batches: Batches | None = None) -> None:
         self.producer = producer
         self.geo = geo  # looked up on the raw address, before client_ip hides it
         self.topic = topic
@@ -103,46 +159,68 @@ class Edge:
         self.interval = watermark_interval
         self.client_ip = client_ip
         self.sender = BoundedSender(producer, topic, max_wait_s)
+        self.batches = batches or Batches(partitions)
         self.stats = EdgeStats()
         self.end_ts = float("-inf")  # latest frame of any kind
         self.next_wm = float("-inf")
         self.stop = False
         self.input: Source | None = None
 
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is None:
-            self.stats.delivered += 1
-        else:
-            self.stats.delivery_failures += 1
-            self.stats.errors[str(err.name() if hasattr(err, "name") else err)] += 1
+    def _on_delivery(self, n: int) -> Callable[[Any, Any], None]:
+        """The delivery callback of a message holding ``n`` records (a watermark: 1). The stats count
+        records and watermarks: delivered + failures = sent + watermarks once everything is confirmed."""
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is None:
+                self.stats.delivered += n
+            else:
+                self.stats.delivery_failures += n
+                self.stats.errors[str(err.name() if hasattr(err, "name") else err)] += n
+
+        return delivered
+
 
     def watermark(self, eof: bool) -> None:
-        """Send the current event time to every partition (idle partitions must advance too)."""
+        """Send the current event time to every partition (idle partitions must advance too), after
+        the batches waiting for them: a watermark never overtakes a packet it promises about."""
+        self.flush()
         if self.end_ts == float("-inf"):
             return
         value = encode_watermark(Watermark(self.end_ts, self.source, eof))
         ts_ms = max(0, int(self.end_ts * 1000))
         for p in range(self.partitions):
-            self.sender.send(value, None, {"timestamp": ts_ms, "on_delivery": self._on_delivery, "partition": p},
+            self.sender.send(value, None, {"timestamp": ts_ms, "on_delivery": self._on_delivery(1), "partition": p},
                              block=True)
             self.stats.watermarks += 1
         self.next_wm = self.end_ts + self.interval
 
+    def _send(self, partition: int) -> None:
+        """Send a partition's batch as one message (or drop and count its records: queue full)."""
+        recs = self.batches.take(partition)
+        n = len(recs)
+        kw = {"timestamp": max(0, int(self.end_ts * 1000)), "on_delivery": self._on_delivery(n),
+              "partition": partition}
+        if self.sender.send(encode_batch(self.source, recs), None, kw):
+            self.stats.sent += n
+        else:
+            self.stats.dropped["queue_full"] += n
+
+    def flush(self, stale_only: bool = False) -> None:
+        """Send the waiting batches (``stale_only``: those that waited linger_s)."""
+        b = self.batches
+        for p in b.stale(time.monotonic()) if stale_only else b.waiting():
+            self._send(p)
+
     def _publish(self, rec: PacketRecord) -> None:
-        s = self.stats
-        key = packet_key(rec)  # the raw tuple keys the gate; a transformed one keys Kafka (below)
         geo = None
         if self.geo is not None:
             g = self.geo.lookup(rec.src)
             geo = EdgeGeo(g.country, g.asn)
         if self.client_ip is not None:
-            rec = rec._replace(src=self.client_ip(rec.src))
-            key = packet_key(rec)
-        kw = {"timestamp": max(0, int(rec.ts * 1000)), "on_delivery": self._on_delivery}
-        if self.sender.send(encode_packet(rec, geo), key, kw):
-            s.sent += 1
-        else:
-            s.dropped["queue_full"] += 1
+            rec = rec._replace(src=self.client_ip(rec.src))  # the raw tuple keyed the gate; this one Kafka
+        p = partition_of(rec.packed_key, self.partitions)
+        if self.batches.add(p, packet_fields(rec, geo), 40 + 2 * len(rec.src)):
+            self._send(p)
 
     def stop_now(self) -> None:
         self.stop = True
@@ -164,16 +242,23 @@ class Edge:
                 now = time.time() - LIVE_SLACK_S
                 if now > self.end_ts and self.end_ts != float("-inf"):
                     self.end_ts = now
+                self.flush(stale_only=True)
                 poll(0)
                 if self.end_ts >= self.next_wm:
                     self.watermark(False)
                 continue
             for ts, linktype, data in batch:
                 s.read += 1
-                if rate and not s.read % 64:
+                if rate and not s.read & 7:  # every 8 frames: a slow replay sleeps (and speaks) often
                     ahead = s.read / rate - (time.monotonic() - start)
                     if ahead > 0:
                         time.sleep(ahead)
+                    # a paced replay is slow like a live source: batches and watermarks go out on
+                    # time, not only after each read batch
+                    self.flush(stale_only=True)
+                    if self.end_ts >= self.next_wm:
+                        self.watermark(False)
+                    poll(0)
                 if ts > self.end_ts:
                     self.end_ts = ts
                 rec = decode_frame(ts, linktype, data)
@@ -191,6 +276,7 @@ class Edge:
                     if not s.sent & 0xFF:
                         poll(0)
             if live:
+                self.flush(stale_only=True)
                 poll(0)
             if self.end_ts >= self.next_wm:
                 self.watermark(False)
@@ -259,14 +345,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--geo", type=Path, default=None, metavar="DIR",
                    help="geolocate clients here, before --client-ip hides their addresses; the records carry "
                         "country and ASN to the workers (docs/wire-formats.md)")
-    p.add_argument("--source", default=None, help="producer id in watermarks (default host:pid:random)")
+    p.add_argument("--edge-id", "--source", dest="edge_id", default=None, metavar="ID",
+                   help="this edge's id on its batches and watermarks: stable across restarts, unique per "
+                        "capture (default: the host name; docs/streaming.md)")
+    p.add_argument("--batch-records", type=int, default=DEFAULT_BATCH_RECORDS, metavar="N",
+                   help=f"packet records per Kafka message at most (1..{MAX_BATCH_RECORDS})")
+    p.add_argument("--batch-bytes", type=int, default=DEFAULT_BATCH_BYTES, metavar="B",
+                   help="about this many bytes per Kafka message at most")
+    p.add_argument("--linger-ms", type=float, default=DEFAULT_LINGER_S * 1000, metavar="MS",
+                   help="send a batch at most this long after its first record (live sources)")
     p.add_argument("--watermark-interval", type=float, default=1.0, metavar="S",
                    help="send a watermark to every partition each S seconds of event time")
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                    help="serve Prometheus metrics on this port (0: any free port, printed on stderr)")
     p.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics endpoint")
     p.add_argument("--queue-max", type=int, default=DEFAULT_QUEUE_MAX, metavar="N",
-                   help="records buffered for the broker at most (librdkafka queue.buffering.max.messages)")
+                   help="records buffered for the broker at most (in batches: librdkafka "
+                        "queue.buffering.max.messages = N / --batch-records)")
     p.add_argument("--max-wait", type=float, default=None, metavar="S",
                    help="when the queue is full, wait at most S seconds, then drop and count "
                         "(default: 0.5 for live sources, forever for --pcap)")
@@ -327,8 +422,14 @@ def main(argv: list[str] | None = None) -> int:
         sec = security.load()
     except security.SecurityConfigError as e:
         return _fail(str(e))
+    if not 1 <= args.batch_records <= MAX_BATCH_RECORDS or args.batch_bytes < 1024 or args.linger_ms < 0:
+        return _fail(f"--batch-records must be 1..{MAX_BATCH_RECORDS}, --batch-bytes >= 1024, --linger-ms >= 0")
+    edge_id = args.edge_id or socket.gethostname()
+    if not edge_id or len(edge_id) > MAX_EDGE_ID:
+        return _fail(f"--edge-id must be 1..{MAX_EDGE_ID} characters")
     bootstrap = args.bootstrap or default_bootstrap()
-    conf = {**DEFAULT_CONF, "bootstrap.servers": bootstrap, "queue.buffering.max.messages": args.queue_max,
+    messages = max(1, -(-args.queue_max // args.batch_records))  # the bound is in records; the queue's in messages
+    conf = {**DEFAULT_CONF, "bootstrap.servers": bootstrap, "queue.buffering.max.messages": messages,
             **sec.librdkafka(), **dict(args.conf)}
     try:
         producer = Producer(conf)
@@ -350,18 +451,17 @@ def main(argv: list[str] | None = None) -> int:
                 Sampler(probability, args.sample_mode or sampling.mode, sampling.hash_key),
                 topo.window)
     max_wait = args.max_wait if args.max_wait is not None else (None if args.pcap else 0.5)
-    source_id = args.source or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     try:
         geo = GeoDB.open(args.geo) if args.geo else None
     except GeoError as e:
         return _fail(str(e))
-    edge = Edge(producer, spec.name, spec.partitions, gate, source_id, args.watermark_interval, client_ip, max_wait,
-                geo)
+    edge = Edge(producer, spec.name, spec.partitions, gate, edge_id, args.watermark_interval, client_ip, max_wait,
+                geo, Batches(spec.partitions, args.batch_records, args.batch_bytes, args.linger_ms / 1000))
     if args.metrics_port is not None:
         from rstscope.edge.metrics import EdgeCollector, serve
 
         server = serve(args.metrics_port, EdgeCollector(edge.stats, edge.sender.depth, source.kernel_drops,
-                                                        source_id), args.metrics_addr)
+                                                        edge_id), args.metrics_addr)
         print(f"rstscope edge: metrics on http://{args.metrics_addr}:{server.server_port}/metrics ",
               file=sys.stderr, flush=True)
 
@@ -380,12 +480,13 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_USAGE
         edge.finish()
     finally:
-        left = producer.flush(60)
+        producer.flush(60)
         for s, h in old.items():
             signal.signal(s, h)
         if isinstance(source, LiveCapture):
             source.close()
     st = edge.stats
+    left = st.sent + st.watermarks - st.delivered - st.delivery_failures  # in messages never confirmed
     if left:
         st.delivery_failures += left
         st.errors["not_flushed"] += left
@@ -393,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         import orjson
 
-        sys.stdout.buffer.write(orjson.dumps({"source": source_id, **st.to_dict()}, option=orjson.OPT_APPEND_NEWLINE))
+        sys.stdout.buffer.write(orjson.dumps({"source": edge_id, **st.to_dict()}, option=orjson.OPT_APPEND_NEWLINE))
         sys.stdout.flush()
     if st.delivery_failures:
         return EXIT_DELIVERY

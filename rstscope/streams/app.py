@@ -15,7 +15,8 @@ from rstscope.geo import GeoDB
 from rstscope.kafka.security import ClientSecurity
 from rstscope.streams.connection_agent import ConnectionStage
 from rstscope.streams.connection_agent import build as build_connections
-from rstscope.streams.offsets import RESEEK_S, OffsetGuard, gapless_app_class, periodic, watermark_reader
+from rstscope.streams.faust_internals import check_versions, gapless_app_class
+from rstscope.streams.offsets import RESEEK_S, OffsetGuard, periodic, watermark_reader
 from rstscope.streams.rollup_agent import RollupStage
 from rstscope.streams.rollup_agent import build as build_rollups
 from rstscope.streams.topics import RECORDS_TABLE, internal_specs, role_spec
@@ -45,6 +46,7 @@ def broker_url(bootstrap: str) -> str:
 
 
 def make_app(s: Settings) -> Pipeline:
+    check_versions()
     topo = s.topology
     creds = s.security.faust_credentials() if s.security is not None else None
     if creds is not None:
@@ -62,6 +64,9 @@ def make_app(s: Settings) -> Pipeline:
         # manual acks hold messages until their connection ends: never wait for them on rebalance
         stream_wait_empty=False,
         topic_partitions=role_spec(topo, "packets").partitions,
+        # one produce request per few ms, not per record: a record per connection goes out to two
+        # topics, and aiokafka with linger 0 sends a request per send (bench/bench_pipeline.py)
+        producer_linger=0.02,
         **s.extra,
     )
 

@@ -31,28 +31,29 @@ window mode this costs little (connections that have not ended hold their window
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
+import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from rstscope.codecs.errors import CodecError, MalformedRecord
 from rstscope.codecs.jsonl import dumps
-from rstscope.codecs.packet import EdgeGeo, Watermark, decode_with_geo
+from rstscope.codecs.packet import EdgeGeo, Watermark, decode_message
 from rstscope.config import Topology
 from rstscope.core.record import ConnectionRecord, make_record
-from rstscope.core.table import ConnectionTable, Finished, Key
+from rstscope.core.table import ConnectionTable, Finished
 from rstscope.geo import GeoDB
+from rstscope.kafka.roles import role_spec
 from rstscope.packet import PacketRecord
-from rstscope.streams.offsets import OffsetGuard, periodic
+from rstscope.streams.checkpoint import Checkpoint
+from rstscope.streams.edges import NEVER, EdgeClock, EdgeClocks
+from rstscope.streams.faust_internals import AckRef, TopicBatches
+from rstscope.streams.offsets import OffsetGuard
 from rstscope.streams.rollup_agent import bucket_of
+from rstscope.streams.status import EdgeStatus
 
 log = logging.getLogger(__name__)
-# Event times outside this range are refused (dead letter): NaN/inf or absurd values would crash or
-# poison the connection table; a message that crashes the worker is replayed after its restart, forever.
-MAX_TS = 1e11  # year ~5100
 
 
 class ProcessingError(CodecError):
@@ -61,52 +62,70 @@ class ProcessingError(CodecError):
     reason = "processing_error"
 
 
-class _Entry:
-    """One consumed message waiting to be acked (once ``done`` is True)."""
+class AheadOfClock(CodecError):
+    """A record further ahead of this worker's clock than edges.max_ahead_s: its edge's clock is off
+    (or the record is corrupt); accepting it would close every window of every other edge."""
 
-    __slots__ = ("done", "handle")
+    reason = "ahead_of_clock"
+
+
+class _Entry:
+    """One consumed message waiting to be acked: once nothing holds it (``holds == 0``)."""
+
+    __slots__ = ("handle", "holds")
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
-        # False: its connection still needs it; True: done; None: pinned (it opened its tuple's first
-        # connection of a window that is still open: done when that window closes)
-        self.done: bool | None = False
+        # its packets that open connections still hold, plus its pins (a packet that opened its
+        # tuple's first connection of a window that is still open), plus 1 while it is processed
+        self.holds = 1
 
 
 class PartitionState:
-    """A partition's connection table and its not-yet-acked messages, in offset order."""
+    """A partition's connection table, its edges' clocks, and its not-yet-acked messages in offset order.
 
-    def __init__(self, topology: Topology) -> None:
-        self.table = ConnectionTable(topology.window)
+    Each held packet carries its message's number (``ref``, the table keeps it in the packet's row):
+    a message is ``queue[ref - base]`` until it is acked, so nothing per connection is kept here."""
+
+    def __init__(self, topology: Topology, now: float, warmup_s: float) -> None:
+        self.table = ConnectionTable(topology.window, auto_advance=False)
+        self.clocks = EdgeClocks(topology.edges.idle_s, now, warmup_s)
         self.queue: deque[_Entry] = deque()
-        self.pending: dict[Key, list[_Entry]] = {}  # open connection -> its messages
-        self.pinned: dict[int, list[_Entry]] = {}  # window start -> its tuples' first openers
+        self.base = 0  # the number of queue[0]
+        self.next_ref = 0  # the number of the next message
+        self.pinned: dict[int, list[_Entry]] = {}  # window start -> its tuples' first openers' messages
         self.window = self.table.current_window  # the table's current window when pins were last checked
-        self.sources: dict[str, bool] = {}  # edge producer id -> has sent eof
-        self.edge_geo: dict[Key, EdgeGeo] = {}  # open connection -> geolocation its edge attached
+
+    def release(self, ref: int) -> None:
+        self.queue[ref - self.base].holds -= 1
 
     def unpin(self, before: float) -> None:
         """Release the pins of the windows that start before ``before``: those windows are closed, so
         every connection of theirs was finalized (by the same advance of the table)."""
         for w in [w for w in self.pinned if w < before]:
             for e in self.pinned.pop(w):
-                e.done = True
+                e.holds -= 1
         self.window = self.table.current_window
 
 
 class ConnectionStage:
     """Feed (partition, message bytes, ack handle); get records to emit and handles safe to ack."""
 
-    def __init__(self, topology: Topology, geo: GeoDB | None = None) -> None:
+    def __init__(self, topology: Topology, geo: GeoDB | None = None,
+                 clock: Callable[[], float] = time.time, warmup_s: float | None = None) -> None:
         self.topology = topology
         self.geo = geo or GeoDB.empty()
         self.parts: dict[int, PartitionState] = {}
         self.counters: Counter[str] = Counter()
+        self.clock = clock  # wall clock: edge idleness, and the bound on how far ahead an edge may run
+        self.max_ahead_s = topology.edges.max_ahead_s
+        # a new partition's event time waits this long for its edges to speak (edges.py); 0: one edge only
+        self.warmup_s = topology.edges.idle_s if warmup_s is None else warmup_s
 
     def state(self, partition: int) -> PartitionState:
         st = self.parts.get(partition)
         if st is None:
-            st = self.parts[partition] = PartitionState(self.topology)
+            st = self.parts[partition] = PartitionState(self.topology, self.clock(), self.warmup_s)
         return st
 
     def revoke(self, partitions: Iterable[int]) -> None:
@@ -118,90 +137,138 @@ class ConnectionStage:
                 for k, v in st.table.counters.items():
                     self.counters[f"table:{k}"] += v
 
+    def edge_status(self) -> list[EdgeStatus]:
+        """Every edge as every partition of this worker sees it (the metrics page)."""
+        return [e for p, st in sorted(self.parts.items()) for e in st.clocks.status(p)]
+
     def feed(self, partition: int, value: bytes | None,
-             handle: Any) -> tuple[list[ConnectionRecord], CodecError | None]:
-        """Process one message. Returns the finished (classified) records and a decode error, if any."""
+             handle: Any) -> tuple[list[ConnectionRecord], list[CodecError]]:
+        """Process one message (a batch of packets or a watermark). Returns the finished (classified)
+        records and the errors of what could not be used (each one counted; the caller dead-letters them)."""
         st = self.state(partition)
         entry = _Entry(handle)
         st.queue.append(entry)
+        ref = st.next_ref
+        st.next_ref += 1
+        errors: list[CodecError] = []
+        out: list[ConnectionRecord] = []
         try:
-            item, geo = decode_with_geo(value or b"")
-            if not (math.isfinite(item.ts) and 0.0 <= item.ts < MAX_TS):
-                raise MalformedRecord(f"timestamp {item.ts!r} out of range")
-            return self._process(st, entry, item, geo), None
+            msg = decode_message(value or b"")
+            now = self.clock()
+            if isinstance(msg, Watermark):
+                if msg.ts > now + self.max_ahead_s:
+                    raise AheadOfClock(f"watermark at {msg.ts:.3f} is more than {self.max_ahead_s:g} s ahead")
+                out = self._watermark(st, msg, now)
+            else:
+                for i, e in msg.errors:
+                    errors.append(MalformedRecord(f"record {i} of the batch: {e}"))
+                clock = st.clocks.heard(msg.edge, NEVER, now)
+                limit = now + self.max_ahead_s
+                n = 0
+                for pkt, geo in msg.packets:
+                    if pkt.ts > limit:
+                        errors.append(AheadOfClock(f"packet at {pkt.ts:.3f} is more than {self.max_ahead_s:g} s "
+                                                   f"ahead of this worker's clock (edge {msg.edge!r})"))
+                        continue
+                    n += 1
+                    out += self._packet(st, ref, entry, clock, pkt, geo, now)
+                self.counters["packets"] += n
         except CodecError as e:
-            entry.done = True
-            self.counters[f"dead:{e.reason}"] += 1
-            return [], e
+            errors.append(e)
         except Exception as e:  # never crash-loop the worker on one message: dead-letter it, count it
-            entry.done = True
-            self.counters["dead:processing_error"] += 1
             log.exception("rstscope: a record could not be processed (sent to the dead letters)")
-            return [], ProcessingError(f"{type(e).__name__}: {e}")
+            errors.append(ProcessingError(f"{type(e).__name__}: {e}"))
+        for err in errors:
+            self.counters[f"dead:{err.reason}"] += 1
+        entry.holds -= 1
+        return out, errors
 
-    def _process(self, st: PartitionState, entry: _Entry, item: PacketRecord | Watermark,
-                 geo: EdgeGeo | None = None) -> list[ConnectionRecord]:
+    def _advance(self, st: PartitionState, now: float) -> list[ConnectionRecord]:
+        """Move the table to the event time the partition's edges allow; close it if the input ended."""
         table = st.table
-        if isinstance(item, Watermark):
-            self.counters["watermarks"] += 1
-            entry.done = True
-            done = table.advance(item.ts)
-            st.sources[item.source] = st.sources.get(item.source, False) or item.eof
-            if item.eof and all(st.sources.values()):
-                # every edge feeding this partition reached its end of input: the analyze rule applies,
-                # what has not ended is judged at the cutoff min(window end, the end of input)
-                done += table.close(item.ts)
-                st.sources.clear()
-                st.unpin(float("inf"))  # close() dropped every marker
-            elif table.current_window != st.window:
-                st.unpin(table.current_window)
-            return self._finish(st, done)
-        self.counters["packets"] += 1
-        key = item.tuple_key
+        done = []
+        t = st.clocks.event_time(now)
+        if t > table.watermark:
+            done = table.advance(t)
+        end = st.clocks.ended(now)
+        if end is not None:
+            # every edge feeding this partition reached its end of input (or went idle): the analyze
+            # rule applies, what has not ended is judged at the cutoff min(window end, the end of input)
+            done += table.close(end)
+            st.clocks.reset()
+            st.unpin(float("inf"))  # close() dropped every marker
+            self.counters["inputs_ended"] += 1
+        elif table.current_window != st.window:
+            st.unpin(table.current_window)
+        return self._finish(st, done)
+
+    def _watermark(self, st: PartitionState, wm: Watermark, now: float) -> list[ConnectionRecord]:
+        self.counters["watermarks"] += 1
+        st.clocks.promised(wm.source, wm.ts, wm.eof, now)
+        return self._advance(st, now)
+
+    def _packet(self, st: PartitionState, ref: int, entry: _Entry, clock: EdgeClock, item: PacketRecord,
+                geo: EdgeGeo | None, now: float) -> list[ConnectionRecord]:
+        """One packet of a batch from the edge whose ``clock`` it moves."""
+        table = st.table
+        if item.ts > clock.watermark:
+            clock.watermark = item.ts
+        out = self._advance(st, now) if item.ts > table.watermark else []
         window = int(item.ts // table.size) * table.size
+        if window < table.current_window:
+            clock.late += 1  # the table counts it too (late); here: which edge it came from
+        key = item.packed_key
         before = table.open.get(key) or table.closed.get(key)
         first = before is None or before.window_start != window  # the tuple has no state in this window
-        done = table.add(item)
-        if table.current_window != st.window:
-            st.unpin(table.current_window)
-        out = self._finish(st, done, (item, geo) if geo is not None else None)
-        conn = table.open.get(key)
-        if conn is not None and conn.packets and conn.packets[-1] is item:
-            st.pending.setdefault(conn.key, []).append(entry)  # the table's key tuple: not a second copy
-            if geo is not None:
-                st.edge_geo[conn.key] = geo  # the edge hid the client address; it geolocated it first
+        entry.holds += 1  # the table may keep it (released when its connection is finalized)
+        done = table.add(item, ref, key)
+        conn = table.last
+        if conn is None:
+            entry.holds -= 1  # dropped by the table
         else:
-            entry.done = True  # dropped by the table, or it completed its connection just now
-        if first:
-            after = conn or table.closed.get(key)
-            if after is not None and after.window_start == window:  # it opened the tuple's first connection
-                entry.done = None
+            if geo is not None:
+                conn.meta = geo  # the edge hid the client address; it geolocated it first
+            if first:  # with no state in its window before, it opened the tuple's first connection there
+                entry.holds += 1
                 st.pinned.setdefault(window, []).append(entry)
+        if done:
+            out += self._finish(st, done)
         return out
 
-    def _finish(self, st: PartitionState, done: list[Finished],
-                last: tuple[PacketRecord, EdgeGeo] | None = None) -> list[ConnectionRecord]:
-        """Records of the finalized connections; their messages are done. ``last``: the packet being
-        processed and its edge geolocation (a connection it decides at once has no entry for it yet)."""
+    def _finish(self, st: PartitionState, done: list[Finished]) -> list[ConnectionRecord]:
+        """Records of the finalized connections; their packets' messages are released."""
+        if not done:
+            return []
         out = []
         w = self.topology.window
         for f in done:
-            for e in st.pending.pop(f.conn.key, ()):
-                if e.done is False:  # a pinned one (None) waits for its window to close
-                    e.done = True
-            edge_geo = st.edge_geo.pop(f.conn.key, None)
-            if edge_geo is None and last is not None and f.conn.packets and f.conn.packets[-1] is last[0]:
-                edge_geo = last[1]
+            for r in f.conn.refs:
+                st.release(r)
             if f.excluded:
                 self.counters[f"excluded:{f.excluded}"] += 1
                 continue
-            if edge_geo is not None:
+            edge_geo = f.conn.meta
+            if isinstance(edge_geo, EdgeGeo):
                 country, asn, as_name = edge_geo.country, edge_geo.asn, ""
             else:
                 g = self.geo.lookup(f.conn.key[0])
                 country, asn, as_name = g.country, g.asn, g.as_name
             out.append(make_record(f.conn, w.max_packets, self.topology.evidence, w.mode, country, asn, as_name))
         self.counters["records"] += len(out)
+        return out
+
+    def tick(self) -> list[ConnectionRecord]:
+        """Wall-clock housekeeping (the flush timer calls it): edges silent for idle_s go idle, which may
+        let event time advance, or end the input, on partitions that get no messages any more."""
+        now = self.clock()
+        out: list[ConnectionRecord] = []
+        for p, st in self.parts.items():
+            gone = st.clocks.check_idle(now)
+            if gone:
+                self.counters["edges_idle"] += len(gone)
+                log.warning("rstscope: partition %d: edge(s) %s silent for %g s: idle (not holding windows back)",
+                            p, ", ".join(repr(g) for g in gone), st.clocks.idle_s)
+            out += self._advance(st, now)  # also: the end of a partition's warm-up
         return out
 
     def ackable(self, partition: int) -> list[Any]:
@@ -211,8 +278,9 @@ class ConnectionStage:
             return []
         q = st.queue
         out = []
-        while q and q[0].done:
+        while q and q[0].holds == 0:
             out.append(q.popleft().handle)
+        st.base += len(out)
         return out
 
     def held(self) -> int:
@@ -240,55 +308,42 @@ def rollup_batches(pending: dict[int, list[bytes]]) -> Iterator[tuple[bytes, byt
             yield b"%d" % bucket, b"[" + b",".join(bodies[i:i + BATCH_RECORDS]) + b"]"
 
 
-class AckRef:
-    """What a held packet needs for its ack, instead of Faust's event and message: a packet stays held
-    while its connection is open, and an event with its message costs ~840 bytes (measured with 1M
-    open connections, bench/bench_worker_live.py memory). `Consumer.ack` reads these fields and keeps
-    a weak reference to what it acks."""
-
-    __slots__ = ("__weakref__", "acked", "generation_id", "offset", "topic", "tp")
-
-    def __init__(self, tp: Any, offset: int, topic: str, generation_id: int) -> None:
-        self.tp = tp
-        self.offset = offset
-        self.topic = topic
-        self.generation_id = generation_id
-        self.acked = False
-
-
 def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, rollup_input: Any, dead_letters: Any,
           guard: OffsetGuard) -> Any:
     """Register the connection agent on a Faust app (manual acks, strictly in offset order).
 
-    Each record goes to the connections topic at once (one message, keyed by id, for subscribers) and,
-    batched per bucket, to the rollup input (keyed by its bucket, for the rollup agent): one Faust
-    event in the rollup agent per batch rather than per record. Messages are acked only by `flush`,
-    after the batches holding their records were sent; a lock keeps a flush from running between a
-    message's processing and its sends. Acks go to the consumer directly with an `AckRef`, so a held
+    Each record goes to the connections topic (one message per record, keyed by id, for subscribers;
+    produced as one batch per partition at each checkpoint) and, batched per bucket, to the rollup input
+    (keyed by its bucket, for the rollup agent: one Faust event there per batch rather than per
+    record). Messages are acked by the checkpoint (streams/checkpoint.py) after the records that
+    depend on them were handed to the producer. Acks go to the consumer with an `AckRef`, so a held
     packet does not keep Faust's event alive."""
     bucket_s = stage.topology.window.size_s
     pending: dict[int, list[bytes]] = {}  # bucket -> record bodies not yet sent to the rollup input
-    waiting = [0]  # number of records in pending
-    lock = asyncio.Lock()
+    out = TopicBatches(connections.get_topic_name(), role_spec(stage.topology, "connections").partitions)
 
-    async def flush() -> None:
-        async with lock:
-            # Under the lock the agent cannot process: every message that is done now has its records
-            # in `pending`, so once these batches are sent its offset may be acked. Nothing is taken
-            # out of `pending` or the ack queues before every send went out: if one raises, the next
-            # flush sends them all again (the rollup drops the duplicates by id).
-            for key, value in rollup_batches(pending):
-                await rollup_input.send(key=key, value=value, force=True)
-            pending.clear()
-            waiting[0] = 0
-            ready = [h for p in list(stage.parts) for h in stage.ackable(p)]
-            # Faust flushes the producer before it commits, so these sends are durable before the
-            # offsets acked below are.
-            gen = app.consumer_generation_id
-            consumer = app.consumer
-            for ref in ready:
-                if ref.generation_id == gen:
-                    consumer.ack(ref)
+    def emit(records: list[ConnectionRecord]) -> None:
+        for rec in records:
+            body = dumps(rec)
+            pending.setdefault(bucket_of(rec, bucket_s), []).append(body)
+            out.add(rec["id"].encode(), body, int(rec["last_ts"] * 1000))
+
+    async def decide() -> None:
+        emit(stage.tick())
+
+    async def send_records() -> None:
+        await out.send(app)
+
+    async def send_rollup_input() -> None:
+        for key, value in rollup_batches(pending):
+            await rollup_input.send(key=key, value=value, force=True)
+        pending.clear()
+
+    def done() -> list[Any]:
+        return [h for p in list(stage.parts) for h in stage.ackable(p)]
+
+    cp = Checkpoint(app, "connections", stage.counters, decide=decide, produce=(send_records, send_rollup_input),
+                    done=done, interval=FLUSH_S)
 
     async def connection_agent(stream: Any) -> None:
         async for event in stream.noack().events():
@@ -296,19 +351,13 @@ def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, roll
             if not await guard.admit(msg):
                 continue
             p = msg.partition
-            async with lock:
-                records, err = stage.feed(p, event.value, AckRef(msg.tp, msg.offset, msg.topic, msg.generation_id))
-                for rec in records:
-                    body = dumps(rec)
-                    pending.setdefault(bucket_of(rec, bucket_s), []).append(body)
-                    await connections.send(key=rec["id"].encode(), value=body, timestamp=rec["last_ts"],
-                                           force=True)
-                waiting[0] += len(records)
-                if err is not None:
+            async with cp.lock:
+                records, errors = stage.feed(p, event.value, AckRef.of(msg))
+                emit(records)
+                for err in errors:
                     await dead_letters.send(key=None, value=dead_letter(err, msg.topic, p, msg.offset, msg.key,
                                                                          event.value), force=True)
-            if waiting[0] >= FLUSH_RECORDS:
-                await flush()
+            if len(out) >= FLUSH_RECORDS:
+                await cp.commit()
 
-    periodic(app, FLUSH_S, stage.counters, "connections-flush")(flush)
     return app.agent(packets, name="connections")(connection_agent)

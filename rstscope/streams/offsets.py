@@ -14,8 +14,8 @@ skipped some, so the guard seeks the partition back to the expected offset and w
 messages of an older generation or of a partition no longer assigned are dropped too; the partition's
 next owner replays them from the committed offset.
 
-`GaplessApp` is a Faust app whose consumer never invents gaps: the agents' input topics are neither
-compacted nor transactional, so a jump in offsets is always a transport artefact, never a real gap.
+The Faust internals this needs (the committed offset, a seek on the consumer's thread, a consumer that
+never invents gaps) are in streams/faust_internals.py.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import faust
+from rstscope.streams.faust_internals import committed_offset, seek
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +59,9 @@ class OffsetGuard:
 
     async def _start(self, consumer: Any, tp: Any) -> int:
         """Where processing of a newly assigned partition starts: its committed offset, else the log start."""
-        committed = consumer._committed_offset.get(tp)  # set by Faust's seek to committed on assignment
+        committed = committed_offset(consumer, tp)  # set by Faust's seek to committed on assignment
         if committed is not None:
-            return int(committed)
+            return committed
         # A blocking lookup on purpose (~ms on its own client, only when the group never committed):
         # an agent that yields here while Faust starts its partitions was seen to get gaps and stalls.
         return self.watermarks(tp.topic, tp.partition)[0]
@@ -80,7 +79,13 @@ class OffsetGuard:
             if tp not in consumer.assignment():
                 self._count("unassigned")
                 return False
-            want = self.next[tp] = await self._start(consumer, tp)
+            try:
+                want = self.next[tp] = await self._start(consumer, tp)
+            except Exception as e:  # e.g. the broker of the partition is failing over: not now, and no crash
+                self._count("lookup_error")
+                log.warning("rstscope %s: where %s starts is unknown for now (%s): not processing yet",
+                            self.name, tp, e)
+                return False  # later messages find a gap and seek back to where the partition starts
         if offset == want:
             self.next[tp] = offset + 1
             self.progress[tp] = time.monotonic()
@@ -97,18 +102,10 @@ class OffsetGuard:
         return False
 
     async def _seek(self, consumer: Any, tp: Any, offset: int) -> None:
-        """Move the fetch position (on the consumer's own thread) and Faust's read offset."""
+        """Move the fetch position back to ``offset`` (and Faust's read offset)."""
         self.seeked[tp] = time.monotonic()
         self._count("seek")
-        thread = getattr(consumer, "_thread", None)
-        if thread is None:
-            await consumer.seek(tp, offset)
-            return
-        # Faust's own `seek` calls aiokafka from this thread while the fetcher runs on the consumer's
-        # thread: under load that crashed the fetcher (KeyError in `fetched_records`). Enqueue it
-        # there instead (not awaited: a call into that thread from an agent was seen to stall).
-        await thread.cast_thread(thread.seek, tp, offset)
-        consumer._read_offset[tp] = offset if offset else None  # what Faust's `seek` sets besides
+        await seek(consumer, tp, offset)
 
     async def tick(self) -> None:
         """Repair partitions that stopped delivering (call every second).
@@ -120,29 +117,40 @@ class OffsetGuard:
           processed is sought to where we are (`offset_stall`): faust-streaming was seen to stop
           delivering a partition after a rebalance, with nothing logged."""
         consumer = self.app.consumer
-        now = time.monotonic()
         for tp in consumer.assignment():
             if tp.topic != self.topic:
                 continue
-            seeked = self.seeked.get(tp)
-            if seeked is not None:
-                if now - seeked >= RESEEK_S and tp in self.next:
+            try:
+                await self._repair(consumer, tp)
+            except Exception as e:  # one partition's failed lookup (a broker failing over) must not stop the rest
+                self._count("lookup_error")
+                log.warning("rstscope %s: repairing %s failed (%s); trying again", self.name, tp, e)
+
+    async def _repair(self, consumer: Any, tp: Any) -> None:
+        now = time.monotonic()
+        seeked = self.seeked.get(tp)
+        if seeked is not None:
+            if tp in self.next:
+                if now - seeked >= RESEEK_S:
                     await self._seek(consumer, tp, self.next[tp])
-                continue
-            last = self.progress.setdefault(tp, now)  # the clock starts at the first tick after assignment
-            if now - last < STALL_S:
-                continue
-            self.progress[tp] = now  # look again in STALL_S
-            lo, hi = self.watermarks(tp.topic, tp.partition)  # blocking, ~ms, only for idle partitions
-            pos = self.next.get(tp)
-            if pos is None:
-                committed = consumer._committed_offset.get(tp)
-                pos = int(committed) if committed is not None else lo
-            if hi > pos:
-                self._count("stall")
-                log.warning("rstscope %s: %s delivered nothing for %.0f s, at %d of %d: seeking to %d",
-                            self.name, tp, STALL_S, pos, hi, pos)
-                await self._seek(consumer, tp, pos)
+                return
+            # sought by the stall check before anything was admitted: nothing to wait for; the stall
+            # check below looks again every STALL_S (it used to give up after one seek)
+            del self.seeked[tp]
+        last = self.progress.setdefault(tp, now)  # the clock starts at the first tick after assignment
+        if now - last < STALL_S:
+            return
+        self.progress[tp] = now  # look again in STALL_S
+        lo, hi = self.watermarks(tp.topic, tp.partition)  # blocking, ~ms, only for idle partitions
+        pos = self.next.get(tp)
+        if pos is None:
+            committed = committed_offset(consumer, tp)
+            pos = committed if committed is not None else lo
+        if hi > pos:
+            self._count("stall")
+            log.warning("rstscope %s: %s delivered nothing for %.0f s, at %d of %d: seeking to %d",
+                        self.name, tp, STALL_S, pos, hi, pos)
+            await self._seek(consumer, tp, pos)
 
 
 def periodic(app: Any, interval: float, counters: Counter[str], name: str) -> Callable[[Any], Any]:
@@ -171,30 +179,19 @@ def watermark_reader(bootstrap: str, security: dict[str, str] | None = None) -> 
     def watermarks(topic: str, partition: int) -> tuple[int, int]:
         from confluent_kafka import Consumer, TopicPartition
 
-        if not client:
-            client.append(Consumer({**(security or {}), "bootstrap.servers": bootstrap,
-                                    "group.id": "rstscope-offset-guard", "enable.auto.commit": False}))
-        lo, hi = client[0].get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-        return int(lo), int(hi)
+        for attempt in (1, 2):
+            if not client:
+                client.append(Consumer({**(security or {}), "bootstrap.servers": bootstrap,
+                                        "group.id": "rstscope-offset-guard", "enable.auto.commit": False}))
+            try:
+                lo, hi = client[0].get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+                return int(lo), int(hi)
+            except Exception:
+                # after a broker failover this client was seen to answer "Unknown partition" for good:
+                # a fresh one reads fresh metadata
+                client.pop().close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     return watermarks
-
-
-def gapless_app_class() -> type[faust.App]:
-    """A `faust.App` whose consumer does not fill offset gaps (imported lazily: faust is heavy)."""
-    import faust
-    from faust.transport.drivers import aiokafka as driver
-
-    class GaplessConsumer(driver.Consumer):
-        async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
-            log.debug("rstscope: offsets %d..%d of %s skipped by the transport (not treated as acked)",
-                      offset_from, offset_to, tp)
-
-    class GaplessTransport(driver.Transport):
-        Consumer = GaplessConsumer
-
-    class GaplessApp(faust.App):
-        def _new_transport(self) -> Any:
-            return GaplessTransport(self.conf.broker_consumer, self)
-
-    return GaplessApp

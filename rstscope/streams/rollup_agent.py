@@ -8,12 +8,15 @@ agent re-keying the connections topic cost a consume and a send per record, and 
 offsets to keep in order.)
 
 State is one Faust table, ``rollup-records`` (changelog ``<app id>-rollup-records-changelog``,
-compacted, co-partitioned with the rollup input): connection id -> the few fields the rollup reads.
-It is the de-duplication set *and* the source of the counts in one write per record, so a replay can
-neither double count nor lose a count: a record already in the table is not counted again. The
-per-partition Rollup objects are a cache of the table, rebuilt from it after every rebalance or
-restart (Faust restores the table from its changelog before streams resume). The upserts of a
-duplicate are re-sent: that covers a crash after the table write but before the upsert went out.
+compacted, co-partitioned with the rollup input). Each rollup-input message that brought new
+connections writes one entry, ``<partition>:<offset>`` -> the ids of those connections and the few
+fields the rollup reads: one changelog write per message, not per connection (a Faust table write
+costs a produce). It is the de-duplication set *and* the source of the counts, so a replay can
+neither double count nor lose a count: a connection whose id the table holds is not counted again.
+The per-partition Rollup objects and id sets are a cache of the table, rebuilt from it after every
+rebalance or restart (Faust restores the table from its changelog before streams resume). The
+upserts of a duplicate are re-sent: that covers a crash after the table write but before the upsert
+went out.
 
 Upserts are coalesced: changed rows are sent at most every ``FLUSH_S`` (or ``FLUSH_EVENTS`` records),
 each once with its current value, and the input messages are acked (manually, in order) only after
@@ -31,18 +34,19 @@ import orjson
 from rstscope.codecs.errors import CodecError, MalformedRecord
 from rstscope.codecs.jsonl import dumps, loads_array
 from rstscope.core.rollup import Rollup, RowKey, dimension_keys, row_key_text
-from rstscope.streams.offsets import OffsetGuard, periodic
+from rstscope.streams.checkpoint import Checkpoint
+from rstscope.streams.faust_internals import AckRef
+from rstscope.streams.offsets import OffsetGuard
 
 FLUSH_S = 0.2
 FLUSH_EVENTS = 2000
-_FIELDS = ("window_start", "country", "asn", "stage", "tags", "signature")
+# what Rollup.add reads of a record (as_name and last_ts: the name of an asn row, latest wins)
+_FIELDS = ("window_start", "country", "asn", "stage", "tags", "signature", "as_name", "last_ts")
 
 
-def compact(record: dict[str, Any], partition: int) -> bytes:
-    """What the table keeps per connection: the rollup's inputs and the owning partition."""
-    d = {k: record.get(k) for k in _FIELDS}
-    d["p"] = partition
-    return orjson.dumps(d)
+def compact(record: Mapping[str, Any]) -> list[Any]:
+    """What the table keeps per connection: its id and the rollup's inputs."""
+    return [record["id"], *(record.get(k) for k in _FIELDS)]
 
 
 def bucket_of(record: Mapping[str, Any], bucket_s: int) -> int:
@@ -55,51 +59,59 @@ class RollupStage:
     def __init__(self, bucket_s: int) -> None:
         self.bucket_s = bucket_s
         self.rollups: dict[int, Rollup] = {}
+        self.seen: dict[int, set[str]] = {}  # partition -> ids counted (the table's, cached)
         self.dirty: dict[int, set[RowKey]] = {}
         self.counters: Counter[str] = Counter()
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
             self.rollups.pop(p, None)
+            self.seen.pop(p, None)
             self.dirty.pop(p, None)
 
     def rollup(self, partition: int, records: Any) -> Rollup:
+        """The partition's Rollup, rebuilt from the table when this worker does not have it yet."""
         r = self.rollups.get(partition)
         if r is None:
             r = self.rollups[partition] = Rollup(self.bucket_s)
+            seen = self.seen[partition] = set()
             for value in records.values():
                 d = orjson.loads(value)
                 if d.get("p") == partition:
-                    r.add(d)
+                    for row in d["r"]:
+                        seen.add(row[0])
+                        # strict=False: entries of earlier workers hold fewer fields (missing: None)
+                        r.add(dict(zip(_FIELDS, row[1:], strict=False)))
             self.counters["rebuilds"] += 1
         return r
 
-    def add_batch(self, partition: int, value: bytes, records: Any) -> int:
-        """Count a rollup-input message: a JSON array of connection records. Returns how many."""
+    def add_batch(self, partition: int, value: bytes, records: Any, offset: int = 0) -> int:
+        """Count a rollup-input message (a JSON array of connection records) at ``offset`` of
+        ``partition``: each connection once per id. Returns how many were new."""
         recs = loads_array(value)
-        for rec in recs:
-            self.add_record(partition, rec, records)
-        return len(recs)
-
-    def add_record(self, partition: int, rec: Any, records: Any) -> list[RowKey]:
-        """Count one connection record (once per id); returns (and marks dirty) the rows it touches."""
-        if not isinstance(rec, dict):
-            raise MalformedRecord("connection record is not a JSON object")
-        rid = rec.get("id")
-        if not isinstance(rid, str) or "window_start" not in rec or "stage" not in rec:
-            raise MalformedRecord("connection record without id, window_start or stage")
         r = self.rollup(partition, records)
-        keys: list[RowKey]
-        if rid in records:
-            self.counters["duplicates"] += 1
-            b = bucket_of(rec, self.bucket_s)
-            keys = [(b, d, v) for d, v in dimension_keys(rec)]
-        else:
-            records[rid] = compact(rec, partition)
-            keys = r.add(rec)
-            self.counters["counted"] += 1
-        self.dirty.setdefault(partition, set()).update(keys)
-        return keys
+        seen = self.seen[partition]
+        new: list[list[Any]] = []
+        dirty = self.dirty.setdefault(partition, set())
+        for rec in recs:  # the whole message is refused before anything of it is counted
+            if not isinstance(rec, dict):
+                raise MalformedRecord("connection record is not a JSON object")
+            if not isinstance(rec.get("id"), str) or "window_start" not in rec or "stage" not in rec:
+                raise MalformedRecord("connection record without id, window_start or stage")
+        for rec in recs:
+            rid = rec["id"]
+            if rid in seen:
+                self.counters["duplicates"] += 1
+                b = bucket_of(rec, self.bucket_s)
+                dirty.update((b, d, v) for d, v in dimension_keys(rec))
+                continue
+            seen.add(rid)
+            new.append(compact(rec))
+            dirty.update(r.add(rec))
+        if new:
+            records[f"{partition}:{offset}"] = orjson.dumps({"p": partition, "r": new})
+            self.counters["counted"] += len(new)
+        return len(new)
 
     def take_dirty(self) -> list[tuple[str, dict[str, Any]]]:
         """The current value of every row changed since the last call (upserts to send)."""
@@ -119,45 +131,42 @@ class RollupStage:
 
 def build(app: Any, stage: RollupStage, rollup_input: Any, rollups: Any, dead_letters: Any, records: Any,
           guard: OffsetGuard) -> Any:
-    """Register the rollup agent on a Faust app (its input is re-keyed by bucket by the connection agent)."""
+    """Register the rollup agent on a Faust app (its input is re-keyed by bucket by the connection agent).
+    Its checkpoint (streams/checkpoint.py) sends the changed rows, then acks the input they include."""
 
-    held: list[Any] = []  # rollup-input events processed but not acked (their rows not sent yet)
-    source: list[Any] = []  # the agent's noack stream, for acking from the timer
+    held: list[AckRef] = []  # rollup-input messages processed but not acked (their rows not sent yet)
 
-    async def flush() -> None:
-        nonlocal held
-        events, held = held, []
+    async def send_rows() -> None:
         taken = {p: set(keys) for p, keys in stage.dirty.items()}
         try:
             for key, row in stage.take_dirty():
                 await rollups.send(key=key.encode(), value=dumps(row), force=True)
-        except BaseException:  # nothing is lost: the rows and their input go out with the next flush
-            held = events + held
+        except BaseException:  # nothing is lost: the rows go out with the next checkpoint
             for p, keys in taken.items():
                 stage.dirty.setdefault(p, set()).update(keys)
             raise
-        if source:
-            gen = app.consumer_generation_id
-            for ev in events:
-                if ev.message.generation_id == gen:
-                    await source[0].ack(ev)
+
+    def done() -> list[AckRef]:
+        refs = held[:]
+        held.clear()
+        return refs
+
+    cp = Checkpoint(app, "rollup", stage.counters, produce=(send_rows,), done=done, interval=FLUSH_S)
 
     async def rollup_agent(stream: Any) -> None:
-        s = stream.noack()
-        source[:] = [s]
-        async for event in s.events():
+        async for event in stream.noack().events():
             m = event.message
             if not await guard.admit(m):
                 continue
-            try:
-                stage.add_batch(m.partition, event.value, records)
-            except CodecError as e:
-                stage.counters[f"dead:{e.reason}"] += 1
-                await dead_letters.send(value=dumps({"reason": e.reason, "error": str(e), "topic": m.topic,
-                                                     "partition": m.partition, "offset": m.offset}), force=True)
-            held.append(event)
+            async with cp.lock:
+                try:
+                    stage.add_batch(m.partition, event.value, records, m.offset)
+                except CodecError as e:
+                    stage.counters[f"dead:{e.reason}"] += 1
+                    await dead_letters.send(value=dumps({"reason": e.reason, "error": str(e), "topic": m.topic,
+                                                         "partition": m.partition, "offset": m.offset}), force=True)
+                held.append(AckRef.of(m))
             if len(held) >= FLUSH_EVENTS:
-                await flush()
+                await cp.commit()
 
-    periodic(app, FLUSH_S, stage.counters, "rollup-flush")(flush)
     return app.agent(rollup_input, name="rollup")(rollup_agent)

@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loglevel", default="info")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                    help="event loop (uvloop: less per-message overhead; asyncio if uvloop is not installed)")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off; 0: any free port, "
+                        "printed on stderr); docs/metrics.md")
+    p.add_argument("--metrics-host", "--metrics-addr", dest="metrics_host", default="127.0.0.1", metavar="HOST",
+                   help="address of the metrics endpoint (default 127.0.0.1: this host only; 0.0.0.0 to let a "
+                        "remote Prometheus scrape)")
     args = p.parse_args(argv)
     from rstscope.kafka import security
 
@@ -58,13 +64,23 @@ def main(argv: list[str] | None = None) -> int:
               f"--app-id {args.app_id}` creates missing ones) and start again", file=sys.stderr)
         return 2
 
-    import aiokafka.codec  # type: ignore[import-untyped]
+    import aiokafka.codec
 
     if not (aiokafka.codec.has_lz4() and aiokafka.codec.has_zstd()):
         # the edge compresses with lz4 (or zstd); aiokafka then crashes in its fetcher on the first batch
         print("rstscope worker: aiokafka cannot decompress lz4/zstd batches: install cramjam "
               "(pip install 'aiokafka[lz4,zstd]')", file=sys.stderr)
         return 2
+
+    metrics_sock = None
+    if args.metrics_port is not None:
+        from rstscope.streams.metrics import bind
+
+        try:  # before Faust starts: a taken port stops the worker now, with a clear message
+            metrics_sock = bind(args.metrics_host, args.metrics_port)
+        except OSError as e:
+            print(f"rstscope worker: metrics endpoint {args.metrics_host}:{args.metrics_port}: {e}", file=sys.stderr)
+            return 2
 
     if args.loop == "uvloop":
         try:
@@ -88,6 +104,19 @@ def main(argv: list[str] | None = None) -> int:
                               {"broker_commit_interval": args.commit_interval}, sec))
     if sec.protocol != "PLAINTEXT":
         print(f"rstscope worker: kafka {sec.describe()}", file=sys.stderr)
+    services = []
+    if metrics_sock is not None:
+        from rstscope.streams.metrics import MetricsServer, StageCollector, make_registry, owned_partitions
+        from rstscope.streams.topics import internal_specs, role_spec
+
+        owned = owned_partitions(pipe.app, {"connections": role_spec(topo, "packets").name,
+                                            "rollup": internal_specs(topo, args.app_id)["rollup_input"].name})
+        services.append(MetricsServer(make_registry(StageCollector(pipe.connections, pipe.rollups, owned)),
+                                      metrics_sock))
+        host, port = metrics_sock.getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        print(f"rstscope worker: metrics on http://{host}:{port}/metrics", file=sys.stderr, flush=True)
+
     class RstscopeWorker(Worker):
         def _setup_logging(self) -> None:
             super()._setup_logging()
@@ -95,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             # message sent (measured: ~8% of a worker's time) only to drop it
             logging.getLogger().setLevel(args.loglevel.upper())
 
-    worker = RstscopeWorker(pipe.app, loglevel=args.loglevel, quiet=True)
+    worker = RstscopeWorker(pipe.app, *services, loglevel=args.loglevel, quiet=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as e:

@@ -66,8 +66,9 @@ def test_topic_has_no_raw_client_address(tmp_path: Path, kafka_bootstrap: str, m
 
 def test_full_queue_drops_are_counted_and_exit_3(tmp_path: Path, kafka_bootstrap: str) -> None:
     topo, topic = _topic(tmp_path, kafka_bootstrap)
-    # a broker that looks slow: nothing leaves the queue for 2 s, the queue holds 5 records
-    r = _edge(kafka_bootstrap, topo, "--queue-max", "5", "--max-wait", "0", "-X", "linger.ms=2000")
+    # a broker that looks slow: nothing leaves the queue for 2 s, the queue holds 5 records (batches of 1)
+    r = _edge(kafka_bootstrap, topo, "--queue-max", "5", "--batch-records", "1", "--max-wait", "0",
+              "-X", "linger.ms=2000")
     assert r.returncode == 3, r.stderr
     st = orjson.loads(r.stdout.splitlines()[-1])
     assert st["dropped"]["queue_full"] > 0 and st["lost"] == st["dropped"]["queue_full"]

@@ -27,7 +27,7 @@ import yaml
 
 from rstscope import config
 from rstscope.capture.files import read_frames
-from rstscope.codecs.packet import Watermark, decode
+from rstscope.codecs.packet import Watermark, decode_message
 from rstscope.decode import decode_frame
 from rstscope.packet import TH_ACK, TH_RST, TH_SYN, PacketRecord
 
@@ -187,6 +187,7 @@ def topology_file(tmp: Path, tag: str) -> Path:
     raw = yaml.safe_load(config.DEFAULT_PATH.read_text())
     for role, t in raw["topics"].items():
         t["name"] = f"{tag}.{role}"
+    raw["edges"] = {**raw.get("edges", {}), "idle_s": 3}  # one edge: a short warm-up (docs/streaming.md)
     path = tmp / f"topology-{tag}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -197,9 +198,10 @@ def read_packets(bootstrap: str, topic: str) -> list[PacketRecord]:
 
     out = []
     for _k, value, _p, _o in read_topic(bootstrap, topic):
-        rec = decode(value)
-        if not isinstance(rec, Watermark):
-            out.append(rec)
+        m = decode_message(value)
+        if not isinstance(m, Watermark):
+            assert not m.errors
+            out += [pkt for pkt, _geo in m.packets]
     return out
 
 

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from rstscope.codecs.packet import Watermark, decode
+from rstscope.codecs.packet import Watermark, decode_message, partition_of
 from rstscope.config import WindowParams
 from rstscope.decode import decode_frame
 from rstscope.direction import Direction
 from rstscope.edge import rules
 from rstscope.edge.metrics import EdgeCollector
 from rstscope.edge.privacy import KeyedHash, Truncate, parse
-from rstscope.edge.producer import Edge, EdgeStats
+from rstscope.edge.producer import Batches, Edge, EdgeStats
 from rstscope.edge.queue import BoundedSender
 from rstscope.edge.sources import PcapFiles
 from rstscope.sampling import Gate, Sampler
@@ -229,14 +229,36 @@ def _gate(ports: list[int]) -> Gate:
 
 
 def test_edge_counts_queue_full_drops() -> None:
-    p = FakeProducer(cap=4)  # the broker never answers: the queue stays full
-    edge = Edge(p, "t", 2, _gate([80]), "src", max_wait_s=0.0)
+    p = FakeProducer(cap=4)  # the broker never answers: the queue stays full (4 messages)
+    edge = Edge(p, "t", 2, _gate([80]), "src", max_wait_s=0.0, batches=Batches(2, max_records=3))
     edge.sender.poll_s = 0.0005
-    edge.watermark = lambda eof: None  # type: ignore[method-assign]  # watermarks block by design
+    edge.watermark = lambda eof: edge.flush()  # type: ignore[method-assign]  # watermarks block by design
     stats = edge.run([FIXTURES / "http_ok.pcap"])
-    assert stats.dropped["queue_full"] > 0 and stats.sent == 4
+    assert stats.dropped["queue_full"] > 0 and stats.sent == 4 * 3  # a dropped batch counts its records
     assert stats.sent + stats.dropped["queue_full"] == stats.sampled
     assert stats.lost() == stats.dropped["queue_full"]
+
+
+def test_batches_are_bounded_by_records_and_bytes_and_keep_partitions() -> None:
+    """Every message holds one partition's records (their tuples map there), at most max_records of them
+    and about max_bytes; watermarks follow the batches they promise about."""
+    p = FakeProducer(cap=1 << 20)
+    edge = Edge(p, "t", 4, _gate([80]), "edge-a", batches=Batches(4, max_records=5, max_bytes=200))
+    stats = edge.run([FIXTURES / "http_ok.pcap"])
+    seen = 0
+    done_at: dict[int, int] = {}  # partition -> index of its eof watermark
+    for i, (_t, value, key, kw) in enumerate(p.queue):
+        m = decode_message(value)
+        part = kw["partition"]
+        if isinstance(m, Watermark):
+            if m.eof:
+                done_at[part] = i
+            continue
+        assert key is None and m.edge == "edge-a" and not m.errors and part not in done_at
+        assert 1 <= len(m.packets) <= 5 and len(value) <= 200 + 80
+        assert all(partition_of(pkt.packed_key, 4) == part for pkt, _g in m.packets)
+        seen += len(m.packets)
+    assert seen == stats.sent == stats.sampled > 5 and sorted(done_at) == [0, 1, 2, 3]
 
 
 def test_edge_client_ip_never_raw() -> None:
@@ -253,14 +275,13 @@ def test_edge_client_ip_never_raw() -> None:
         edge = Edge(p, "t", 2, _gate([80]), "src", client_ip=transform)
         edge.run([pcap])
         assert edge.stats.sent > 0
-        records = [(key, decode(value), value) for _t, value, key, _kw in p.queue]
-        packets = [(k, r, v) for k, r, v in records if not isinstance(r, Watermark)]
+        messages = [(decode_message(value), value) for _t, value, _key, _kw in p.queue]
+        packets = [(pkt, v) for m, v in messages if not isinstance(m, Watermark) for pkt, _g in m.packets]
         assert len(packets) == edge.stats.sent
         expected_src = {transform(c) for c in clients}
-        for key, rec, value in packets:
-            assert not isinstance(rec, Watermark)
-            assert rec.src in expected_src and key is not None and key.startswith(rec.src)
-            assert not any(c in value or c in key for c in clients)
+        for rec, value in packets:
+            assert rec.src in expected_src
+            assert not any(c in value for c in clients)
 
 
 def test_metrics_collector() -> None:
@@ -277,3 +298,14 @@ def test_metrics_collector() -> None:
     assert 'rstscope_edge_dropped_total{reason="kernel",source="h1"} 2.0' in text
     assert 'rstscope_edge_queue_depth{source="h1"} 7.0' in text
     assert "malformed:bad" not in text
+
+
+def test_a_batch_waits_at_most_linger() -> None:
+    b = Batches(2, max_records=100, linger_s=0.05)
+    assert not b.add(1, [1], 10)
+    t = b.since[1]
+    assert b.stale(t + 0.04) == [] and b.stale(t + 0.06) == [1] and b.waiting() == [1]
+    assert b.take(1) == [[1]] and b.waiting() == [] and b.stale(t + 100) == []
+    assert b.add(0, [2], 10) is False and Batches(1, max_bytes=15).add(0, [3], 16) is True
+    with pytest.raises(ValueError):
+        Batches(1, max_records=0)

@@ -20,7 +20,7 @@ import pytest
 from rstscope.kafka import local
 
 from . import synth
-from .harness import READY, Run, check_synth_counts, end_offsets, read_topic
+from .harness import READY, Run, check_synth_counts, end_offsets, records_on_topic
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 
@@ -92,7 +92,7 @@ def test_cluster_down_30s_under_load(kafka_cluster3: Any, work: Path, capture: P
     - B: a 500-message buffer and 8 s message timeout: records time out, are counted as delivery
       failures, the edge keeps reading to the end and exits 1; the topic holds exactly what it reports
       delivered;
-    - C: a 500-message buffer that may block the reader at most 0.5 s (`--max-wait`, the live-capture
+    - C: a 500-record buffer (batches of 50) that may block the reader at most 0.5 s (`--max-wait`, the live-capture
       default): records that find it full are dropped and counted (``queue_full``), the edge keeps
       reading to the end and exits 3 (data lost at the edge).
     """
@@ -107,7 +107,7 @@ def test_cluster_down_30s_under_load(kafka_cluster3: Any, work: Path, capture: P
         a.wait_log(w1, READY)
         ea = a.edge(capture, rate=RATE)
         eb = b.edge(capture, "-X", "queue.buffering.max.messages=500", "-X", "message.timeout.ms=8000", rate=RATE)
-        ec = c.edge(capture, "-X", "queue.buffering.max.messages=500", "--max-wait", "0.5", rate=RATE)
+        ec = c.edge(capture, "--queue-max", "500", "--batch-records", "50", "--max-wait", "0.5", rate=RATE)
         time.sleep(3)
         before = _sum_ends(a)
         t_down = time.monotonic()
@@ -139,14 +139,14 @@ def test_cluster_down_30s_under_load(kafka_cluster3: Any, work: Path, capture: P
             + sb["watermarks"], sb
         # what the edge reports delivered is on the topic; a record that timed out while in flight may
         # still have been written (the broker got it, the ack was lost): failures are an upper bound
-        on_topic = len(read_topic(b.conf, b.topic("packets")))
+        on_topic = records_on_topic(b.conf, b.topic("packets"))
         assert sb["delivered"] <= on_topic <= sb["sent"] + sb["watermarks"], (on_topic, sb)
         assert sb["read"] == sa["read"], "edge B stopped reading"
         assert "delivery failures" in b.tail(eb)
         # C: a full buffer drops and counts, keeps reading, and says so in its exit code
         assert rc_c == 3 and sc["dropped"].get("queue_full", 0) > 0, (rc_c, sc, c.logs())
         assert sc["read"] == sa["read"], "edge C stopped reading"
-        on_topic_c = len(read_topic(c.conf, c.topic("packets")))
+        on_topic_c = records_on_topic(c.conf, c.topic("packets"))
         assert sc["delivered"] <= on_topic_c, (on_topic_c, sc)
         figures.update(produced=sa["delivered"], **v, outage_s=round(down_s, 1), buffered_during_outage=buffered,
                        worker_restarts=restarted, b_sent=sb["sent"] + sb["watermarks"], b_delivered=sb["delivered"],

@@ -104,10 +104,10 @@ def test_absurd_timestamps_are_dead_letters_not_crashes(ts: float) -> None:
     from rstscope.config import load
     from rstscope.streams.connection_agent import ConnectionStage
 
-    stage = ConnectionStage(load(None))
+    stage = ConnectionStage(load(None), warmup_s=0)
     pkt = msgpack.packb([1, 0, ts, 4, b"\x01\x02\x03\x04", b"\x05\x06\x07\x08", 1, 2, 2, 0, 0, 1, 64, 100, 0, 0])
     wm = msgpack.packb([1, 1, ts, "edge", False])
     for value in (pkt, wm):
-        records, err = stage.feed(0, value, None)
-        assert records == [] and err is not None and err.reason == "malformed_record"
+        records, errors = stage.feed(0, value, None)
+        assert records == [] and [e.reason for e in errors] == ["malformed_record"]
     assert stage.ackable(0) == [None, None]

@@ -147,6 +147,7 @@ def topology_file(tmp: Path, tag: str, **partitions: int) -> tuple[Path, config.
         t["name"] = f"{tag}.{role}"
         if role in partitions:
             t["partitions"] = partitions[role]
+    raw["edges"] = {**raw.get("edges", {}), "idle_s": 3}  # one edge: a short warm-up (docs/streaming.md)
     path = tmp / f"topology-{tag}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path, config.load(path)
@@ -366,7 +367,7 @@ def test_dead_letters(pipeline: Any, kafka_bootstrap: str) -> None:
     packets = topo.topics["packets"].name
     garbage = {
         b"\xc1\xff\x00random": "malformed_record",  # not msgpack
-        msgpack.packb([2, 0, 1.0]): "unknown_schema_version",
+        msgpack.packb([3, 2, "edge", []]): "unknown_schema_version",
         msgpack.packb([1, 0, 1.0, 4, b"\x01\x02\x03\x04", b"\x05\x06\x07\x08", 1, 2, 2, 0, 0, 1, 64, 100,
                        0, 0])[:-3]: "malformed_record",  # truncated
     }

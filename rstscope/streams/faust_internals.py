@@ -1,0 +1,155 @@
+"""Every use of faust-streaming's (and its aiokafka's) private internals, in one place.
+
+The worker needs a few things Faust does not offer publicly: a consumer that does not invent offset
+gaps, the committed offset Faust sought to, a seek on the consumer's own thread, an ack that does not
+keep Faust's event alive, and produce batches (a Faust ``Topic.send`` costs ~40 µs per record; an
+aiokafka batch append a few). Each is a function here, and ``check_versions`` refuses to run on a
+version these were not proven with (tests/kafka and tests/faults prove them): a Faust upgrade fails
+loudly at start-up instead of losing offsets quietly.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import faust
+
+log = logging.getLogger(__name__)
+
+# package -> the release series the internals below were proven with (pyproject.toml pins the same)
+PROVEN = {"faust-streaming": "0.15.", "aiokafka": "0.14."}
+
+
+class UnprovenVersion(RuntimeError):
+    """An installed faust-streaming or aiokafka that the worker was not proven with."""
+
+
+def check_versions() -> None:
+    """Fail loudly on a faust-streaming or aiokafka release series the internals were not proven with."""
+    for package, series in PROVEN.items():
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError as e:
+            raise UnprovenVersion(f"{package} is not installed") from e
+        if not version.startswith(series):
+            raise UnprovenVersion(
+                f"{package} {version} is installed, but rstscope's worker uses its internals as proven with "
+                f"{series}x only (rstscope/streams/faust_internals.py); install {package}=={series}* ")
+
+
+def gapless_app_class() -> type[faust.App]:
+    """A `faust.App` whose consumer does not fill offset gaps: the agents' input topics are neither
+    compacted nor transactional, so a jump in offsets is a transport artefact, never a real gap, and
+    Faust's ``_add_gap`` would count the skipped offsets as acked (streams/offsets.py)."""
+    import faust
+    from faust.transport.drivers import aiokafka as driver
+
+    class GaplessConsumer(driver.Consumer):
+        async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+            log.debug("rstscope: offsets %d..%d of %s skipped by the transport (not treated as acked)",
+                      offset_from, offset_to, tp)
+
+    class GaplessTransport(driver.Transport):
+        Consumer = GaplessConsumer
+
+    class GaplessApp(faust.App):
+        def _new_transport(self) -> Any:
+            return GaplessTransport(self.conf.broker_consumer, self)
+
+    return GaplessApp
+
+
+def committed_offset(consumer: Any, tp: Any) -> int | None:
+    """The committed offset Faust sought a newly assigned partition to (None: the group never committed)."""
+    committed = consumer._committed_offset.get(tp)
+    return int(committed) if committed is not None else None
+
+
+async def seek(consumer: Any, tp: Any, offset: int) -> None:
+    """Move the fetch position on the consumer's own thread, and Faust's read offset.
+
+    Faust's own `seek` calls aiokafka from the agent's thread while the fetcher runs on the consumer's
+    thread: under load that crashed the fetcher (KeyError in `fetched_records`). Enqueue it there
+    instead (not awaited: a call into that thread from an agent was seen to stall)."""
+    thread = getattr(consumer, "_thread", None)
+    if thread is None:
+        await consumer.seek(tp, offset)
+        return
+    await thread.cast_thread(thread.seek, tp, offset)
+    consumer._read_offset[tp] = offset if offset else None  # what Faust's `seek` sets besides
+
+
+class AckRef:
+    """What a held message needs for its ack, instead of Faust's event and message (an event with its
+    message costs ~840 bytes, and a worker holds a window's worth of messages). `Consumer.ack` reads
+    these fields and keeps a weak reference to what it acks."""
+
+    __slots__ = ("__weakref__", "acked", "generation_id", "offset", "topic", "tp")
+
+    def __init__(self, tp: Any, offset: int, topic: str, generation_id: int) -> None:
+        self.tp = tp
+        self.offset = offset
+        self.topic = topic
+        self.generation_id = generation_id
+        self.acked = False
+
+    @classmethod
+    def of(cls, msg: Any) -> AckRef:
+        return cls(msg.tp, msg.offset, msg.topic, msg.generation_id)
+
+
+def ack(app: Any, refs: list[AckRef]) -> int:
+    """Ack messages of the current consumer generation (older ones belong to a past assignment: their
+    partitions' new owner replays them). Returns how many were acked."""
+    gen = app.consumer_generation_id
+    consumer = app.consumer
+    n = 0
+    for ref in refs:
+        if ref.generation_id == gen:
+            consumer.ack(ref)
+            n += 1
+    return n
+
+
+def _murmur2_partition(key: bytes, partitions: int) -> int:
+    from aiokafka.partitioner import murmur2
+
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions  # aiokafka's and Java's default for a keyed record
+
+
+class TopicBatches:
+    """Records for one topic, produced at the next `send` as aiokafka batches, one per partition
+    (partition = the default partitioner's, murmur2 of the key, as a keyed `Topic.send` would choose).
+
+    Durability is Faust's: it flushes the producer (these batches included) before it commits offsets."""
+
+    def __init__(self, topic: str, partitions: int) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.waiting: dict[int, list[tuple[bytes, bytes, int]]] = {}
+
+    def add(self, key: bytes, value: bytes, timestamp_ms: int) -> None:
+        self.waiting.setdefault(_murmur2_partition(key, self.partitions), []).append((key, value, timestamp_ms))
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.waiting.values())
+
+    async def send(self, app: Any) -> None:
+        """Hand every waiting record to the producer. Nothing is forgotten before all were handed over:
+        if one hand-over raises, the next `send` hands them all over again (consumers de-duplicate by key)."""
+        if not self.waiting:
+            return
+        producer = app.producer._ensure_producer()
+        for partition, items in self.waiting.items():
+            batch = producer.create_batch()
+            for key, value, ts in items:
+                if batch.append(key=key, value=value, timestamp=ts) is None:  # full: send it, start another
+                    await producer.send_batch(batch, self.topic, partition=partition)
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=ts) is None:
+                        raise ValueError(f"a record of {len(value)} bytes does not fit a produce batch")
+            await producer.send_batch(batch, self.topic, partition=partition)
+        self.waiting.clear()

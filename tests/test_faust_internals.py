@@ -1,0 +1,36 @@
+"""The worker refuses a faust-streaming or aiokafka release its use of their internals was not proven with."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import pytest
+
+from rstscope.streams import faust_internals
+from rstscope.streams.faust_internals import UnprovenVersion, check_versions
+
+
+def test_the_installed_versions_are_proven() -> None:
+    check_versions()  # what pyproject.toml pins
+
+
+@pytest.mark.parametrize(("package", "version"), [("faust-streaming", "0.16.0"), ("aiokafka", "0.13.9")])
+def test_an_unproven_version_fails_loudly(monkeypatch: pytest.MonkeyPatch, package: str, version: str) -> None:
+    real = metadata.version
+    monkeypatch.setattr(faust_internals.metadata, "version", lambda p: version if p == package else real(p))
+    with pytest.raises(UnprovenVersion, match=f"{package} {version}"):
+        check_versions()
+
+
+def test_batches_partition_like_a_keyed_send() -> None:
+    """Connection records produced in batches land where a keyed `Topic.send` would put them (murmur2)."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    batches = faust_internals.TopicBatches("t", 8)
+    keys = [f"{i:016x}".encode() for i in range(200)]
+    for k in keys:
+        batches.add(k, b"{}", 0)
+    default = DefaultPartitioner()
+    placed = {k: p for p, items in batches.waiting.items() for k, _v, _t in items}
+    assert all(placed[k] == default(k, list(range(8)), list(range(8))) for k in keys)
+    assert len(batches) == 200
