@@ -152,10 +152,11 @@ def _reused_ports(seed: int, n: int, start: float) -> list[tuple[float, bytes]]:
 
 def test_connections_spanning_slices_and_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "reused.pcap"
-    path.write_bytes(pcap_bytes(_reused_ports(3, 1500, WINDOW_END - 120.0)))
-    for opts in OPTIONS:
-        for topo in TOPOLOGIES:
-            compare_sliced([path], opts, topo, sizes=(1, 7, 50))
+    path.write_bytes(pcap_bytes(_reused_ports(3, 800, WINDOW_END - 120.0)))
+    for i, opts in enumerate(OPTIONS):
+        for j, topo in enumerate(TOPOLOGIES):
+            # slices of one frame cost a slice's fixed work per frame: once, the other sizes everywhere
+            compare_sliced([path], opts, topo, sizes=(1, 7, 50) if i == j == 0 else (7, 50))
     compare_sliced([path], sizes=(7, 50), monkeypatch=monkeypatch)
 
 
