@@ -8,7 +8,7 @@ it does not) are listed in docs/api.md.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -222,48 +222,40 @@ def _items(raw: str, name: str) -> list[str]:
 
 def parse_locations(raw: str | None) -> KeyFilter:
     """ISO 3166 alpha-2 codes, comma separated, `-DE` excludes; case-insensitive."""
-    if raw is None:
-        return KeyFilter()
-    inc: set[str] = set()
-    exc: set[str] = set()
-    for item in _items(raw, "location"):
-        neg = item.startswith("-")
-        code = item[1:].upper() if neg else item.upper()
-        if not _CC_RE.match(code):
-            raise QueryError(f"location: {item!r} is not an ISO 3166 alpha-2 code (e.g. DE, -US)")
-        (exc if neg else inc).add(code)
-    return _key_filter(inc, exc, "location")
+    return _signed_filter(raw, "location", lambda body: body.upper() if _CC_RE.match(body.upper()) else None,
+                          "an ISO 3166 alpha-2 code (e.g. DE, -US)")
 
 
 def parse_continents(raw: str | None) -> KeyFilter:
     """Radar's continent codes (AF, AN, AS, EU, NA, OC, SA), comma separated, `-EU` excludes."""
-    if raw is None:
-        return KeyFilter()
-    inc: set[str] = set()
-    exc: set[str] = set()
-    for item in _items(raw, "continent"):
-        neg = item.startswith("-")
-        code = item[1:].upper() if neg else item.upper()
-        if code not in CONTINENTS:
-            raise QueryError(f"continent: {item!r} is not one of {', '.join(CONTINENTS)} (e.g. EU, -NA)")
-        (exc if neg else inc).add(code)
-    return _key_filter(inc, exc, "continent")
+    return _signed_filter(raw, "continent", lambda body: body.upper() if body.upper() in CONTINENTS else None,
+                          f"one of {', '.join(CONTINENTS)} (e.g. EU, -NA)")
 
 
 def parse_asns(raw: str | None) -> KeyFilter:
     """AS numbers, comma separated, optional `AS` prefix, `-3320` excludes."""
+
+    def asn(body: str) -> str | None:
+        m = _ASN_RE.match(body.upper())
+        return str(int(m.group(1))) if m and int(m.group(1)) <= 4294967295 else None
+
+    return _signed_filter(raw, "asn", asn, "an AS number (e.g. 3320, AS3320, -174)")
+
+
+def _signed_filter(raw: str | None, name: str, key: Callable[[str], str | None], what: str) -> KeyFilter:
+    """A comma-separated list of values, each optionally negated with `-`: ``key`` turns a value into
+    its key (None: not a valid value, refused as not being ``what``)."""
     if raw is None:
         return KeyFilter()
     inc: set[str] = set()
     exc: set[str] = set()
-    for item in _items(raw, "asn"):
+    for item in _items(raw, name):
         neg = item.startswith("-")
-        body = item[1:] if neg else item
-        m = _ASN_RE.match(body.upper())
-        if not m or int(m.group(1)) > 4294967295:
-            raise QueryError(f"asn: {item!r} is not an AS number (e.g. 3320, AS3320, -174)")
-        (exc if neg else inc).add(str(int(m.group(1))))
-    return _key_filter(inc, exc, "asn")
+        k = key(item[1:] if neg else item)
+        if k is None:
+            raise QueryError(f"{name}: {item!r} is not {what}")
+        (exc if neg else inc).add(k)
+    return _key_filter(inc, exc, name)
 
 
 def _key_filter(inc: set[str], exc: set[str], name: str) -> KeyFilter:
