@@ -491,17 +491,7 @@ def run_scenario(i: int, sc: dict) -> list[dict]:
                       "dst": bad if (tampered and ip_trigger) else ok,
                       "host": BLOCKED if (tampered and sc["kind"] != "late" and not ip_trigger) else ALLOWED})
     spec = {"src": src, "dst": ok, "port": sc["port"], "kind": sc["kind"], "conns": conns}
-    r = subprocess.run(["ip", "netns", "exec", CLI, sys.executable, THIS, "_client", json.dumps(spec)],
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise RuntimeError(f"client {sc['name']} failed: {r.stdout} {r.stderr}")
-    labels = []
-    for line in r.stdout.splitlines():
-        made = json.loads(line)
-        c = conns[made.pop("i")]
-        labels.append({"scenario": sc["name"], **made, "ip_version": sc["fam"], "tampered": c["tampered"],
-                       "host": c["host"], "style": sc["style"], **intended(sc, c["tampered"])})
-    return labels
+    return run_client(sc, spec, timeout=60)
 
 
 def run_tail() -> list[dict]:
@@ -509,16 +499,23 @@ def run_tail() -> list[dict]:
     sc = {"name": "ordinary_tail", "fam": 4, "port": 80, "kind": "http", "style": None}
     conns = [{"i": k, "tampered": False, "dst": SRV_OK4, "host": ALLOWED} for k in range(TAIL_CONNS)]
     spec = {"src": TAIL_SRC, "dst": SRV_OK4, "port": 80, "kind": "http", "conns": conns, "pause": TAIL_PAUSE}
+    return run_client(sc, spec, timeout=60 + TAIL_CONNS * TAIL_PAUSE)
+
+
+def run_client(sc: dict, spec: dict, timeout: float) -> list[dict]:
+    """Run the client in its namespace on ``spec`` (its connections in ``spec["conns"]``) and label
+    every connection it made with the scenario ``sc`` and what the connection was meant to be."""
     r = subprocess.run(["ip", "netns", "exec", CLI, sys.executable, THIS, "_client", json.dumps(spec)],
-                       capture_output=True, text=True, timeout=60 + TAIL_CONNS * TAIL_PAUSE)
+                       capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
-        raise RuntimeError(f"tail client failed: {r.stdout} {r.stderr}")
+        raise RuntimeError(f"client {sc['name']} failed: {r.stdout} {r.stderr}")
+    conns = spec["conns"]
     labels = []
     for line in r.stdout.splitlines():
         made = json.loads(line)
         c = conns[made.pop("i")]
-        labels.append({"scenario": sc["name"], **made, "ip_version": 4, "tampered": False, "host": c["host"],
-                       "style": None, **intended(sc, False)})
+        labels.append({"scenario": sc["name"], **made, "ip_version": sc["fam"], "tampered": c["tampered"],
+                       "host": c["host"], "style": sc["style"], **intended(sc, c["tampered"])})
     return labels
 
 
