@@ -47,7 +47,7 @@ class PacketRecord(NamedTuple):
     @property
     def packed_key(self) -> bytes:
         """``tuple_key`` as one bytes object (``pack_key``): the Kafka key, and the tables' dict key."""
-        return self.src + self.sport.to_bytes(2, "big") + self.dst + self.dport.to_bytes(2, "big")
+        return pack_key(self.src, self.sport, self.dst, self.dport)
 
 
 def pack_key(src: bytes, sport: int, dst: bytes, dport: int) -> bytes:

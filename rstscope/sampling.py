@@ -15,7 +15,7 @@ import os
 from collections import Counter
 
 from rstscope.config import WindowParams
-from rstscope.core.table import LATE, Step, Track, is_syn, track
+from rstscope.core.table import LATE, Step, Track, is_syn, track, window_of
 from rstscope.direction import Dir, Direction
 from rstscope.packet import PacketRecord
 
@@ -89,15 +89,15 @@ class Gate:
         ts = pkt.ts
         if ts > self.watermark:
             self.watermark = ts
-            current = int(ts // self.size) * self.size
+            current = int(window_of(ts, self.size))
             if current > self.current_window:
                 self.current_window = current
                 self.entries = {k: e for k, e in self.entries.items() if e.window_start >= current}
-        window = int(ts // self.size) * self.size
+        window = int(window_of(ts, self.size))
         if window < self.current_window:
             c[LATE] += 1
             return False
-        key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        key = pkt.tuple_key
         e = self.entries.get(key)
         if (e is None or e.window_start != window) and d is Dir.UNKNOWN and not is_syn(pkt.flags):
             r = self.entries.get(_reverse(key))

@@ -364,12 +364,12 @@ class ConnectionTable:
         if pkt.ts > self.watermark and self.auto_advance:
             out = self.advance(pkt.ts)
         ts = pkt.ts
-        window = int(ts // self.size) * self.size
+        window = int(window_of(ts, self.size))
         if window < self.current_window:
             self.counters[LATE] += 1
             return out
         if key is None:
-            key = pkt.src + pkt.sport.to_bytes(2, "big") + pkt.dst + pkt.dport.to_bytes(2, "big")  # pack_key
+            key = pkt.packed_key
         conn = self.open.get(key)
         st: Connection | Marker | None = conn if conn is not None else self.closed.get(key)
         o = step(st, ts, pkt.flags, pkt.seq, window, self.params)
@@ -402,7 +402,7 @@ class ConnectionTable:
             return []
         self.watermark = watermark
         out = self._emit_due(watermark)
-        current = int(watermark // self.size) * self.size
+        current = int(window_of(watermark, self.size))
         if current > self.current_window:
             self.current_window = current
             out.extend(self._close_windows(current, END_WINDOW, float("inf")))

@@ -42,7 +42,7 @@ from rstscope.codecs.jsonl import dumps
 from rstscope.codecs.packet import EdgeGeo, Watermark, decode_message
 from rstscope.config import Topology
 from rstscope.core.record import ConnectionRecord, make_record
-from rstscope.core.table import ConnectionTable, Finished
+from rstscope.core.table import ConnectionTable, Finished, window_of
 from rstscope.geo import GeoDB
 from rstscope.kafka.roles import role_spec
 from rstscope.packet import PacketRecord
@@ -214,7 +214,7 @@ class ConnectionStage:
         if item.ts > clock.watermark:
             clock.watermark = item.ts
         out = self._advance(st, now) if item.ts > table.watermark else []
-        window = int(item.ts // table.size) * table.size
+        window = int(window_of(item.ts, table.size))
         if window < table.current_window:
             clock.late += 1  # the table counts it too (late); here: which edge it came from
         key = item.packed_key
