@@ -38,7 +38,6 @@ class EdgeClock:
     eof: bool = False  # it sent its end-of-input watermark
     idle: bool = False  # silent for idle_s: not holding windows back
     late: int = 0  # its packets for windows already closed
-    idled: int = 0  # how often it went idle
 
 
 class EdgeClocks:
@@ -48,7 +47,6 @@ class EdgeClocks:
         self.idle_s = idle_s
         self.warm_at = start + warmup_s  # event time stays put before this wall-clock time
         self.edges: dict[str, EdgeClock] = {}
-        self.idle_count = 0  # edges that went idle on this partition, ever
         self.ending = 0  # edges that sent eof (ended() is asked per packet: 0 answers it at once)
 
     def _edge(self, edge: str, now: float) -> EdgeClock:
@@ -85,8 +83,6 @@ class EdgeClocks:
         for name, c in self.edges.items():
             if not c.idle and not c.eof and now - c.seen >= self.idle_s:
                 c.idle = True
-                c.idled += 1
-                self.idle_count += 1
                 out.append(name)
         return out
 
