@@ -88,6 +88,11 @@ class Cell:
         return self
 
 
+def bucket_of(record: Mapping[str, Any], bucket_s: int) -> int:
+    """The start of the rollup bucket a connection record counts in."""
+    return int(record["window_start"]) // bucket_s * bucket_s
+
+
 def share(count: int, total: int, ndigits: int = 6) -> float:
     """``count`` as a percentage of ``total``, rounded to ``ndigits`` decimals (0.0 when there is nothing)."""
     return round(100.0 * count / total, ndigits) if total > 0 else 0.0
@@ -111,7 +116,7 @@ class Rollup:
 
     def add(self, record: Mapping[str, Any], n: int = 1) -> list[RowKey]:
         """Count one record (or ``n`` identical ones); returns the row keys it changed."""
-        bucket = int(record["window_start"]) // self.bucket_s * self.bucket_s
+        bucket = bucket_of(record, self.bucket_s)
         keys = []
         for dim, value in dimension_keys(record):
             k = (bucket, dim, value)

@@ -42,6 +42,7 @@ from rstscope.codecs.jsonl import dumps
 from rstscope.codecs.packet import EdgeGeo, Watermark, decode_message
 from rstscope.config import Topology
 from rstscope.core.record import ConnectionRecord, make_record
+from rstscope.core.rollup import bucket_of
 from rstscope.core.table import ConnectionTable, Finished, window_of
 from rstscope.geo import GeoDB
 from rstscope.kafka.roles import role_spec
@@ -50,7 +51,6 @@ from rstscope.streams.checkpoint import Checkpoint
 from rstscope.streams.edges import NEVER, EdgeClock, EdgeClocks
 from rstscope.streams.faust_internals import AckRef, TopicBatches
 from rstscope.streams.offsets import OffsetGuard
-from rstscope.streams.rollup_agent import bucket_of
 from rstscope.streams.status import EdgeStatus
 
 log = logging.getLogger(__name__)

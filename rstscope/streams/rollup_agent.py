@@ -33,7 +33,7 @@ import orjson
 
 from rstscope.codecs.errors import CodecError, MalformedRecord
 from rstscope.codecs.jsonl import dumps, loads_array
-from rstscope.core.rollup import Rollup, RowKey, dimension_keys, row_key_text
+from rstscope.core.rollup import Rollup, RowKey, bucket_of, dimension_keys, row_key_text
 from rstscope.streams.checkpoint import Checkpoint
 from rstscope.streams.faust_internals import AckRef
 from rstscope.streams.offsets import OffsetGuard
@@ -47,10 +47,6 @@ _FIELDS = ("window_start", "country", "asn", "stage", "tags", "signature", "as_n
 def compact(record: Mapping[str, Any]) -> list[Any]:
     """What the table keeps per connection: its id and the rollup's inputs."""
     return [record["id"], *(record.get(k) for k in _FIELDS)]
-
-
-def bucket_of(record: Mapping[str, Any], bucket_s: int) -> int:
-    return int(record["window_start"]) // bucket_s * bucket_s
 
 
 class RollupStage:
