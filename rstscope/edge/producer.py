@@ -227,6 +227,14 @@ class Edge:
         if self.input is not None:
             self.input.stopped = True
 
+    def _keep_up(self) -> None:
+        """Between frames of a slow source (live and idle, or a paced replay): batches that waited
+        linger_s and a due watermark go out on time, not only after the next read batch."""
+        self.flush(stale_only=True)
+        self.producer.poll(0)
+        if self.end_ts >= self.next_wm:
+            self.watermark(False)
+
     def run(self, src: list[Path] | Source, rate: float | None = None) -> EdgeStats:
         source: Source = PcapFiles(src) if isinstance(src, list) else src
         self.input = source
@@ -242,10 +250,7 @@ class Edge:
                 now = time.time() - LIVE_SLACK_S
                 if now > self.end_ts and self.end_ts != float("-inf"):
                     self.end_ts = now
-                self.flush(stale_only=True)
-                poll(0)
-                if self.end_ts >= self.next_wm:
-                    self.watermark(False)
+                self._keep_up()
                 continue
             for ts, linktype, data in batch:
                 s.read += 1
@@ -253,12 +258,7 @@ class Edge:
                     ahead = s.read / rate - (time.monotonic() - start)
                     if ahead > 0:
                         time.sleep(ahead)
-                    # a paced replay is slow like a live source: batches and watermarks go out on
-                    # time, not only after each read batch
-                    self.flush(stale_only=True)
-                    if self.end_ts >= self.next_wm:
-                        self.watermark(False)
-                    poll(0)
+                    self._keep_up()  # a paced replay is slow like a live source
                 if ts > self.end_ts:
                     self.end_ts = ts
                 rec = decode_frame(ts, linktype, data)
