@@ -14,7 +14,8 @@ checkpoint runs, under the agent's lock (so no message is half-processed meanwhi
 4. **commit** (Faust's own timer, every ``--commit-interval``): flush the producer, which makes step 2
    durable, then commit the acked offsets.
 
-A checkpoint runs every ``interval`` seconds and whenever an agent has ``max_waiting`` outputs waiting.
+A checkpoint runs every ``interval`` seconds, and whenever an agent calls ``commit`` because many outputs
+wait (the connection agent at 1,000 records, the rollup agent at 2,000 inputs).
 """
 
 from __future__ import annotations
