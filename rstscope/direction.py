@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Iterable
+from typing import Any
 
 from rstscope.packet import TH_ACK, TH_SYN, PacketRecord
 
@@ -21,6 +22,11 @@ class Dir(enum.IntEnum):
     S2C = 2  # server to client: never kept (one direction only)
     OTHER = 3  # configured servers, but this packet is to or from none of them
     UNKNOWN = 4  # no configuration: decided from handshake state
+
+
+def is_synack(flags: Any) -> Any:
+    """A SYN-ACK: it always comes from the server (ints or numpy arrays)."""
+    return flags & (TH_SYN | TH_ACK) == (TH_SYN | TH_ACK)
 
 
 class Direction:
@@ -52,7 +58,7 @@ class Direction:
 
     def of(self, pkt: PacketRecord) -> Dir:
         if not self.configured:
-            if pkt.flags & (TH_SYN | TH_ACK) == (TH_SYN | TH_ACK):
+            if is_synack(pkt.flags):
                 return Dir.S2C  # a SYN-ACK always comes from the server
             return Dir.UNKNOWN
         if self._is_server(pkt.dst, pkt.dport):

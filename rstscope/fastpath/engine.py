@@ -91,6 +91,7 @@ from rstscope.core.table import (
     track,
     window_of,
 )
+from rstscope.direction import is_synack
 from rstscope.fastpath.reader import (
     DTYPES,
     AddressTable,
@@ -100,7 +101,7 @@ from rstscope.fastpath.reader import (
     join_columns,
 )
 from rstscope.geo import GeoInfo
-from rstscope.packet import TH_ACK, TH_FIN, TH_RST, TH_SYN
+from rstscope.packet import TH_FIN, TH_RST, TH_SYN
 
 if TYPE_CHECKING:
     from rstscope.offline import Analyzer, Progress
@@ -444,7 +445,7 @@ class BatchRun:
             n_other = int((~c2s & ~s2c).sum())
             gate_new = c2s
         else:
-            s2c = (new.flags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK)  # a SYN-ACK (Direction.of)
+            s2c = is_synack(new.flags)  # Direction.of's rule without servers
             n_other = 0
             gate_new = ~s2c
         n_s2c = int(s2c.sum())
