@@ -121,7 +121,7 @@ def step(st: TupleState | None, ts: float, flags: int, seq: int, window: int, pa
     - A decided one counts later packets; a SYN with a new sequence number opens the next connection.
     - Idle mode: a connection that has not ended and was quiet for ``idle_s`` is decided (a timeout).
     """
-    syn = flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN
+    syn = is_syn(flags)
     if st is None or st.window_start != window:
         return _OPEN if syn else _NO_SYN
     new_isn = syn and seq != st.syn_seq
@@ -161,7 +161,7 @@ def track(st: Track | None, ts: float, flags: int, seq: int, window: int,
         st.count += 1
         if ts > st.last_ts:
             st.last_ts = ts
-        if flags & (TH_RST | TH_FIN):
+        if ends(flags):
             st.ended = True
         if st.count >= params.max_packets:
             st.sealed = END_MAX_PACKETS
@@ -329,9 +329,9 @@ class ConnectionTable:
         if pkt.ts < conn.first_ts:
             conn.first_ts = pkt.ts
         flags = pkt.flags
-        if flags & (TH_RST | TH_FIN):
+        if ends(flags):
             conn.ended = True
-        if flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN:
+        if is_syn(flags):
             conn.syns += 1  # a SYN+FIN is a SYN too
         if conn.ended:
             self._schedule(conn, conn.last_ts + self.params.grace_s)
