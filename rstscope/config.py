@@ -59,6 +59,29 @@ class EdgeParams:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertParams:
+    """When a network's stage share counts as changed (docs/insights.md): robust statistics against the
+    same time of day on previous days, with floors so that small networks and small moves do not alarm."""
+
+    unit_s: int = 3600  # rollup buckets are summed into units this long before they are judged
+    baseline_days: int = 7  # the baseline: the same unit of the day on this many previous days
+    min_baseline_days: int = 3  # fewer days with enough connections: the unit is not judged
+    min_connections: int = 200  # a unit (and each baseline day) needs this many connections to count
+    min_change_pp: float = 10.0  # a change smaller than this many share points never alerts
+    z_threshold: float = 4.0  # robust z: (share - baseline median) / max(1.4826 MAD, binomial sd)
+    close_after: int = 2  # an open alert closes after this many consecutive normal units
+    recurring_days: int = 3  # alerted at this unit of the day on this many baseline days: recurring
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierParams:
+    """Which networks' stage profiles stand out from their peers' (docs/insights.md)."""
+
+    min_connections: int = 500  # networks with fewer connections over the range are not ranked
+    confidence: float = 0.99  # only departures at least this certain, given the counts, are listed
+
+
+@dataclass(frozen=True, slots=True)
 class TopicSpec:
     name: str
     partitions: int
@@ -75,6 +98,8 @@ class Topology:
     topics: dict[str, TopicSpec] = field(default_factory=dict)
     source: str = "<defaults>"
     edges: EdgeParams = field(default_factory=EdgeParams)
+    alerts: AlertParams = field(default_factory=AlertParams)
+    outliers: OutlierParams = field(default_factory=OutlierParams)
 
 
 # Keys of earlier releases, with what replaced them (a clear error instead of a silent change of method).
@@ -118,7 +143,9 @@ def load(path: Path | str | None = None) -> Topology:
     evidence = _section(EvidenceParams, raw.get("evidence"), "evidence")
     topics = {k: _section(TopicSpec, v, f"topics.{k}") for k, v in (raw.get("topics") or {}).items()}
     edges = _section(EdgeParams, raw.get("edges"), "edges")
-    topo = Topology(window, sampling, evidence, topics, str(p), edges)
+    alerts = _section(AlertParams, raw.get("alerts"), "alerts")
+    outliers = _section(OutlierParams, raw.get("outliers"), "outliers")
+    topo = Topology(window, sampling, evidence, topics, str(p), edges, alerts, outliers)
     validate(topo)
     return topo
 
@@ -131,6 +158,14 @@ def validate(t: Topology) -> None:
         raise TopologyError(f"topology: window.mode must be one of {', '.join(MODES)}")
     if t.edges.idle_s <= 0 or t.edges.max_ahead_s <= 0:
         raise TopologyError("topology: edges.idle_s and edges.max_ahead_s must be positive")
+    a = t.alerts
+    if (a.unit_s <= 0 or a.baseline_days < 1 or not 1 <= a.min_baseline_days <= a.baseline_days
+            or a.min_connections < 1 or a.min_change_pp < 0 or a.z_threshold <= 0 or a.close_after < 1
+            or a.recurring_days < 1):
+        raise TopologyError("topology: alerts: unit_s, baseline_days, min_connections, z_threshold and "
+                            "close_after must be positive, 1 <= min_baseline_days <= baseline_days")
+    if t.outliers.min_connections < 1 or not 0.0 < t.outliers.confidence < 1.0:
+        raise TopologyError("topology: outliers: min_connections >= 1 and 0 < confidence < 1")
     if not 0.0 < t.sampling.probability <= 1.0:
         raise TopologyError("topology: sampling.probability must be in (0, 1]")
     if t.sampling.mode not in ("random", "hash"):
