@@ -130,11 +130,14 @@ DELEGATED = {
     "topics": ("rstscope.streams.topics", "create or check the topics of topology.yaml"),
     "edge": ("rstscope.edge.producer", "edge producer: capture -> sampling -> Kafka"),
     "worker": ("rstscope.streams.worker", "Faust worker: connection and rollup agents"),
+    "alert-agent": ("rstscope.streams.alert_agent", "rollups topic -> change alerts -> alerts topic"),
 }
 # Sub-commands whose module is handed the name too (one module serves several commands).
 NAMED = {
     "serve": ("rstscope.api.cli", "Radar-compatible API and dashboard over the rollup store"),
-    "sink": ("rstscope.api.cli", "consume the rollups topic into the rollup store"),
+    "sink": ("rstscope.api.cli", "consume the rollups (and alerts) topics into the store"),
+    "alerts": ("rstscope.insights.cli", "change alerts over a rollups file (docs/insights.md)"),
+    "outliers": ("rstscope.insights.cli", "networks that stand out from their peers over a rollups file"),
 }
 
 

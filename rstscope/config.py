@@ -70,7 +70,7 @@ class AlertParams:
     min_change_pp: float = 10.0  # a change smaller than this many share points never alerts
     z_threshold: float = 4.0  # robust z: (share - baseline median) / max(1.4826 MAD, binomial sd)
     close_after: int = 2  # an open alert closes after this many consecutive normal units
-    recurring_days: int = 3  # alerted at this unit of the day on this many baseline days: recurring
+    recurring_days: int = 2  # closed alerts covered this unit of the day on this many previous days: recurring
 
 
 @dataclass(frozen=True, slots=True)

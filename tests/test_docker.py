@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_compose_commands_are_real_commands() -> None:
     compose = yaml.safe_load((ROOT / "docker/compose.yaml").read_text())
     services = compose["services"]
-    assert {"kafka1", "kafka2", "kafka3", "topics", "worker", "edge", "sink", "api"} <= set(services)
-    for name in ("topics", "worker", "edge", "sink", "api"):
+    assert {"kafka1", "kafka2", "kafka3", "topics", "worker", "edge", "alert-agent", "sink", "api"} <= set(services)
+    for name in ("topics", "worker", "edge", "alert-agent", "sink", "api"):
         cmd = services[name]["command"]
         r = subprocess.run([sys.executable, "-m", "rstscope.cli", cmd[0], "--help"], capture_output=True, text=True)
         assert r.returncode == 0, (name, r.stderr)
@@ -31,6 +31,7 @@ def test_docker_topology_differs_only_in_replication() -> None:
     docker = config.load(ROOT / "docker/topology.yaml")
     assert docker.window == packaged.window and docker.sampling == packaged.sampling
     assert docker.evidence == packaged.evidence
+    assert docker.alerts == packaged.alerts and docker.outliers == packaged.outliers and docker.edges == packaged.edges
     assert set(docker.topics) == set(packaged.topics)
     for role, spec in docker.topics.items():
         assert spec.replication == 3

@@ -11,7 +11,7 @@ import os
 from rstscope.config import TopicSpec, Topology, TopologyError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
-ROLES = ("packets", "connections", "rollups", "dead_letters")
+ROLES = ("packets", "connections", "rollups", "dead_letters", "alerts")
 
 
 def default_bootstrap() -> str:
