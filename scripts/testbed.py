@@ -5,7 +5,8 @@
 
 Builds three network namespaces (client <-> router <-> server, offloads off), nginx on 80 and TLS on
 443 (self-signed certificate made at run time), an NFQUEUE middlebox on the router that drops and /
-or injects RSTs toward the server in every style of Sundara Raman et al. (SIGCOMM 2023), captures on
+or injects RSTs toward the server in every style of Sundara Raman et al. (SIGCOMM 2023) and as the
+named middleboxes of docs/signatures.md (the GFW's type-1 and type-2 injectors), captures on
 the server's interface (and `tcpdump -i any`), labels every connection it makes, runs
 `rstscope analyze`, joins records to labels and writes OUT/{bed.pcap, bed_any.pcap, labels.jsonl,
 bed.connections.jsonl, bed_any.connections.jsonl, middlebox.log, report.json, report.md}.

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from builders import ISN, SISN, ack, fin, pkt, psh, rst, rstack, syn
+from builders import ISN, SISN, T0, ack, fin, pkt, psh, rst, rstack, syn
 
 from rstscope.core.classify import SIGNATURES, TAGS, classify
-from rstscope.packet import TH_ACK, TH_PSH
+from rstscope.packet import TH_ACK, TH_PSH, PacketRecord
 
 D1 = ISN + 1
 D2 = ISN + 101
@@ -272,7 +272,118 @@ def test_every_tag_is_reachable():
         (syn(), rst(), rstack()), (syn(), ack(), rst(1), rst(1)), (syn(), ack(), rst(0), rst(0)),
         (syn(), ack(), rst(1), rst(2)), (syn(), ack(), rst(1), rst(0)), (syn(), rstack(), rstack()),
         (syn(), ack(), fin(), rst()), (syn(),), (syn(ipid=54321, window=65535), rst()), (syn(), rstack()),
+        (syn(), ack(), psh(), gfw1()), (syn(), ack(), psh(), *gfw2()),
     ]
     for packets in cases:
         seen.update(c(*packets).tags)
     assert seen == set(TAGS)
+
+
+# -- named middleboxes (issue 16; docs/signatures.md) ----------------------------------------------
+
+X = ISN + 101  # the trigger segment's first sequence number (Clayton et al. 2006: "the start of the GET")
+
+
+def gfw2(base: int = X, offsets: tuple[int, ...] = (0, 1460, 4380), **kw: object) -> list:
+    """The GFW's type-2 resets toward the server: RST+ACKs at base + offsets, TTL and window cycling."""
+    kw.setdefault("ttl", 40)
+    return [rstack(seq=(base + d) % (1 << 32), window=3293 + i, **kw)  # type: ignore[arg-type]
+            for i, d in enumerate(offsets)]
+
+
+def gfw1(**kw: object) -> PacketRecord:
+    """The GFW's type-1 reset: RST without ACK, a random (non-zero) window and a foreign TTL."""
+    kw.setdefault("ttl", 40)
+    kw.setdefault("window", 4321)
+    return rst(seq=X, **kw)  # type: ignore[arg-type]
+
+
+def test_gfw_type2_is_the_rstack_triplet_at_x_x1460_x4380():
+    v = c(syn(), ack(), psh(), *gfw2())
+    assert v.tags == ("reset", "multiple_rstacks", "gfw_type2")
+    assert v.signature == "PSH+ACK→RST+ACK;RST+ACK"
+    assert c(*reversed([syn(), ack(), psh(), *gfw2()])).tags == v.tags  # packets are a set
+
+
+def test_gfw_type2_offsets_wrap_around_the_sequence_space():
+    assert "gfw_type2" in c(syn(), ack(), psh(), *gfw2(base=(1 << 32) - 1000)).tags
+
+
+def test_gfw_type2_with_a_type1_reset_is_a_combination_tagged_both():
+    v = c(syn(), ack(), psh(), gfw1(), *gfw2())
+    assert v.tags == ("reset", "rst_and_rstacks", "gfw_type1", "gfw_type2")
+    assert v.signature == "PSH+ACK→RST;RST+ACK"
+
+
+def test_gfw_type2_seen_at_post_syn_and_beside_other_resets():
+    assert "gfw_type2" in c(syn(), *gfw2(base=ISN + 1)).tags
+    assert "gfw_type2" in c(syn(), ack(), psh(), rstack(seq=X + 71), *gfw2()).tags  # a fourth RST+ACK
+
+
+@pytest.mark.parametrize("packets", [
+    pytest.param(gfw2(offsets=(0, 1460)), id="two_of_three"),
+    pytest.param(gfw2(offsets=(0, 1460, 2920)), id="x_x1460_x2920"),
+    pytest.param(gfw2(offsets=(0, 0, 0)), id="same_seq_triplet_2023"),
+    pytest.param(gfw2(offsets=(0, 1461, 4381)), id="off_by_one"),
+    pytest.param([rst(seq=X + d, window=9) for d in (0, 1460, 4380)], id="plain_rsts"),
+    pytest.param([rstack(seq=X), rst(seq=X + 1460), rstack(seq=X + 4380)], id="one_is_plain"),
+])
+def test_gfw_type2_near_misses(packets):
+    assert "gfw_type2" not in c(syn(), ack(), psh(), *packets).tags
+
+
+def test_gfw_type1_is_a_plain_rst_with_a_window_and_a_foreign_ttl():
+    v = c(syn(), ack(), psh(), gfw1())
+    assert v.tags == ("reset", "single_rst", "gfw_type1")
+    assert v.injected and v.signature == "PSH+ACK→RST"
+    assert "gfw_type1" in c(syn(), ack(), gfw1(window=1)).tags
+
+
+@pytest.mark.parametrize(("kw", "why"), [
+    ({"window": 0}, "window 0 is what a host's own RST without ACK carries (and the bed's other injectors)"),
+    ({"ttl": 64}, "the client's TTL: a host stack with a non-zero RST window, not a foreign injector"),
+    ({"ttl": 63}, "TTL 1 away: within a host's own spread"),
+])
+def test_gfw_type1_near_misses(kw, why):
+    assert "gfw_type1" not in c(syn(), ack(), psh(), gfw1(**kw)).tags, why
+
+
+def test_gfw_type1_needs_the_plain_rst_flag():
+    assert "gfw_type1" not in c(syn(), ack(), psh(), rstack(ttl=40, window=4321)).tags
+
+
+def test_gfw_type1_follows_the_configured_ttl_threshold():
+    from rstscope.config import EvidenceParams
+
+    packets = [syn(), ack(), psh(), gfw1(ttl=60)]
+    assert "gfw_type1" in classify(packets).tags
+    assert "gfw_type1" not in classify(packets, params=EvidenceParams(injected_ttl_delta=5)).tags
+
+
+def test_gfw_type1_is_never_read_on_a_scanners_syn():
+    v = c(syn(ipid=54321, window=65535, ttl=255), rst(ttl=64, window=1024))
+    assert v.scanner == "zmap" and "gfw_type1" not in v.tags and not v.injected
+
+
+def test_named_middlebox_tags_are_never_without_reset():
+    for packets in [(syn(window=4321, ttl=40),), (syn(), ack(), psh()), (syn(), ack(), fin())]:
+        assert not {"gfw_type1", "gfw_type2"} & set(c(*packets).tags)
+
+
+def test_both_engines_tag_named_middleboxes_alike(tmp_path):
+    """The batch engine classifies reset connections with the core's make_record: same tags."""
+    from rstscope.config import Topology
+    from rstscope.offline import Options
+    from tests.builders import ether, ipv4_tcp, pcap_bytes
+    from tests.test_fastpath import _run, compare
+
+    conns = [[syn(), ack(), psh(), gfw1()], [syn(), ack(), psh(), *gfw2()], [syn(), ack(), psh(), gfw1(), *gfw2()],
+             [syn(), ack(), psh(), *gfw2(offsets=(0, 1460, 2920))]]
+    frames = [(T0 + i + j * 0.001, ether(ipv4_tcp(p._replace(sport=41000 + i))))
+              for i, packets in enumerate(conns) for j, p in enumerate(packets)]
+    cap = tmp_path / "gfw.pcap"
+    cap.write_bytes(pcap_bytes(frames))
+    assert compare([cap]) == "batch"
+    _, recs = _run([cap], Options(), Topology(), "batch")
+    got = {r["client_port"]: [t for t in r["tags"] if t.startswith("gfw")] for r in recs}
+    assert got == {41000: ["gfw_type1"], 41001: ["gfw_type2"], 41002: ["gfw_type1", "gfw_type2"], 41003: []}

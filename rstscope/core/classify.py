@@ -26,7 +26,8 @@ STAGES = (POST_SYN, POST_ACK, POST_PSH, LATER, NO_MATCH)
 # SPEC section 5, in its order; a nested tag applies only when its parent does.
 TAGS = (
     "timeout", "reset", "fin", "single_rst", "multiple_rsts", "acknumsame", "acknumsame0",
-    "acknumdiff", "acknumdiff0", "single_rstack", "multiple_rstacks", "rst_and_rstacks", "zmap",
+    "acknumdiff", "acknumdiff0", "single_rstack", "multiple_rstacks", "rst_and_rstacks",
+    "gfw_type1", "gfw_type2", "zmap",
 )
 
 # The 19 tampering signatures of Sundara Raman et al. (SIGCOMM 2023), per stage.
@@ -144,6 +145,46 @@ def stage_code(packets: Sequence[PacketRecord], rsts: Sequence[PacketRecord], ti
     first = min(data_seqs) if len(data_seqs) == 1 else 0
     after = len(data_seqs) == 1 and any(seq_after(p.seq, first) for p in prog)
     return int(timeout_stage_code(len(prog), len(data_seqs), len({p.ack for p in prog}) == 1, not after))
+
+
+# Named middleboxes (issue 16; docs/signatures.md cites each): tags nested under ``reset``.
+# gfw_type2: the GFW's RST+ACKs come in threes at X, X+1460 and X+4380 (Clayton, Murdoch, Watson,
+# PET 2006, p. 4; "type-2", RST+ACK, in Wang et al., IMC 2017).
+GFW_TYPE2_OFFSETS = (1460, 4380)
+# gfw_type1: the GFW's RST without ACK has a random TTL and a random window (Wang et al., IMC 2017),
+# where a host's own RST without ACK carries window 0 (Linux's tcp_v4/v6_send_reset); any non-zero counts.
+GFW_TYPE1_MIN_WINDOW = 1
+
+
+def gfw_type2(rstack_seqs: Sequence[int]) -> bool:
+    """Three RST+ACKs whose sequence numbers are X, X+1460 and X+4380 (mod 2^32) for one of them X:
+    only the offsets are the fingerprint, wherever the injector puts X (Clayton et al.: the trigger's first byte)."""
+    seqs = set(rstack_seqs)
+    return any(all((x + d) % SEQ_MOD in seqs for d in GFW_TYPE2_OFFSETS) for x in seqs)
+
+
+def gfw_type1(plain_rsts: Sequence[PacketRecord], ordinary_ttls: Sequence[int], min_ttl_delta: int) -> bool:
+    """An RST without ACK whose window is non-zero and whose TTL lies ``min_ttl_delta`` or more outside
+    the client's own TTLs: a random window alone is what some stacks do too, a foreign TTL alone is
+    any injector; both together are the type-1 injector's documented pair."""
+    if not ordinary_ttls:
+        return False
+    lo, hi = min(ordinary_ttls), max(ordinary_ttls)
+    return any(p.window >= GFW_TYPE1_MIN_WINDOW and _range_distance(p.ttl, lo, hi) >= min_ttl_delta
+               for p in plain_rsts)
+
+
+def middlebox_tags(rsts: Sequence[PacketRecord], ordinary: Sequence[PacketRecord], basis: str | None,
+                   min_ttl_delta: int) -> list[str]:
+    """The named-middlebox tags of a reset connection, in TAGS order. A scanner's SYN is answered by
+    the client's own kernel, so a TTL spread there is the scanner's: no ``gfw_type1`` (as ``injected``)."""
+    tags: list[str] = []
+    plain = [p for p in rsts if not p.flags & TH_ACK]
+    if basis != EVIDENCE_SCANNER and gfw_type1(plain, [p.ttl for p in ordinary], min_ttl_delta):
+        tags.append("gfw_type1")
+    if gfw_type2([p.seq for p in rsts if p.flags & TH_ACK]):
+        tags.append("gfw_type2")
+    return tags
 
 
 # The composition of a reset: exactly one of these applies (SPEC section 5).
@@ -283,12 +324,12 @@ def classify(packets: Sequence[PacketRecord], max_packets: int = 10,
     mark = scanner_mark(syn) if syn is not None else None
     if not rsts:
         return plain_verdict(stage, timed_out, mark)
-    tags = reset_tags(rsts, has_fin)
+    others = [p for p in ordinary if not p.flags & TH_SYN]
+    basis = evidence_basis(rsts, others, mark)
+    tags = reset_tags(rsts, has_fin) + middlebox_tags(rsts, ordinary, basis, ev.injected_ttl_delta)
     if mark == "zmap":
         tags.append("zmap")
     ttl_delta, ipid_delta = evidence(rsts, ordinary)
-    others = [p for p in ordinary if not p.flags & TH_SYN]
-    basis = evidence_basis(rsts, others, mark)
     injected = basis != EVIDENCE_SCANNER and (
         (ttl_delta is not None and ttl_delta >= ev.injected_ttl_delta)
         or (ipid_delta is not None and ipid_delta >= ev.injected_ipid_delta))

@@ -86,7 +86,8 @@ http {{
 #   kind: http (one GET), tls (handshake with SNI, then GET), split (GET line, then the Host line in
 #   a second segment), late (3 data segments then SO_LINGER 0: the CLIENT resets late)
 #   style: trigger ip|content, action drop|pass_drop|inject, forward (inject after forwarding the
-#   trigger, else instead of it), inject [[R|RA, ack mode]...], evidence unlike|ttl|ipid|mimic
+#   trigger, else instead of it), inject [[R|RA, ack mode(, seq offset, window)]...], evidence
+#   unlike|ttl|ipid|mimic|gfw, seq_base start (the injected seq numbers from the trigger's first byte)
 # Every scenario also makes one control connection (allowed host / allowed server address) that
 # must come out as a graceful no_match.
 # ----------------------------------------------------------------------------------------
@@ -100,12 +101,18 @@ def ip_(action, inject=(), ev="unlike"):
     return {"trigger": "ip", "action": action, "inject": [list(x) for x in inject], "evidence": ev}
 
 
-def ct(action, inject=(), forward=True, ev="unlike"):
+def ct(action, inject=(), forward=True, ev="unlike", **extra):
     return {"trigger": "content", "action": action, "forward": forward, "inject": [list(x) for x in inject],
-            "evidence": ev}
+            "evidence": ev, **extra}
 
 
 R, RA = "R", "RA"
+# The GFW's injectors toward the server (docs/signatures.md, "Named middleboxes"): type-1, one RST
+# without ACK with a random window (and, with evidence "gfw", a random TTL); type-2, three RST+ACKs at
+# X, X+1460, X+4380 with X the trigger segment's first sequence number, windows and TTLs cycling up.
+GFW1 = [(R, "ack", 0, "rand")]
+GFW2 = [(RA, "ack", 0, 3293), (RA, "ack", 1460, 3294), (RA, "ack", 4380, 3295)]
+GFW2_NEAR = [(RA, "ack", 0, 3293), (RA, "ack", 1460, 3294), (RA, "ack", 2920, 3295)]  # 2 x 1460: not type-2
 SCENARIOS = [
     # Post-SYN: the server address is blocklisted; acted on at the handshake
     S("syn_drop", 4, 80, "http", ip_("pass_drop")),
@@ -145,6 +152,12 @@ SCENARIOS = [
     S("v6_psh_rstack", 6, 443, "tls", ct("inject", [(RA, "ack")])),
     S("v6_psh_rst_mimic", 6, 80, "http", ct("inject", [(R, "ack")], ev="mimic")),
     S("v6_late_client_abort", 6, 80, "late", None),
+    # Named middleboxes (issue 16): the GFW's type-1 and type-2 injectors, alone and together, and near misses
+    S("gfw_type1", 4, 80, "http", ct("inject", GFW1, ev="gfw", seq_base="start")),
+    S("gfw_type2", 4, 443, "tls", ct("inject", GFW2, ev="gfw", seq_base="start")),
+    S("gfw_type1_type2", 4, 80, "http", ct("inject", GFW1 + GFW2, ev="gfw", seq_base="start")),
+    S("gfw_type2_near_miss", 4, 80, "http", ct("inject", GFW2_NEAR, ev="gfw", seq_base="start")),
+    S("rst_window_mimic", 4, 443, "tls", ct("inject", GFW1, ev="mimic")),
 ]
 
 
@@ -190,7 +203,7 @@ def intended(sc: dict, tampered: bool) -> dict:
         stage = "post_psh"
     if st["action"] in ("drop", "pass_drop"):
         return {"stage": stage, "tags": ["timeout"], "signature": SIG[(stage, "timeout")], "injected": False}
-    kinds = [f for f, _ in st["inject"]]
+    kinds = [item[0] for item in st["inject"]]
     nr, nra = kinds.count(R), kinds.count(RA)
     tags = ["reset"]  # then exactly one composition of the resets (SPEC 5): RSTs and RST+ACKs -> both only
     if nr and nra:
@@ -201,7 +214,7 @@ def intended(sc: dict, tampered: bool) -> dict:
         tags.append("multiple_rsts")
         # the ack numbers the middlebox wrote: "ack"/"srv" (a real, non-zero ack), "zero", "plus" (ack + 1460*i)
         vals = []
-        for i, (f, a) in enumerate(st["inject"]):
+        for i, (f, a, *_) in enumerate(st["inject"]):
             if f == R:
                 vals.append(0 if a == "zero" else (1 + 1460 * i if a == "plus" else 1))
         if len(set(vals)) == 1:
@@ -212,12 +225,20 @@ def intended(sc: dict, tampered: bool) -> dict:
         tags.append("single_rstack")
     elif nra > 1:
         tags.append("multiple_rstacks")
-    key = {(1, 0): "R", (0, 1): "RA", (1, 1): "R+RA", (0, 2): "RARA"}.get((nr, nra), "RR")
+    key = "R+RA" if nr and nra else "R" if nr == 1 else "RR" if nr else "RA" if nra == 1 else "RARA"
     if key == "RR" and stage == "post_psh":
         key = {"acknumsame": "RR=same", "acknumsame0": "RR=same0", "acknumdiff": "RR=diff",
                "acknumdiff0": "RR=diff0"}[tags[2]]
     ev = st.get("evidence", "unlike")
-    injected = ev in ("unlike", "ttl") or (ev == "ipid" and sc["fam"] == 4)
+    foreign_ttl = ev in ("unlike", "ttl", "gfw")  # TTL 40 / 30-50 against the client's 63
+    injected = foreign_ttl or (ev == "ipid" and sc["fam"] == 4)
+    # named middleboxes, from what was injected: a plain RST with a window and a foreign TTL (type-1);
+    # RST+ACKs at X, X+1460, X+4380 (type-2)
+    if foreign_ttl and any(item[0] == R and (item + [0, 0])[3] != 0 for item in st["inject"]):
+        tags.append("gfw_type1")
+    offs = {(item + [0])[2] for item in st["inject"] if item[0] == RA}
+    if any(o + 1460 in offs and o + 4380 in offs for o in offs):
+        tags.append("gfw_type2")
     return {"stage": stage, "tags": tags, "signature": SIG.get((stage, key)), "injected": injected}
 
 
@@ -565,9 +586,20 @@ def compare(labels: list[dict], records: list[dict]) -> dict:
                       "precision": round(tp / (tp + fp), 4) if tp + fp else None,
                       "recall": round(tp / (tp + fn), 4) if tp + fn else None}
         return res
+    def per_tag() -> dict:
+        res = {}
+        for t in sorted({t for w, g in pairs for t in (*w["tags"], *g["tags"])}):
+            tp = sum(1 for w, g in pairs if t in w["tags"] and t in g["tags"])
+            fp = sum(1 for w, g in pairs if t not in w["tags"] and t in g["tags"])
+            fn = sum(1 for w, g in pairs if t in w["tags"] and t not in g["tags"])
+            res[t] = {"labelled": tp + fn, "detected": tp + fp, "tp": tp,
+                      "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+                      "recall": round(tp / (tp + fn), 4) if tp + fn else None}
+        return res
     return {"labels": len(labels), "records": len(records), "matched": len(labels) - len(mism),
             "unlabelled_records": len(extra), "mismatches": mism,
-            "per_signature": pr("signature"), "per_stage": pr("stage"), "per_injected": pr("injected")}
+            "per_signature": pr("signature"), "per_stage": pr("stage"), "per_injected": pr("injected"),
+            "per_tag": per_tag()}
 
 
 def report_md(rep: dict) -> str:
@@ -584,6 +616,9 @@ def report_md(rep: dict) -> str:
             lines.append(f"| {k} | {v['labelled']} | {v['detected']} | {v['precision']} | {v['recall']} |")
         lines += ["", "| injected | connections | detected | precision | recall |", "|---|---|---|---|---|"]
         for k, v in c["per_injected"].items():
+            lines.append(f"| {k} | {v['labelled']} | {v['detected']} | {v['precision']} | {v['recall']} |")
+        lines += ["", "| tag | connections | detected | precision | recall |", "|---|---|---|---|---|"]
+        for k, v in c["per_tag"].items():
             lines.append(f"| {k} | {v['labelled']} | {v['detected']} | {v['precision']} | {v['recall']} |")
         if c["mismatches"]:
             lines += ["", "Mismatches:", ""] + [f"- {json.dumps(m, ensure_ascii=False)}" for m in c["mismatches"]]
@@ -641,7 +676,8 @@ def run(out: Path, guard: float = 90.0, workers: int = 12) -> dict:
     rep = {"captures": [cap_eth.name, cap_any.name], "labels": len(labels), "runtime_s": round(time.time() - t0, 1),
            "window_wait_s": round(waited, 1),
            "scenarios": [s["name"] for s in SCENARIOS],
-           "labelled_signatures": dict(Counter(str(x["signature"]) for x in labels)), "results": results}
+           "labelled_signatures": dict(Counter(str(x["signature"]) for x in labels)),
+           "labelled_tags": dict(Counter(t for x in labels for t in x["tags"])), "results": results}
     (out / "report.json").write_text(json.dumps(rep, indent=1, ensure_ascii=False) + "\n")
     (out / "report.md").write_text(report_md(rep))
     return rep

@@ -30,7 +30,12 @@ Config (JSON): {"queue": 0, "iface": "r1", "src_mac": "..", "dst_mac": "..",
                             "inject": [["R", "ack"], ["R", "zero"]], "evidence": "unlike"}, ...}}
 inject items: [flags, ack] with flags "R" (RST) or "RA" (RST+ACK) and ack one of "ack" (the
 trigger packet's ack number), "zero", "plus" (ack + 1460 * index), "srv" (server ISN + 1, from the
-SYN-ACK the middlebox saw).
+SYN-ACK the middlebox saw); optionally [flags, ack, seq offset, window] (window an int or "rand":
+a random non-zero window). Style key "seq_base": "start" puts the injected sequence numbers at the
+START of the trigger segment (Clayton et al. 2006: the GFW's X, X+1460, X+4380) instead of after it.
+Evidence style "gfw" (the GFW's injectors, docs/signatures.md): an RST without ACK gets a random TTL
+(30-50), the i-th injected packet otherwise TTL 40 + i (cyclically increasing, Wang et al. 2017);
+IP IDs as "unlike".
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import random
 import re
 import signal
 import socket
@@ -108,11 +114,11 @@ def sni(payload: bytes) -> str | None:
 
 
 def build(v: int, src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
-          ttl: int, ipid: int) -> bytes:
-    """An IP + TCP packet (no options, no payload, window 0) with correct checksums."""
+          ttl: int, ipid: int, window: int = 0) -> bytes:
+    """An IP + TCP packet (no options, no payload; window 0 unless given) with correct checksums."""
     fam = socket.AF_INET if v == 4 else socket.AF_INET6
     s, d = socket.inet_pton(fam, src), socket.inet_pton(fam, dst)
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 0, 0, 0)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, window, 0, 0)
     pseudo = s + d + (struct.pack("!BBH", 0, 6, len(tcp)) if v == 4 else struct.pack("!IxxxB", len(tcp), 6))
     tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
     if v == 4:
@@ -142,17 +148,22 @@ class Middlebox:
 
     def inject(self, st: dict, f: dict, style: dict, seq: int, base_ack: int) -> None:
         ev = style.get("evidence", "unlike")
-        ttl = INJECT_TTL if ev in ("unlike", "ttl") else st["ttl"]
-        for i, (fl, ackmode) in enumerate(style["inject"]):
+        for i, (fl, ackmode, *extra) in enumerate(style["inject"]):
             ack = {"ack": base_ack, "zero": 0, "plus": base_ack + 1460 * i, "srv": st.get("srv_isn", 0) + 1}[ackmode]
+            off, win = (extra + [0, 0])[:2]
+            win = random.randint(1, 0xFFFF) if win == "rand" else int(win)
+            if ev == "gfw":
+                ttl = random.randint(30, 50) if fl == "R" else INJECT_TTL + i
+            else:
+                ttl = INJECT_TTL if ev in ("unlike", "ttl") else st["ttl"]
             ipid = 0  # IPv6: no IP ID
             if f["v"] == 4:
-                ipid = (st["ipid"] + FAR_IPID + 7 * i) if ev in ("unlike", "ipid") else st["ipid"] + 1
+                ipid = (st["ipid"] + FAR_IPID + 7 * i) if ev in ("unlike", "ipid", "gfw") else st["ipid"] + 1
             flags = RST | (ACK if fl == "RA" else 0)
-            pkt = build(f["v"], st["cip"], st["sip"], st["cport"], st["sport"], seq, ack, flags, ttl, ipid)
+            pkt = build(f["v"], st["cip"], st["sip"], st["cport"], st["sport"], seq + off, ack, flags, ttl, ipid, win)
             self.tx.send(self.eth[f["v"]] + pkt)
-            self.note(f"inject {st['cip']}:{st['cport']} -> {st['sip']}:{st['sport']} {fl} seq={seq} ack={ack} "
-                      f"ttl={ttl} ipid={ipid & 0xFFFF}")
+            self.note(f"inject {st['cip']}:{st['cport']} -> {st['sip']}:{st['sport']} {fl} "
+                      f"seq={(seq + off) & 0xFFFFFFFF} ack={ack} ttl={ttl} ipid={ipid & 0xFFFF} win={win}")
 
     def __call__(self, qpkt) -> None:
         try:
@@ -232,7 +243,8 @@ class Middlebox:
             qpkt.accept()
         elif action == "inject":
             qpkt.accept()
-            self.inject(st, f, style, f["seq"] + len(f["payload"]), f["ack"])
+            start = style.get("seq_base") == "start"  # the GFW's X: the start of the trigger segment
+            self.inject(st, f, style, f["seq"] + (0 if start else len(f["payload"])), f["ack"])
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
 """Proof on real tampering (issue 6): rstscope's verdicts against what a real middlebox did.
 
-The bed (tests/testbed/bed.py, docs/signatures.md) runs once per session: 33 scenarios x (3 tampered
+The bed (tests/testbed/bed.py, docs/signatures.md) runs once per session: 38 scenarios x (3 tampered
 + 1 control) connections through an NFQUEUE middlebox that drops and injects RSTs toward the server
-in every style of the paper, captured on the server's interface and with `tcpdump -i any`.
+in every style of the paper and as the named middleboxes of issue 16 (the GFW's type-1 and type-2
+injectors), captured on the server's interface and with `tcpdump -i any`.
 Every label must match rstscope's record (stage, tags, signature, injected); precision and recall
-must be 1.0 for every one of the 19 signatures, every stage and the injection verdict.
+must be 1.0 for every one of the 19 signatures, every stage, every tag and the injection verdict.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ PAPER_19 = {
     "PSH+ACK→RST=RST", "PSH+ACK→RST≠RST", "PSH+ACK→RST;RST0",
     "PSH+ACK;Data→RST", "PSH+ACK;Data→RST+ACK",
 }
+# issue 16's named middleboxes (docs/signatures.md cites each)
+NAMED = {"gfw_type1", "gfw_type2"}
 
 
 def test_the_bed_labels_every_signature_of_the_paper(bed_report: dict) -> None:
@@ -42,8 +45,13 @@ def test_every_label_matches_its_record(bed_report: dict, capture: str) -> None:
     assert res["unlabelled_records"] == 0
 
 
+def test_the_bed_labels_every_named_middlebox(bed_report: dict) -> None:
+    n = bed_report["labelled_tags"]
+    assert all(n.get(t, 0) >= 3 for t in NAMED), n
+
+
 @pytest.mark.parametrize("capture", CAPTURES)
-@pytest.mark.parametrize("dimension", ["per_signature", "per_stage", "per_injected"])
+@pytest.mark.parametrize("dimension", ["per_signature", "per_stage", "per_injected", "per_tag"])
 def test_precision_and_recall_are_one(bed_report: dict, capture: str, dimension: str) -> None:
     table = bed_report["results"][capture][dimension]
     bad = {k: v for k, v in table.items() if v["precision"] != 1.0 or v["recall"] != 1.0}
@@ -52,6 +60,8 @@ def test_precision_and_recall_are_one(bed_report: dict, capture: str, dimension:
         assert set(table) >= PAPER_19
     if dimension == "per_stage":
         assert {"post_syn", "post_ack", "post_psh", "later_in_flow", "no_match"} <= set(table)
+    if dimension == "per_tag":
+        assert set(table) >= NAMED
 
 
 def test_injection_evidence_is_exactly_where_ttl_or_ipid_differ(bed_report: dict) -> None:
@@ -75,7 +85,7 @@ def test_injection_evidence_is_exactly_where_ttl_or_ipid_differ(bed_report: dict
         elif ev == "mimic":
             assert r["ttl_delta"] <= 1 and (r["ipid_delta"] or 0) <= 1 and not r["injected"], r
             seen["mimic"] += 1
-        elif ev == "unlike":
+        elif ev in ("unlike", "gfw"):
             assert r["ttl_delta"] >= 2 and r["injected"], r
             if r["ip_version"] == 4:
                 assert r["ipid_delta"] >= 2
