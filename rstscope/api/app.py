@@ -25,8 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rstscope import __version__
 from rstscope.api import query as q
 from rstscope.api.store import Store
+from rstscope.config import OutlierParams
 from rstscope.core.classify import SIGNATURES, TAGS
 from rstscope.core.rollup import Cell
+from rstscope.insights.model import Alert
+from rstscope.insights.outliers import rank_outliers
 from rstscope.names import as_label, country_label
 
 STATIC = Path(__file__).parent / "static"
@@ -63,7 +66,8 @@ class Annotation(BaseModel):
     description: str
     startDate: str
     endDate: str
-    eventType: str = Field(description="PIPELINE (no data: outside the store's span) or GENERAL (a caveat)")
+    eventType: str = Field(description="PIPELINE (no data: outside the store's span), GENERAL (a caveat) or "
+                                       "TRAFFIC_ANOMALY (a change alert on the series' network)")
     isInstantaneous: bool
     linkedUrl: str
     tags: list[str] | None = None
@@ -227,6 +231,94 @@ class DataMetaBody(BaseModel):
     result: DataMeta
 
 
+class AlertEvidenceModel(BaseModel):
+    """The counts an alert rests on (rstscope.insights.model.AlertEvidence)."""
+
+    connections: int = Field(description="connections of the network over the alert's units")
+    stage_connections: int = Field(description="of them, in the alert's stage")
+    baseline_connections: int = Field(description="connections of the network in the baseline units")
+    baseline_stage_connections: int = Field(description="of them, in the alert's stage")
+    baseline_days: int = Field(description="previous days the baseline was made of")
+    units: int = Field(description="units (alerts.unit_s of the topology) the alert covers")
+
+
+class AlertModel(BaseModel):
+    """A wire alert (docs/wire-formats.md): one network's stage share moved away from its baseline."""
+
+    id: str = Field(description="upsert identity: a later version of an id replaces the earlier")
+    dimension: str = Field(description="world | country | asn | country_asn")
+    key: str = Field(description='the network: "" (world), "MX", "8151", "MX:8151"')
+    stage: str
+    start: int = Field(description="unix seconds: start of the first unit that departed")
+    end: int | None = Field(description="unix seconds: end of the last unit that departed; null while open")
+    state: str = Field(description="open | closed")
+    direction: str = Field(description="rise | fall")
+    observed_share: float = Field(description="percent: the stage's share over the alert")
+    baseline_share: float = Field(description="percent: the baseline median share at the same time of day")
+    size_pp: float = Field(description="observed_share - baseline_share, share points (signed)")
+    score: float = Field(description="the largest robust z of the alert's units")
+    evidence: AlertEvidenceModel
+    name: str = Field(description="display name of the network, when known")
+    recurring: bool = Field(description="the same change at the same time of day on several previous days")
+    period_s: int | None = Field(description="recurring alerts: the period (86400: daily)")
+    v: int = Field(description="wire format version (1)")
+
+
+class AlertsMeta(BaseModel):
+    dateRange: list[DateRange]
+    lastUpdated: str
+    count: int = Field(description="alerts listed (at most `limit`)")
+    limit: int
+
+
+class AlertsResult(BaseModel):
+    meta: AlertsMeta
+    alerts: list[AlertModel] = Field(description="newest first")
+
+
+class AlertsBody(BaseModel):
+    success: bool
+    errors: list[ErrorItem]
+    result: AlertsResult
+
+
+class OutlierModel(BaseModel):
+    """One network whose stage profile departs from its peers' (rstscope.insights.model.Outlier)."""
+
+    dimension: str = Field(description="asn | country_asn | country")
+    key: str
+    peer: str = Field(description='what it is compared with: "country:MX" or "world"')
+    connections: int
+    peer_connections: int = Field(description="the peers' connections, the network's own excluded")
+    distance: float = Field(description="total variation distance between the stage profiles, share points")
+    confidence: float = Field(description="0..1: how sure that the profiles differ, given the counts")
+    stage: str = Field(description="the stage that departs most")
+    share: float = Field(description="percent: that stage's share in the network")
+    peer_share: float = Field(description="percent: that stage's share among the peers")
+    shares: dict[str, float]
+    peer_shares: dict[str, float]
+    name: str
+
+
+class OutliersMeta(BaseModel):
+    dateRange: list[DateRange]
+    lastUpdated: str
+    dimension: str
+    minConnections: int = Field(description="networks with fewer connections are not ranked (outliers: section)")
+    minConfidence: float = Field(description="departures less certain than this are not listed")
+
+
+class OutliersResult(BaseModel):
+    meta: OutliersMeta
+    outliers: list[OutlierModel] = Field(description="largest distance first")
+
+
+class OutliersBody(BaseModel):
+    success: bool
+    errors: list[ErrorItem]
+    result: OutliersResult
+
+
 # ---------------------------------------------------------------- pure builders
 
 def stage_shares(agg: Cell) -> dict[str, str]:
@@ -246,6 +338,7 @@ MAX_META_KEYS = 500  # /rstscope/meta lists the largest locations and ASes, not 
 UNITS = [{"name": "*", "value": "connections"}]  # every value is a percentage of connections
 DATA_SOURCE = "CONNECTION_ANOMALY"  # Radar's annotation data source for this dataset
 ZEROS = dict.fromkeys(q.STAGES, "0")
+MAX_ALERT_NOTES = 100  # alert annotations per series at most (the newest)
 Span = tuple[int, int] | None  # the store's data: first bucket start, last bucket end (None: empty)
 
 
@@ -260,9 +353,65 @@ def base_meta(ranges: Sequence[q.TimeRange], last_updated: str, level: int,
     }
 
 
-def series_annotations(series: q.Series, buckets: dict[int, Cell], span: Span, link: str) -> list[dict[str, Any]]:
-    """What a reader of these numbers must know: parts of the range without data (PIPELINE), and the
-    Post-SYN caveat for numbers of one location or AS (GENERAL)."""
+STAGE_NAMES = {"post_syn": "Post-SYN", "post_ack": "Post-ACK", "post_psh": "Post-PSH",
+               "later_in_flow": "Later in flow", "no_match": "No match"}
+
+
+def network_label(dimension: str, key: str, name: str = "") -> str:
+    """How an alert or outlier names its network: "world", "MX", "AS8151", "AS8151 in MX" (+ name)."""
+    if dimension == "world":
+        return "world"
+    if dimension == "country":
+        text = key
+    elif dimension == "asn":
+        text = f"AS{key}"
+    else:
+        cc, _, asn = key.partition(":")
+        text = f"AS{asn} in {cc}"
+    return f"{text} ({name})" if name else text
+
+
+def network_params(dimension: str, key: str) -> dict[str, str]:
+    """The API parameters that select a network (location and/or asn)."""
+    if dimension == "country":
+        return {"location": key}
+    if dimension == "asn":
+        return {"asn": key}
+    if dimension == "country_asn":
+        cc, _, asn = key.partition(":")
+        return {"location": cc, "asn": asn}
+    return {}
+
+
+def alert_description(a: Alert) -> str:
+    """One line for a reader: network, stage, size, baseline, recurring, state."""
+    verb = "rose" if a.direction == "rise" else "fell"
+    text = (f"alert {a.id}: {STAGE_NAMES.get(a.stage, a.stage)} share of {network_label(a.dimension, a.key, a.name)} "
+            f"{verb} to {a.observed_share:.1f}% from a baseline of {a.baseline_share:.1f}% ({a.size_pp:+.1f} pp, "
+            f"{a.evidence.connections} connections)")
+    if a.recurring:
+        text += f", recurring every {a.period_s or 86400}s" if a.period_s != 86400 else ", recurring daily"
+    return text + ("; open" if a.end is None else "")
+
+
+def alert_annotation(a: Alert, r: q.TimeRange, alerts_url: str) -> dict[str, Any]:
+    """A Radar annotation (eventType TRAFFIC_ANOMALY) for the part of the series' range an alert covers;
+    linkedUrl asks /rstscope/alerts for it."""
+    start = max(a.start, r.start_s)
+    end = min(r.stop_s if a.end is None else a.end, r.stop_s)
+    qs = "&".join(f"{k}={v}" for k, v in {**network_params(a.dimension, a.key), "stage": a.stage,
+                                         "dateStart": q.iso_s(a.start), "dateEnd": q.iso_s(a.start)}.items())
+    tags = ["alert", a.stage, a.direction, *(["recurring"] if a.recurring else []), a.state]
+    return {"dataSource": DATA_SOURCE, "description": alert_description(a), "startDate": q.iso_s(start),
+            "endDate": q.iso_s(max(start, end)), "eventType": "TRAFFIC_ANOMALY", "isInstantaneous": False,
+            "linkedUrl": f"{alerts_url}?{qs}", "tags": tags}
+
+
+def series_annotations(series: q.Series, buckets: dict[int, Cell], span: Span, link: str,
+                       alerts: Sequence[Alert] = (), alerts_url: str = "") -> list[dict[str, Any]]:
+    """What a reader of these numbers must know: parts of the range without data (PIPELINE), the
+    Post-SYN caveat for numbers of one location or AS (GENERAL), and the change alerts on the series'
+    network that overlap its range (TRAFFIC_ANOMALY, oldest first)."""
     r = series.range
     out: list[dict[str, Any]] = []
 
@@ -287,15 +436,21 @@ def series_annotations(series: q.Series, buckets: dict[int, Cell], span: Span, l
              f"Post-SYN ({series.key}): {unreliable} of these connections ended after their SYN alone; the source "
              "address of a lone SYN may be spoofed, so their location and AS are unreliable",
              ["post_syn", "geolocation"])
+    for a in sorted(alerts, key=lambda a: (a.start, a.id)):
+        out.append(alert_annotation(a, r, alerts_url))
     return out
 
 
+AlertsOf = Callable[[q.Series], Sequence[Alert]]
+
+
 def series_meta(parts: Sequence[tuple[q.Series, dict[int, Cell]]], last_updated: str, span: Span,
-                link: str) -> dict[str, Any]:
+                link: str, alerts_of: AlertsOf | None = None, alerts_url: str = "") -> dict[str, Any]:
     """Meta of one or more series: a dateRange each, the lowest confidence, all annotations (once each)."""
     notes: list[dict[str, Any]] = []
     for s, buckets in parts:
-        for n in series_annotations(s, buckets, span, link):
+        alerts = alerts_of(s) if alerts_of is not None else ()
+        for n in series_annotations(s, buckets, span, link, alerts, alerts_url):
             if n not in notes:
                 notes.append(n)
     level = min(q.confidence_level(sum(a.total for a in buckets.values())) for _, buckets in parts)
@@ -303,9 +458,10 @@ def series_meta(parts: Sequence[tuple[q.Series, dict[int, Cell]]], last_updated:
 
 
 def summary_results(parts: Sequence[tuple[q.Series, dict[int, Cell]]], last_updated: str, span: Span,
-                    link: str, *, named: bool = False) -> dict[str, Any]:
+                    link: str, *, named: bool = False, alerts_of: AlertsOf | None = None,
+                    alerts_url: str = "") -> dict[str, Any]:
     """meta + one share object per series, under its key (`summary_i` or its name)."""
-    result: dict[str, Any] = {"meta": series_meta(parts, last_updated, span, link)}
+    result: dict[str, Any] = {"meta": series_meta(parts, last_updated, span, link, alerts_of, alerts_url)}
     for s, buckets in parts:
         result[s.key] = stage_shares(sum_aggs(buckets.values()))
     first = parts[0][0].key
@@ -329,8 +485,9 @@ def serie(buckets: dict[int, Cell], r: q.TimeRange, agg_interval: str) -> dict[s
 
 
 def timeseries_results(parts: Sequence[tuple[q.Series, dict[int, Cell]]], agg_interval: str, last_updated: str,
-                       span: Span, link: str, *, named: bool = False) -> dict[str, Any]:
-    meta = series_meta(parts, last_updated, span, link)
+                       span: Span, link: str, *, named: bool = False, alerts_of: AlertsOf | None = None,
+                       alerts_url: str = "") -> dict[str, Any]:
+    meta = series_meta(parts, last_updated, span, link, alerts_of, alerts_url)
     meta["aggInterval"] = q.AGG_INTERVALS[agg_interval][1]
     result: dict[str, Any] = {"meta": meta}
     for s, buckets in parts:
@@ -407,6 +564,31 @@ def top_items(totals: dict[str, Cell], kind: str, min_connections: int, limit: i
             item["clientASName"] = key_label(kind, key, names)
         out.append(item)
     return out
+
+
+ALERT_CSV = ("id", "dimension", "key", "name", "stage", "state", "direction", "start", "end", "observed_share",
+             "baseline_share", "size_pp", "score", "recurring", "period_s", "connections", "stage_connections",
+             "baseline_connections", "baseline_stage_connections", "baseline_days", "units")
+OUTLIER_CSV = ("dimension", "key", "name", "peer", "stage", "share", "peer_share", "distance", "confidence",
+               "connections", "peer_connections")
+
+
+def alerts_csv(alerts: Sequence[dict[str, Any]]) -> str:
+    """One row per wire alert; `end` and `period_s` are empty when null; the evidence's counts inline."""
+    def cell(v: Any) -> Any:
+        return "" if v is None else str(v).lower() if isinstance(v, bool) else v
+
+    return to_csv(ALERT_CSV, ([cell({**a, **a["evidence"]}[c]) for c in ALERT_CSV] for a in alerts))
+
+
+def outlier_names(store: Store, dimension: str, keys: Iterable[str]) -> dict[str, str]:
+    """Display names of a dimension's networks: the country's, the AS's (country+ASN: the AS's), as the
+    top lists show them."""
+    if dimension == "country":
+        names = store.names("country")
+        return {k: key_label("locations", k, names) for k in keys}
+    names = store.names("asn")
+    return {k: key_label("ases", k.rpartition(":")[2], names) for k in keys}
 
 
 def to_csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -496,10 +678,24 @@ _JSON_OR_CSV = {"content": {"text/csv": {"schema": {"type": "string"}}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody, "description": "bad parameters"}}
 TOP_PARAMS = ("location", "continent", "asn", "dateRange", "dateStart", "dateEnd", "format", "limit",
               "minConnections")
+StageP = Annotated[str | None, Query(description="only alerts on this stage",
+                                     json_schema_extra={"enum": list(q.STAGES)})]
+StateP = Annotated[str | None, Query(description="open or closed (default both)",
+                                     json_schema_extra={"enum": ["open", "closed"]})]
+AlertLimitP = Annotated[str | None, Query(description=f"alerts (1..{q.MAX_ALERTS}, default 100), newest first",
+                                          json_schema_extra={"pattern": r"^[0-9]{1,4}$"})]
+OutlierDimP = Annotated[str | None, Query(description="the networks ranked: country_asn (default, peers: their "
+                                                      "country), asn or country (peers: the world)",
+                                          json_schema_extra={"enum": list(q.OUTLIER_DIMENSIONS)})]
+OutlierLimitP = Annotated[str | None, Query(description="outliers (1..100, default 20)",
+                                            json_schema_extra={"pattern": r"^[0-9]{1,3}$"})]
 
 
-def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = False) -> FastAPI:
-    """The app over one store; `now` is injectable so relative ranges are testable."""
+def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = False,
+               outliers: OutlierParams | None = None) -> FastAPI:
+    """The app over one store; `now` is injectable so relative ranges are testable; `outliers`: the
+    topology's outliers: thresholds (default: OutlierParams())."""
+    outlier_params = outliers or OutlierParams()
     app = FastAPI(title="rstscope API", version=__version__, docs_url=None, redoc_url=None,
                   description="Cloudflare Radar-compatible TCP resets and timeouts, self-hosted. See docs/api.md.")
 
@@ -527,6 +723,13 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
     def fetch(qy: q.SeriesQuery) -> list[tuple[q.Series, dict[int, Cell]]]:
         return [(s, store.per_bucket(s.filters, s.range.start_s, s.range.stop_s)) for s in qy.series]
 
+    def series_alerts(s: q.Series) -> list[Alert]:
+        """The alerts that annotate a series: on exactly its network, overlapping its range."""
+        return store.alerts(s.range.start_s, s.range.stop_s, s.filters, exact=True, limit=MAX_ALERT_NOTES)
+
+    def alerts_url(request: Request) -> str:
+        return str(request.url_for("alerts"))
+
     # ------------------------------------------------------------ Radar
 
     @app.get("/radar/tcp_resets_timeouts/summary", response_model=SummaryBody, tags=["radar"],
@@ -537,7 +740,8 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
         qy = q.parse_series_query(params(request), now())
         parts = fetch(qy)
         span = store.span()
-        res = summary_results(parts, last_updated(span, qy.series[0].range), span, link(request), named=qy.named)
+        res = summary_results(parts, last_updated(span, qy.series[0].range), span, link(request), named=qy.named,
+                              alerts_of=series_alerts, alerts_url=alerts_url(request))
         if qy.format == "CSV":
             return csv_response(summary_csv(res, [s.key for s in qy.series], len(qy.series) > 1 or qy.named))
         return ok(res)
@@ -552,7 +756,8 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
         parts = fetch(qy)
         span = store.span()
         res = timeseries_results(parts, qy.agg_interval, last_updated(span, qy.series[0].range), span,
-                                 link(request), named=qy.named)
+                                 link(request), named=qy.named, alerts_of=series_alerts,
+                                 alerts_url=alerts_url(request))
         if qy.format == "CSV":
             return csv_response(timeseries_csv(res, [s.key for s in qy.series], len(qy.series) > 1 or qy.named))
         return ok(res)
@@ -640,6 +845,48 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
                  format: FormatP = None, limit: LimitP = None, min_connections: MinConnP = None) -> Response:
         """ASes ranked by anomaly share; `location=DE` ranks the ASes seen in Germany."""
         return top_endpoint(request, "ases")
+
+    @app.get("/rstscope/alerts", response_model=AlertsBody, tags=["rstscope"],
+             responses={200: _JSON_OR_CSV, **_ERRORS})
+    def alerts(request: Request, location: LocationP = None, continent: ContinentP = None, asn: AsnP = None,
+               date_range: DateRangeP = None, date_start: DateStartP = None, date_end: DateEndP = None,
+               format: FormatP = None, stage: StageP = None, state: StateP = None,
+               limit: AlertLimitP = None) -> Response:
+        """Change alerts overlapping the range (open ones overlap everything after their start), newest first.
+        `location`/`continent` select alerts on those countries and on their ASes there, `asn` on those ASes
+        (and on them in any country); both: on the country+ASN networks both accept; none: every alert."""
+        aq = q.parse_alert_query(params(request), now())
+        found = [a.to_wire() for a in store.alerts(aq.range.start_s, aq.range.stop_s, aq.filters,
+                                                   stage=aq.stage, state=aq.state, limit=aq.limit)]
+        if aq.format == "CSV":
+            return csv_response(alerts_csv(found))
+        meta = {"dateRange": [{"startTime": q.iso(aq.range.start), "endTime": q.iso(aq.range.end)}],
+                "lastUpdated": last_updated(store.span(), aq.range), "count": len(found), "limit": aq.limit}
+        return ok({"meta": meta, "alerts": found})
+
+    @app.get("/rstscope/outliers", response_model=OutliersBody, tags=["rstscope"],
+             responses={200: _JSON_OR_CSV, **_ERRORS})
+    def outlier_ranking(request: Request, location: LocationP = None, continent: ContinentP = None,
+                        asn: AsnP = None, date_range: DateRangeP = None, date_start: DateStartP = None,
+                        date_end: DateEndP = None, format: FormatP = None, dimension: OutlierDimP = None,
+                        limit: OutlierLimitP = None) -> Response:
+        """Networks whose stage profile departs most from their peers' over the range (a country+ASN from its
+        country's other ASes, an AS or a country from the rest of the world), with a confidence from the
+        counts (chi-square); `location` restricts country_asn and country to those countries."""
+        oq = q.parse_outlier_query(params(request), now())
+        r = oq.range
+        cells = {k: c for k, c in store.key_totals(oq.dimension, r.start_s, r.stop_s).items()
+                 if oq.filters.covers(oq.dimension, k)}
+        peers = store.key_totals("country" if oq.dimension == "country_asn" else "world", r.start_s, r.stop_s)
+        ranked = [o.to_wire() for o in rank_outliers(cells, oq.dimension, peers, outlier_params,
+                                                     names=outlier_names(store, oq.dimension, cells),
+                                                     limit=oq.limit)]
+        if oq.format == "CSV":
+            return csv_response(to_csv(OUTLIER_CSV, ([o[c] for c in OUTLIER_CSV] for o in ranked)))
+        meta = {"dateRange": [{"startTime": q.iso(r.start), "endTime": q.iso(r.end)}],
+                "lastUpdated": last_updated(store.span(), r), "dimension": oq.dimension,
+                "minConnections": outlier_params.min_connections, "minConfidence": outlier_params.confidence}
+        return ok({"meta": meta, "outliers": ranked})
 
     @app.get("/rstscope/meta", response_model=DataMetaBody, tags=["rstscope"], responses=_ERRORS)
     def data_meta(request: Request) -> Response:

@@ -16,6 +16,7 @@ from rstscope.api.continents import CONTINENTS, continent_of, countries_in
 from rstscope.core.classify import STAGES as STAGES  # defined in core; also Radar's field names
 from rstscope.core.rollup import BUCKET_S as BUCKET_S
 from rstscope.core.rollup import share
+from rstscope.insights.model import CLOSED, OPEN
 
 BUCKET = timedelta(seconds=BUCKET_S)
 MAX_RANGE = timedelta(days=366)  # dateStart..dateEnd
@@ -122,6 +123,23 @@ class Filters:
 
     def accepts_country(self, cc: str) -> bool:
         return self.location.accepts(cc) and self.continent.accepts(continent_of(cc))
+
+    def selects(self, dimension: str, key: str) -> bool:
+        """Whether a network is exactly one the filters aggregate: a row of `self.dimension` they accept
+        (an alert on it annotates the series)."""
+        return dimension == self.dimension and self.accepts(key)
+
+    def covers(self, dimension: str, key: str) -> bool:
+        """Whether a network lies within the filters (alert and outlier lists): no filter covers every
+        network; a location/continent filter covers the country and country+ASN networks of the countries it
+        accepts; an asn filter the AS and country+ASN networks of the ASes it accepts; both, the country+ASN
+        networks both accept."""
+        if dimension == "world":
+            return not self.by_country and not self.asn.given
+        cc, asn = ("", key) if dimension == "asn" else key.partition(":")[::2]
+        if self.by_country and (dimension == "asn" or not self.accepts_country(cc)):
+            return False
+        return not self.asn.given or (dimension != "country" and self.asn.accepts(asn))
 
     def accepts(self, key: str) -> bool:
         """Whether a row key of `self.dimension` is selected."""
@@ -389,6 +407,63 @@ ARRAY_PARAMS = ("name", "location", "continent", "asn", "dateRange", "dateStart"
 SCALAR_PARAMS = ("format", "aggInterval")
 
 
+ALERT_PARAMS = (*FILTER_PARAMS, "stage", "state", "limit")
+OUTLIER_PARAMS = (*FILTER_PARAMS, "dimension", "limit")
+OUTLIER_DIMENSIONS = ("country_asn", "asn", "country")  # the first is the default
+MAX_ALERTS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AlertQuery:
+    """`GET /rstscope/alerts`: the alerts overlapping `range` on networks the filters cover."""
+
+    filters: Filters
+    range: TimeRange
+    format: str = "JSON"
+    stage: str | None = None
+    state: str | None = None  # open | closed
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierQuery:
+    """`GET /rstscope/outliers`: networks of `dimension` the filters cover, ranked against their peers."""
+
+    filters: Filters
+    range: TimeRange
+    format: str = "JSON"
+    dimension: str = OUTLIER_DIMENSIONS[0]
+    limit: int = 20
+
+
+def _choice(raw: str | None, name: str, choices: Sequence[str]) -> str | None:
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if value not in choices:
+        raise QueryError(f"{name}: {raw!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def parse_alert_query(params: Mapping[str, str] | Sequence[tuple[str, str]], now: datetime) -> AlertQuery:
+    p = check_params(params, ALERT_PARAMS)
+    base = parse_query({k: v for k, v in p.items() if k in FILTER_PARAMS}, now)
+    return AlertQuery(base.filters, base.range, base.format, _choice(p.get("stage"), "stage", STAGES),
+                      _choice(p.get("state"), "state", (OPEN, CLOSED)),
+                      parse_int(p.get("limit"), "limit", 100, 1, MAX_ALERTS))
+
+
+def parse_outlier_query(params: Mapping[str, str] | Sequence[tuple[str, str]], now: datetime) -> OutlierQuery:
+    p = check_params(params, OUTLIER_PARAMS)
+    base = parse_query({k: v for k, v in p.items() if k in FILTER_PARAMS}, now)
+    dim = _choice(p.get("dimension"), "dimension", OUTLIER_DIMENSIONS) or OUTLIER_DIMENSIONS[0]
+    if dim == "asn" and base.filters.by_country:
+        raise QueryError("location and continent do not apply to dimension=asn (use dimension=country_asn)")
+    if dim == "country" and base.filters.asn.given:
+        raise QueryError("asn does not apply to dimension=country (use dimension=country_asn)")
+    return OutlierQuery(base.filters, base.range, base.format, dim, parse_int(p.get("limit"), "limit", 20, 1, 100))
+
+
 def parse_filters(location: str | None, asn: str | None, continent: str | None = None) -> Filters:
     return Filters(parse_locations(location), parse_asns(asn), parse_continents(continent))
 
@@ -487,7 +562,8 @@ def parse_int(raw: str | None, name: str, default: int, lo: int, hi: int) -> int
     if raw is None:
         return default
     text = raw.strip()
-    if not text.isdigit() or len(text) > 12 or not lo <= int(text) <= hi:
+    # isascii: str.isdigit() also takes "²" and other digits int() refuses (found by the schema fuzzer)
+    if not (text.isascii() and text.isdigit()) or len(text) > 12 or not lo <= int(text) <= hi:
         raise QueryError(f"{name}: {raw!r} is not an integer in {lo}..{hi}")
     return int(text)
 

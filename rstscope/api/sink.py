@@ -1,5 +1,6 @@
-"""Rollups topic -> store. Offsets are committed only after the rows are in the store, so a crash replays
-(harmlessly: rows are upserts by key) instead of losing rows.
+"""Rollups topic (and alerts topic, when the topology has one) -> store. Offsets are committed only after
+the rows are in the store, so a crash replays (harmlessly: rows and alerts are upserts by key) instead of
+losing rows.
 
 `apply_batch` is the whole logic and is pure over (messages, store); `run` is the thin consumer loop.
 """
@@ -17,6 +18,7 @@ import orjson
 
 from rstscope.api.store import BadRow, Store, normalize_row
 from rstscope.core.rollup import RowKey
+from rstscope.insights.model import Alert, alert_from_wire
 
 log = logging.getLogger("rstscope.api.sink")
 GROUP_ID = "rstscope-api-sink"
@@ -35,8 +37,11 @@ class Message(Protocol):
 class SinkStats:
     upserted: int = 0
     deleted: int = 0
-    bad: int = 0
+    bad: int = 0  # rollup messages that are not rows (logged and skipped)
     batches: int = 0
+    alerts_upserted: int = 0
+    alerts_deleted: int = 0
+    bad_alerts: int = 0  # alert messages that are not alerts, or keyed by another id (logged and skipped)
 
 
 def parse_key(key: bytes | None) -> RowKey | None:
@@ -50,12 +55,58 @@ def parse_key(key: bytes | None) -> RowKey | None:
         return None
 
 
-def apply_batch(store: Store, messages: Sequence[Message], stats: SinkStats) -> None:
-    """Upsert the rows (the last per key wins), apply tombstones, count and skip malformed messages."""
-    rows: dict[RowKey, dict[str, Any]] = {}
-    deletes: dict[RowKey, None] = {}
+def parse_alert(m: Message) -> Alert:
+    """An alert message: orjson of `Alert.to_wire()`, keyed by the alert's id. ValueError when it is not."""
+    value = m.value()
+    assert value is not None
+    obj = orjson.loads(value)  # orjson.JSONDecodeError is a ValueError
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    alert = alert_from_wire(obj)
+    key = m.key()
+    if key is not None and key != alert.id.encode():
+        raise ValueError(f"message key {key!r} is not the alert's id {alert.id!r}")
+    return alert
+
+
+def apply_alerts(store: Store, messages: Sequence[Message], stats: SinkStats) -> None:
+    """Upsert the alerts (the last per id wins), apply tombstones, count and skip malformed messages."""
+    alerts: dict[str, Alert] = {}
+    deletes: dict[str, None] = {}
     for m in messages:
         if m.error() is not None:
+            continue
+        if m.value() is None:  # tombstone of the compacted topic
+            k = m.key()
+            if k:
+                alerts.pop(k.decode(errors="replace"), None)
+                deletes[k.decode(errors="replace")] = None
+            continue
+        try:
+            alert = parse_alert(m)
+        except ValueError as e:
+            stats.bad_alerts += 1
+            log.warning("skipping bad alert at %s[%s]@%s: %s", m.topic(), m.partition(), m.offset(), e)
+            continue
+        deletes.pop(alert.id, None)
+        alerts[alert.id] = alert
+    if deletes:
+        stats.alerts_deleted += store.delete_alerts(deletes)
+    if alerts:
+        stats.alerts_upserted += store.upsert_alerts(alerts.values())
+
+
+def apply_batch(store: Store, messages: Sequence[Message], stats: SinkStats, alerts_topic: str | None = None) -> None:
+    """Upsert the rows (the last per key wins), apply tombstones, count and skip malformed messages; the
+    messages of `alerts_topic` are alerts (`apply_alerts`)."""
+    rows: dict[RowKey, dict[str, Any]] = {}
+    deletes: dict[RowKey, None] = {}
+    alert_msgs: list[Message] = []
+    for m in messages:
+        if m.error() is not None:
+            continue
+        if alerts_topic is not None and m.topic() == alerts_topic:
+            alert_msgs.append(m)
             continue
         value = m.value()
         if value is None:  # tombstone of the compacted topic
@@ -80,6 +131,8 @@ def apply_batch(store: Store, messages: Sequence[Message], stats: SinkStats) -> 
         stats.deleted += store.delete(deletes)
     if rows:
         stats.upserted += store.upsert(rows.values())
+    if alert_msgs:
+        apply_alerts(store, alert_msgs, stats)
     stats.batches += 1
 
 
@@ -90,11 +143,12 @@ class Consumer(Protocol):
     def close(self) -> None: ...
 
 
-def run(consumer: Consumer, store: Store, topic: str, *, stop: threading.Event,
+def run(consumer: Consumer, store: Store, topic: str, *, stop: threading.Event, alerts_topic: str | None = None,
         batch: int = 1000, on_batch: Callable[[SinkStats], None] | None = None) -> SinkStats:
-    """Consume until `stop` is set: store a batch, then commit its offsets (at-least-once, idempotent)."""
+    """Consume until `stop` is set: store a batch, then commit its offsets (at-least-once, idempotent).
+    With `alerts_topic`, that topic is consumed too (same group, same commit-after-store rule)."""
     stats = SinkStats()
-    consumer.subscribe([topic])
+    consumer.subscribe([topic] if alerts_topic is None else [topic, alerts_topic])
     try:
         while not stop.is_set():
             msgs = consumer.consume(num_messages=batch, timeout=0.5)
@@ -106,7 +160,7 @@ def run(consumer: Consumer, store: Store, topic: str, *, stop: threading.Event,
                     log.warning("consumer error: %s", m.error())
             if not good:
                 continue  # nothing to store, and committing with no new offset is an error
-            apply_batch(store, good, stats)
+            apply_batch(store, good, stats, alerts_topic)
             consumer.commit(asynchronous=False)
             if on_batch is not None:
                 on_batch(stats)

@@ -5,6 +5,9 @@ Rollup rows are upserts of the latest counts (the rollups topic is compacted), s
 key and loading the same file or replaying the topic twice changes nothing. Aggregation is always from
 counts: shares are computed by the API after summing, never averaged.
 
+Alerts (rstscope.insights.model.Alert) are upserts too: the latest version of an alert id replaces the
+earlier one (it grew, or closed), whether it came from the alerts topic or a `rstscope alerts` file.
+
 Country and ASN rows may carry a display `name` (docs/wire-formats.md); it is stored with its row, and
 `names()` answers the most recent non-empty one per key (the newest bucket's), so a producer that lost
 a name for a while (or an older one that never had names) does not erase it.
@@ -30,6 +33,7 @@ import orjson
 from rstscope.api.query import Filters
 from rstscope.core.classify import STAGES
 from rstscope.core.rollup import BUCKET_S, DIMENSIONS, Cell, RowKey
+from rstscope.insights.model import Alert, alert_from_wire
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS rollups (
@@ -47,6 +51,17 @@ CREATE TABLE IF NOT EXISTS rollups (
 );
 -- Added after the first release: stores created before it get the column here.
 ALTER TABLE rollups ADD COLUMN IF NOT EXISTS name VARCHAR DEFAULT '';
+CREATE TABLE IF NOT EXISTS alerts (
+  id VARCHAR PRIMARY KEY,
+  dimension VARCHAR NOT NULL,
+  key VARCHAR NOT NULL,
+  stage VARCHAR NOT NULL,
+  state VARCHAR NOT NULL,
+  start_s BIGINT NOT NULL,
+  end_s BIGINT,
+  record VARCHAR NOT NULL,
+  updated_at DOUBLE NOT NULL
+);
 CREATE TABLE IF NOT EXISTS connections (
   id VARCHAR PRIMARY KEY,
   asn BIGINT NOT NULL,
@@ -223,7 +238,68 @@ class Store:
                 con.executemany("INSERT OR REPLACE INTO connections VALUES (?, ?, ?, ?, ?)", list(recs.values()))
         return len(recs)
 
+    def upsert_alerts(self, alerts: Iterable[Alert]) -> int:
+        """Store alerts by id: a later version of an id replaces the earlier (the last in one batch wins)."""
+        latest: dict[str, tuple[Any, ...]] = {}
+        now = time.time()
+        for a in alerts:
+            latest[a.id] = (a.id, a.dimension, a.key, a.stage, a.state, a.start, a.end,
+                            orjson.dumps(a.to_wire()).decode(), now)
+        if latest:
+            with self._connect() as con:
+                con.executemany("INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                list(latest.values()))
+        return len(latest)
+
+    def delete_alerts(self, ids: Iterable[str]) -> int:
+        """Tombstones of the compacted alerts topic remove an alert."""
+        ids = list(ids)
+        with self._connect() as con:
+            for i in ids:
+                con.execute("DELETE FROM alerts WHERE id = ?", [i])
+        return len(ids)
+
+    def load_alerts(self, path: Path | str) -> int:
+        """Load a `rstscope alerts --out` file (wire alerts, JSON lines). Bad lines raise with their number."""
+        alerts = []
+        with Path(path).open("rb") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = orjson.loads(line)
+                    if not isinstance(obj, dict):
+                        raise ValueError("not a JSON object")
+                    alerts.append(alert_from_wire(obj))
+                except ValueError as e:  # orjson.JSONDecodeError is a ValueError
+                    raise BadRow(f"{path}: line {n}: not an alert ({e})") from e
+        return self.upsert_alerts(alerts)
+
     # ---- reads
+
+    def alerts(self, start_s: int, end_s: int, filters: Filters | None = None, *, exact: bool = False,
+               stage: str | None = None, state: str | None = None, limit: int | None = None) -> list[Alert]:
+        """Alerts overlapping [start_s, end_s) (an open alert overlaps everything after its start), newest
+        first. `filters`: the networks they cover (`Filters.covers`), or with `exact` only the network they
+        aggregate (`Filters.selects`: the alerts that annotate a series)."""
+        sql = "SELECT dimension, key, record FROM alerts WHERE start_s < ? AND (end_s IS NULL OR end_s > ?)"
+        params: list[Any] = [end_s, start_s]
+        for column, value in (("stage", stage), ("state", state), ("dimension", filters.dimension if exact and
+                                                                    filters is not None else None)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        out: list[Alert] = []
+        for dim, key, record in self._rows(sql + " ORDER BY start_s DESC, id", params):
+            if filters is not None and not (filters.selects(dim, key) if exact else filters.covers(dim, key)):
+                continue
+            out.append(alert_from_wire(orjson.loads(record)))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def alert_count(self) -> int:
+        return int(self._rows("SELECT count(*) FROM alerts", [])[0][0])
 
     def _rows(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         with self._connect() as con:

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from rstscope.api.app import create_app
 from rstscope.api.store import Store
 from rstscope.core.rollup import Rollup
+from rstscope.insights.model import Alert, AlertEvidence, alert_id
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -169,6 +170,28 @@ def rich_rows(days: int = 3) -> list[dict[str, Any]]:
     return list(roll.rows())
 
 
+def make_alert(dimension: str, key: str, stage: str, start: int, end: int | None, *, size_pp: float = 20.0,
+               baseline_share: float = 5.0, recurring: bool = False, name: str = "",
+               connections: int = 1000) -> Alert:
+    """An alert as the alert agent writes it (the model's own id and wire format), with consistent counts."""
+    observed = baseline_share + size_pp
+    return Alert(id=alert_id(dimension, key, stage, start, recurring), dimension=dimension, key=key, stage=stage,
+                 start=start, end=end, state="open" if end is None else "closed",
+                 direction="rise" if size_pp >= 0 else "fall", observed_share=observed,
+                 baseline_share=baseline_share, size_pp=size_pp, score=8.5,
+                 evidence=AlertEvidence(connections=connections, stage_connections=round(connections * observed / 100),
+                                        baseline_connections=7 * connections,
+                                        baseline_stage_connections=round(7 * connections * baseline_share / 100),
+                                        baseline_days=7, units=max(1, ((end or start + 3600) - start) // 3600)),
+                 name=name, recurring=recurring, period_s=86400 if recurring else None)
+
+
+def write_alerts(path: Path, alerts: list[Alert]) -> Path:
+    """A JSON lines file of wire alerts, as `rstscope alerts --out` writes it."""
+    path.write_bytes(b"".join(orjson.dumps(a.to_wire()) + b"\n" for a in alerts))
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -177,11 +200,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(rollups: Path, module: str = "rstscope.cli") -> Iterator[str]:
-    """`rstscope serve --rollups FILE` as a real process on a free loopback port; yields its base URL once
-    it answers (30 s at most), stops it after."""
+def serving(rollups: Path, module: str = "rstscope.cli", alerts: Path | None = None) -> Iterator[str]:
+    """`rstscope serve --rollups FILE [--alerts FILE]` as a real process on a free loopback port; yields its
+    base URL once it answers (30 s at most), stops it after."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", module, "serve", "--port", str(port), "--rollups", str(rollups)],
+    extra = ["--alerts", str(alerts)] if alerts is not None else []
+    proc = subprocess.Popen([sys.executable, "-m", module, "serve", "--port", str(port), "--rollups", str(rollups),
+                             *extra],
                             cwd=Path(__file__).resolve().parents[2], stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -17,8 +17,19 @@ import httpx
 import orjson
 import pytest
 
-from api.conftest import AS_NAMES, REPO, RICH_START, STAGE_TAGS, rich_rows, serving
+from api.conftest import (
+    AS_NAMES,
+    REPO,
+    RICH_START,
+    STAGE_TAGS,
+    make_alert,
+    rich_records,
+    rich_rows,
+    serving,
+    write_alerts,
+)
 from rstscope.core.rollup import Rollup
+from rstscope.insights.model import Alert
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
@@ -277,3 +288,141 @@ def test_a_year_of_buckets_loads_and_stays_readable(tmp_path: Path) -> None:
         api = api_for_page(base, page, "/radar/tcp_resets_timeouts/timeseries_groups", {"aggInterval": "1w"})
         assert drawn_from_chart(page)["post_psh"] == [float(v) for v in api["serie_0"]["post_psh"]]
         page.screenshot(path=str(tmp_path / "dashboard-year.png"), full_page=True)
+
+
+# ---------------------------------------------------------------- alerts and outliers
+
+MX = {8151: ("Uno Telcel", 0.45), 13999: ("Mega Cable", 0.03), 28548: ("Cablevision", 0.04)}  # Post-ACK share
+
+
+def mx_records(days: int = 3) -> Iterator[dict[str, Any]]:
+    """Three Mexican ASes over the rich data's days; one (the Telcel case) ends ~45% of its connections
+    after the handshake (SNI-based zero-rating), its peers ~4%."""
+    import random
+
+    rnd = random.Random(7)
+    for i in range(days * 96):
+        b = RICH_START + i * 900
+        for asn, (name, post_ack) in MX.items():
+            for _ in range(rnd.randint(25, 35)):
+                u = rnd.random()
+                stage = "post_ack" if u < post_ack else "post_syn" if u < post_ack + 0.05 else "no_match"
+                tags, sig = STAGE_TAGS[stage]
+                yield {"window_start": b, "country": "MX", "asn": asn, "as_name": name, "stage": stage,
+                       "tags": tags, "signature": sig}
+
+
+def insight_rows() -> list[dict[str, Any]]:
+    roll = Rollup()
+    roll.extend(rich_records())
+    roll.extend(mx_records())
+    return list(roll.rows())
+
+
+def episode_alert(rows: list[dict[str, Any]], dimension: str, key: str, name: str) -> Alert:
+    """The alert the rich data's Post-PSH episode (buckets 130..170) makes, with its shares from the rows:
+    observed over the episode, baseline over the same hours of day 0."""
+    def share(first: int, last: int) -> tuple[float, int]:
+        mine = [r for r in rows if r["dimension"] == dimension and r["key"] == key
+                and RICH_START + first * 900 <= r["bucket_start"] < RICH_START + last * 900]
+        total = sum(r["total"] for r in mine)
+        return 100 * sum(r["counts"].get("post_psh", 0) for r in mine) / total, total
+
+    observed, n = share(130, 170)
+    baseline, _ = share(130 - 96, 170 - 96)
+    return make_alert(dimension, key, "post_psh", RICH_START + 130 * 900, RICH_START + 170 * 900,
+                      size_pp=round(observed - baseline, 2), baseline_share=round(baseline, 2), name=name,
+                      connections=n)
+
+
+def band_color(page: Any, x: float, y: float) -> tuple[int, int, int]:
+    got = page.evaluate("([x, y]) => Array.from(Chart.getChart('chart').ctx.getImageData(x, y, 1, 1).data)", [x, y])
+    return got[0], got[1], got[2]
+
+
+def test_dashboard_draws_alerts_and_outliers(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    rows = insight_rows()
+    ir_as = episode_alert(rows, "country_asn", "IR:58224", AS_NAMES[58224])
+    ir = episode_alert(rows, "country", "IR", "Iran")
+    scanner = make_alert("asn", "4134", "post_syn", RICH_START + 2 * 86400 + 2 * 3600, None, size_pp=18.0,
+                         baseline_share=20.0, recurring=True, name=AS_NAMES[4134])
+    rollups = tmp_path / "rollups.jsonl"
+    rollups.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    alerts = write_alerts(tmp_path / "alerts.jsonl", [ir_as, ir, scanner])
+    with serving(rollups, "rstscope.api.cli", alerts=alerts) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1360, "height": 900}, device_scale_factor=1)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(base + "/")
+        wait_ready(page, 0)
+
+        # The alerts of the range, from the API, are the ones listed and drawn (newest first).
+        listed = api_for_page(base, page, "/rstscope/alerts", {"limit": "200"})["alerts"]
+        assert [a["id"] for a in listed] == [scanner.id, ir.id, ir_as.id]
+        assert [a["id"] for a in page.evaluate("window.rstscope.alerts")] == [a["id"] for a in listed]
+        rows_shown = page.eval_on_selector_all("#alerts .alert", "rs => rs.map((r) => [r.dataset.id, r.innerText])")
+        assert [r[0] for r in rows_shown] == [a["id"] for a in listed]
+        assert "recurring daily" in rows_shown[0][1] and "open" in rows_shown[0][1]
+        assert f"+{ir_as.size_pp:.1f} pp" in rows_shown[2][1] and "AS58224" in rows_shown[2][1]
+        bands = {b["id"]: b for b in page.evaluate("window.rstscope.alertBands")}
+        assert set(bands) == {a.id for a in (ir_as, ir, scanner)}
+        # Each range sits where its times are on the time axis (area chart: the x scale is time).
+        for a in (ir_as, scanner):
+            b = bands[a.id]
+            x1 = page.evaluate("(t) => Chart.getChart('chart').scales.x.getPixelForValue(t)", a.start * 1000)
+            assert b["x1"] == pytest.approx(x1, abs=1)
+            if a.end is not None:
+                x2 = page.evaluate("(t) => Chart.getChart('chart').scales.x.getPixelForValue(t)", a.end * 1000)
+                assert b["x2"] == pytest.approx(x2, abs=1) and b["x2"] - b["x1"] > 30
+            else:  # open: to the end of the chart
+                assert b["x2"] == pytest.approx(page.evaluate("Chart.getChart('chart').chartArea.right"), abs=1)
+        # Painted: the strip at the top of a range has its stage's colour.
+        b = bands[ir_as.id]
+        assert band_color(page, (b["x1"] + b["x2"]) / 2, b["top"] + 3) == COLORS["post_psh"]
+        b = bands[scanner.id]
+        assert band_color(page, (b["x1"] + b["x2"]) / 2, b["top"] + 3) == COLORS["post_syn"]
+        # Hovering a range shows its tooltip: network, stage, size, recurring.
+        box = page.eval_on_selector("#chart", "c => { const r = c.getBoundingClientRect(); return [r.left, r.top]; }")
+        page.mouse.move(box[0] + (b["x1"] + b["x2"]) / 2, box[1] + (b["top"] + b["bottom"]) / 2)
+        page.wait_for_selector("#alert-tip:not([hidden])")
+        tip = page.inner_text("#alert-tip")
+        assert "AS4134 CHINANET-BACKBONE" in tip and "Post-SYN rose +18.0 pp" in tip and "recurring daily" in tip
+        b = bands[ir_as.id]
+        page.mouse.move(box[0] + (b["x1"] + b["x2"]) / 2, box[1] + (b["top"] + b["bottom"]) / 2)
+        page.wait_for_function(f"document.getElementById('alert-tip').dataset.ids.includes('{ir_as.id}')")
+        tip = page.inner_text("#alert-tip")
+        assert f"AS58224 {AS_NAMES[58224]} in Iran" in tip and f"+{ir_as.size_pp:.1f} pp" in tip
+
+        # Outliers: the table is the API's ranking (ASes against their country): the Telcel case first.
+        outliers = api_for_page(base, page, "/rstscope/outliers", {"dimension": "country_asn", "limit": "10"})
+        keys = page.eval_on_selector_all("#outliers tr.row", "rs => rs.map((r) => r.dataset.key)")
+        assert keys == [o["key"] for o in outliers["outliers"]] and keys[0] == "MX:8151"
+        first = page.inner_text("#outliers tr.row >> nth=0")
+        top = outliers["outliers"][0]
+        assert "AS8151 in MX" in first and "Uno Telcel" in first and "Mexico" in first and "Post-ACK" in first
+        assert f"{top['distance']:.1f} pp" in first and f"vs {top['peer_share']:.2f}%" in first
+        page.mouse.move(0, 0)
+        page.screenshot(path=str(REPO / "docs" / "dashboard-insights.png"), full_page=True)
+
+        # ASes against the world: another ranking, from the API again.
+        gen = page.evaluate("window.rstscope.generation")
+        page.select_option("#outlier-dim", "asn")
+        wait_ready(page, gen)
+        by_asn = api_for_page(base, page, "/rstscope/outliers", {"dimension": "asn", "limit": "10"})["outliers"]
+        assert page.eval_on_selector_all("#outliers tr.row", "rs => rs.map((r) => r.dataset.key)") == \
+            [o["key"] for o in by_asn] != []
+
+        # One AS: its alerts only (the AS, and the AS in a country), drawn on its own series.
+        gen = page.evaluate("window.rstscope.generation")
+        page.click("#scope button[data-scope=asn]")
+        wait_ready(page, gen)
+        gen = page.evaluate("window.rstscope.generation")
+        page.select_option("#asn", "58224")
+        wait_ready(page, gen)
+        assert [a["id"] for a in page.evaluate("window.rstscope.alerts")] == [ir_as.id]
+        assert [b["id"] for b in page.evaluate("window.rstscope.alertBands")] == [ir_as.id]
+        assert errors == [] and page.evaluate("window.rstscope.errors") == []
+        browser.close()

@@ -2,6 +2,8 @@
 // Offline captures can be old, so the period is taken from the data's own span (/rstscope/meta), never
 // from the browser's clock. What was drawn is exposed on window.rstscope for the browser test.
 // Names (countries, ASes) come from the API: /rstscope/meta and the top lists carry them.
+// Change alerts (/rstscope/alerts) are shaded on the chart with a tooltip and listed under it; outliers among
+// peers (/rstscope/outliers) fill their own table.
 "use strict";
 
 // The stages and their order come from the API (/rstscope/meta `stages`); LABELS and HINTS only name them.
@@ -21,9 +23,10 @@ const COLORS = Object.fromEntries(Object.keys(LABELS).map((s) => [s, css.getProp
 const SIG_STAGE_COLOR = (stage) => COLORS[stage] || "#5b6b86";
 const regionNames = typeof Intl.DisplayNames === "function" ? new Intl.DisplayNames(["en"], { type: "region" }) : null;
 
-const state = { scope: "world", location: null, asn: null, period: "all", agg: "", showNone: true };
+const state = { scope: "world", location: null, asn: null, period: "all", agg: "", showNone: true,
+  outlierDim: "country_asn" };
 const exposed = (window.rstscope = { state, ready: false, generation: 0, meta: null, summary: null, series: null,
-  drawn: null, tags: null, signatures: null, errors: [] });
+  drawn: null, tags: null, signatures: null, alerts: null, alertBands: [], outliers: null, errors: [] });
 let meta = null;
 let chart = null;
 
@@ -181,13 +184,159 @@ function renderChart(series) {
   // A new chart when the kind changes (bar <-> line scales do not morph); otherwise update in place.
   if (chart && chart.config.type !== (bars ? "bar" : "line")) { chart.destroy(); chart = null; }
   const data = { labels: bars ? serie.timestamps.slice() : [], datasets };
+  chartTime = { bars, x0: xs[0], slot, n: xs.length };
   if (chart) { chart.data = data; chart.options = options; chart.update(); }
-  else chart = new Chart($("chart"), { type: bars ? "bar" : "line", data, options });
+  else chart = new Chart($("chart"), { type: bars ? "bar" : "line", data, options, plugins: [alertPlugin] });
   $("chart-title").textContent = `Share of connections by stage · ${scopeLabel()}`;
   const r = series.meta.dateRange[0];
   $("chart-meta").textContent = `${serie.timestamps.length} ${serie.timestamps.length === 1 ? "point" : "points"} · ` +
     `${series.meta.aggInterval.replace("_", " ").toLowerCase()} · ` +
     `${r.startTime.slice(0, 16).replace("T", " ")} → ${r.endTime.slice(0, 16).replace("T", " ")} UTC`;
+}
+
+// ---- change alerts: shaded ranges over the chart, a tooltip on hover, a list under it
+
+let alerts = [];  // the wire alerts of the current range and scope (newest first)
+let chartTime = null;  // how times map to the x axis: {bars, x0, slot, n}
+
+function networkLabel(a) {
+  if (a.dimension === "world") return "Worldwide";
+  if (a.dimension === "country") return `${countryName(a.key)} (${a.key})`;
+  if (a.dimension === "asn") return asnName(a.key, a.name || undefined);
+  const [cc, asn] = a.key.split(":");
+  return `${asnName(asn, a.name || undefined)} in ${countryName(cc)}`;
+}
+function alertSize(a) { return `${a.size_pp >= 0 ? "+" : "−"}${Math.abs(a.size_pp).toFixed(1)} pp`; }
+function alertWhen(a) {
+  return `${fmtTime(a.start * 1e3, true)} → ${a.end === null ? "open" : fmtTime(a.end * 1e3, true)} UTC`;
+}
+function alertRecurring(a) { return a.recurring ? (a.period_s === 86400 ? "recurring daily" : `recurring every ${a.period_s} s`) : ""; }
+
+// Time (ms) -> x pixel: on the area chart the axis is time; bars are slots of equal width from x0.
+function timeToPixel(c, ms) {
+  const x = c.scales.x;
+  if (!chartTime.bars) return x.getPixelForValue(ms);
+  const w = chartTime.n > 1 ? x.getPixelForValue(1) - x.getPixelForValue(0) : c.chartArea.right - c.chartArea.left;
+  return x.getPixelForValue(0) - w / 2 + ((ms - chartTime.x0) / chartTime.slot) * w;
+}
+
+function alertBands(c) {
+  if (!chartTime || !alerts.length) return [];
+  const a = c.chartArea;
+  // An open alert runs to the end of the chart; every range is at least 3 pixels wide, so a short one shows.
+  const endMs = chartTime.x0 + chartTime.n * chartTime.slot;
+  const out = [];
+  for (const al of alerts.slice().reverse()) {
+    let x1 = Math.max(a.left, timeToPixel(c, al.start * 1e3));
+    let x2 = Math.min(a.right, timeToPixel(c, (al.end === null ? endMs / 1e3 : al.end) * 1e3));
+    if (x1 > a.right || x2 < a.left) continue;
+    if (x2 - x1 < 3) { const mid = (x1 + x2) / 2; x1 = Math.max(a.left, mid - 1.5); x2 = Math.min(a.right, mid + 1.5); }
+    out.push({ id: al.id, x1, x2, top: a.top, bottom: a.bottom, stage: al.stage });
+  }
+  return out;
+}
+
+const alertPlugin = {
+  id: "alertBands",
+  afterDatasetsDraw(c) {
+    const bands = alertBands(c);
+    const ctx = c.ctx;
+    ctx.save();
+    for (const b of bands) {
+      ctx.fillStyle = "rgba(29, 35, 48, 0.13)";
+      ctx.fillRect(b.x1, b.top, b.x2 - b.x1, b.bottom - b.top);
+      ctx.fillStyle = COLORS[b.stage] || "#1d2330";
+      ctx.fillRect(b.x1, b.top, b.x2 - b.x1, 7);
+      ctx.strokeStyle = "#1d2330";
+      ctx.lineWidth = 1;
+      ctx.setLineDash([3, 3]);
+      ctx.beginPath();
+      ctx.moveTo(b.x1 + 0.5, b.top); ctx.lineTo(b.x1 + 0.5, b.bottom);
+      ctx.stroke();
+    }
+    ctx.restore();
+    exposed.alertBands = bands;
+  },
+};
+
+function alertText(a) {
+  return [el("b", {}, networkLabel(a)), el("br"),
+    `${LABELS[a.stage] || a.stage} ${a.direction === "rise" ? "rose" : "fell"} ${alertSize(a)}: `
+      + `${a.observed_share.toFixed(1)}% vs ${a.baseline_share.toFixed(1)}% baseline`, el("br"),
+    `${alertWhen(a)} · ${fmtInt(a.evidence.connections)} connections` + (a.recurring ? ` · ${alertRecurring(a)}` : "")];
+}
+
+function showAlertTip(ev) {
+  const tip = $("alert-tip");
+  if (!chart) return;
+  const r = chart.canvas.getBoundingClientRect();
+  const x = ev.clientX - r.left, y = ev.clientY - r.top;
+  const hit = exposed.alertBands.filter((b) => x >= b.x1 && x <= b.x2 && y >= b.top && y <= b.bottom);
+  if (!hit.length) { tip.hidden = true; return; }
+  const shown = hit.map((b) => alerts.find((a) => a.id === b.id)).filter(Boolean);
+  tip.replaceChildren(...shown.flatMap((a, i) => [...(i ? [el("hr")] : []), ...alertText(a)]));
+  tip.dataset.ids = shown.map((a) => a.id).join(",");
+  tip.hidden = false;
+  tip.style.left = `${Math.min(x + 14, r.width - tip.offsetWidth - 4)}px`;
+  tip.style.top = `${Math.max(4, y - tip.offsetHeight - 12)}px`;
+}
+
+function renderAlerts(list) {
+  alerts = list;
+  const box = $("alerts");
+  box.replaceChildren();
+  if (!list.length) { box.append(el("div", { className: "empty" }, "No change alerts in this range.")); return; }
+  for (const a of list) {
+    const row = el("div", { className: "alert", "data-id": a.id, title: "show this network" },
+      el("span", { className: "dot", style: `--c:${COLORS[a.stage]}` }),
+      el("span", {}, `${LABELS[a.stage] || a.stage} `, el("span", { className: "size" }, alertSize(a))),
+      el("span", {}, networkLabel(a)),
+      el("span", { className: "when" }, alertWhen(a)),
+      ...(a.recurring ? [el("span", { className: "flag recurring" }, alertRecurring(a))] : []),
+      ...(a.end === null ? [el("span", { className: "flag" }, "open")] : []));
+    const [cc, asn] = a.dimension === "country_asn" ? a.key.split(":") : [a.key, a.key];
+    if (a.dimension === "country" || a.dimension === "country_asn") row.addEventListener("click", () => select("location", cc));
+    if (a.dimension === "asn") row.addEventListener("click", () => select("asn", asn));
+    box.append(row);
+  }
+}
+
+// ---- outliers among peers
+
+function outlierParams(range) {
+  const f = filterParams();
+  if (state.outlierDim === "asn") delete f.location;  // an AS is ranked against the world, whatever the location
+  if (state.outlierDim === "country") delete f.asn;
+  return { ...range, ...f, dimension: state.outlierDim, limit: 10 };
+}
+
+function renderOutliers(res) {
+  const table = $("outliers");
+  table.replaceChildren(el("tr", {}, el("th", {}, "#"), el("th", {}, "Network"), el("th", {}, "Name"),
+    el("th", {}, "Peer"), el("th", {}, "Stage"), el("th", { className: "num" }, "Share vs peer"),
+    el("th", { className: "num" }, "Distance"), el("th", { className: "num" }, "Confidence")));
+  if (!res.outliers.length) {
+    table.append(el("tr", {}, el("td", { colSpan: 8, className: "empty" },
+      `No network departs from its peers with ${fmtInt(res.meta.minConnections)}+ connections and `
+      + `${(100 * res.meta.minConfidence).toFixed(0)}% confidence.`)));
+    return;
+  }
+  res.outliers.forEach((o, i) => {
+    const [cc, asn] = o.dimension === "country_asn" ? o.key.split(":") : [o.key, o.key];
+    const net = o.dimension === "country" ? o.key : o.dimension === "asn" ? `AS${asn}` : `AS${asn} in ${cc}`;
+    const peer = o.peer === "world" ? "World" : countryName(o.peer.replace("country:", ""));
+    const tr = el("tr", { className: "row", "data-key": o.key, title: "show this network" },
+      el("td", { className: "rank" }, String(i + 1)),
+      el("td", { className: "who" }, el("span", { className: "code asn" }, net)),
+      el("td", { className: "who", title: o.name }, o.name || ""),
+      el("td", { className: "who" }, peer),
+      el("td", {}, el("span", { className: "dot", style: `--c:${COLORS[o.stage]}` }), " ", LABELS[o.stage] || o.stage),
+      el("td", { className: "num" }, `${fmtPct(o.share)}% `, el("span", { className: "vs" }, `vs ${fmtPct(o.peer_share)}%`)),
+      el("td", { className: "num" }, `${o.distance.toFixed(1)} pp`),
+      el("td", { className: "num" }, `${(100 * o.confidence).toFixed(o.confidence >= 0.9999 ? 2 : 1)}%`));
+    tr.addEventListener("click", () => (o.dimension === "country" ? select("location", cc) : select("asn", asn)));
+    table.append(tr);
+  });
 }
 
 // Ticks on round UTC times (hours, days, weeks, months), about six of them, whatever the data's span: from
@@ -284,18 +433,22 @@ async function refresh() {
   const filters = filterParams();
   const p = { ...range, ...filters };
   try {
-    const [summary, series, tags, sigs, topLoc, topAs] = await Promise.all([
+    const [summary, series, tags, sigs, topLoc, topAs, alertRes, outliers] = await Promise.all([
       api("/radar/tcp_resets_timeouts/summary", p),
       api("/radar/tcp_resets_timeouts/timeseries_groups", { ...p, aggInterval: state.agg }),
       api("/rstscope/tags", p),
       api("/rstscope/signatures", p),
       api("/rstscope/top/locations", { ...range, limit: 8 }),
       api("/rstscope/top/ases", { ...range, limit: 8, ...(state.scope === "location" && state.location ? { location: state.location } : {}) }),
+      api("/rstscope/alerts", { ...p, limit: 200 }),
+      api("/rstscope/outliers", outlierParams(range)),
     ]);
     if (gen !== exposed.generation) return;  // a newer selection is on its way
-    Object.assign(exposed, { summary, series, tags, signatures: sigs });
+    Object.assign(exposed, { summary, series, tags, signatures: sigs, alerts: alertRes.alerts, outliers });
     renderSummary(summary.summary_0, tags.meta.connections);
+    renderAlerts(alertRes.alerts);
     renderChart(series);
+    renderOutliers(outliers);
     renderTop($("top-locations"), topLoc.top_0, "locations");
     $("top-ases-title").textContent = state.scope === "location" && state.location ? `Top ASes in ${countryName(state.location)}` : "Top ASes";
     renderTop($("top-ases"), topAs.top_0, "ases");
@@ -354,6 +507,9 @@ async function init() {
   $("period").addEventListener("change", (e) => { state.period = e.target.value; refresh(); });
   $("agg").addEventListener("change", (e) => { state.agg = e.target.value; refresh(); });
   $("show-none").addEventListener("change", (e) => { state.showNone = e.target.checked; refresh(); });
+  $("outlier-dim").addEventListener("change", (e) => { state.outlierDim = e.target.value; refresh(); });
+  $("chart").addEventListener("mousemove", showAlertTip);
+  $("chart").addEventListener("mouseleave", () => { $("alert-tip").hidden = true; });
   await refresh();
 }
 
