@@ -232,7 +232,7 @@ def time_consumer(cmd: list[str], bootstrap: str, group: str, topic: str, log: P
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)  # data dirs: tmp
     try:
         first = None
         at_first = 0
