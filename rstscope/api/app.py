@@ -31,6 +31,7 @@ from rstscope.core.rollup import Cell
 from rstscope.insights.model import Alert
 from rstscope.insights.outliers import rank_outliers
 from rstscope.names import as_label, country_label
+from rstscope.report import STAGE_LABELS
 
 STATIC = Path(__file__).parent / "static"
 Now = Callable[[], datetime]
@@ -353,10 +354,6 @@ def base_meta(ranges: Sequence[q.TimeRange], last_updated: str, level: int,
     }
 
 
-STAGE_NAMES = {"post_syn": "Post-SYN", "post_ack": "Post-ACK", "post_psh": "Post-PSH",
-               "later_in_flow": "Later in flow", "no_match": "No match"}
-
-
 def network_label(dimension: str, key: str, name: str = "") -> str:
     """How an alert or outlier names its network: "world", "MX", "AS8151", "AS8151 in MX" (+ name)."""
     if dimension == "world":
@@ -386,7 +383,7 @@ def network_params(dimension: str, key: str) -> dict[str, str]:
 def alert_description(a: Alert) -> str:
     """One line for a reader: network, stage, size, baseline, recurring, state."""
     verb = "rose" if a.direction == "rise" else "fell"
-    text = (f"alert {a.id}: {STAGE_NAMES.get(a.stage, a.stage)} share of {network_label(a.dimension, a.key, a.name)} "
+    text = (f"alert {a.id}: {STAGE_LABELS.get(a.stage, a.stage)} share of {network_label(a.dimension, a.key, a.name)} "
             f"{verb} to {a.observed_share:.1f}% from a baseline of {a.baseline_share:.1f}% ({a.size_pp:+.1f} pp, "
             f"{a.evidence.connections} connections)")
     if a.recurring:
@@ -399,8 +396,10 @@ def alert_annotation(a: Alert, r: q.TimeRange, alerts_url: str) -> dict[str, Any
     linkedUrl asks /rstscope/alerts for it."""
     start = max(a.start, r.start_s)
     end = min(r.stop_s if a.end is None else a.end, r.stop_s)
-    qs = "&".join(f"{k}={v}" for k, v in {**network_params(a.dimension, a.key), "stage": a.stage,
-                                         "dateStart": q.iso_s(a.start), "dateEnd": q.iso_s(a.start)}.items())
+    until = r.stop_s if a.end is None else a.end  # the alert's own range (an empty one is a 400)
+    params = {**network_params(a.dimension, a.key), "stage": a.stage, "dateStart": q.iso_s(a.start),
+              "dateEnd": q.iso_s(max(a.start + 1, until))}
+    qs = "&".join(f"{k}={v}" for k, v in params.items())
     tags = ["alert", a.stage, a.direction, *(["recurring"] if a.recurring else []), a.state]
     return {"dataSource": DATA_SOURCE, "description": alert_description(a), "startDate": q.iso_s(start),
             "endDate": q.iso_s(max(start, end)), "eventType": "TRAFFIC_ANOMALY", "isInstantaneous": False,
