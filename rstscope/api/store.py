@@ -123,6 +123,23 @@ def normalize_row(row: Mapping[str, Any], now: float | None = None) -> tuple[Any
             orjson.dumps(sigs).decode(), unreliable, time.time() if now is None else now, name)
 
 
+def json_lines(path: Path | str, what: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
+    """The JSON objects of a JSON-lines file with their line numbers (blank lines skipped); anything
+    else raises BadRow naming the line (and ``what`` the line should have been)."""
+    with Path(path).open("rb") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                obj = e
+            if not isinstance(obj, dict):
+                why = f"{obj}" if isinstance(obj, Exception) else "not a JSON object"
+                raise BadRow(f"{path}: line {n}: {what} ({why})" if what else f"{path}: line {n}: {why}")
+            yield n, obj
+
+
 class Store:
     """Rollup rows (and connections) in DuckDB. Thread-safe: one lock around the connection."""
 
@@ -206,33 +223,23 @@ class Store:
     def load_rollups(self, path: Path | str) -> int:
         """Load a `rstscope analyze --rollups` file (JSON lines). Bad rows raise with their line number."""
         rows = []
-        with Path(path).open("rb") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = orjson.loads(line)
-                    if not isinstance(obj, dict):
-                        raise BadRow("not a JSON object")
-                    normalize_row(obj)
-                except (orjson.JSONDecodeError, BadRow) as e:
-                    raise BadRow(f"{path}: line {n}: {e}") from e
-                rows.append(obj)
+        for n, obj in json_lines(path):
+            try:
+                normalize_row(obj)
+            except BadRow as e:
+                raise BadRow(f"{path}: line {n}: {e}") from e
+            rows.append(obj)
         return self.upsert(rows)
 
     def load_connections(self, path: Path | str) -> int:
         """Load a `rstscope analyze --out` file; records are keyed (and de-duplicated) by their `id`."""
         recs: dict[str, tuple[Any, ...]] = {}
-        with Path(path).open("rb") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    r = orjson.loads(line)
-                    recs[str(r["id"])] = (str(r["id"]), int(r.get("asn") or 0), str(r.get("country") or "XX"),
-                                          float(r.get("last_ts") or 0.0), orjson.dumps(r).decode())
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                    raise BadRow(f"{path}: line {n}: not a connection record ({e})") from e
+        for n, r in json_lines(path, "not a connection record"):
+            try:
+                recs[str(r["id"])] = (str(r["id"]), int(r.get("asn") or 0), str(r.get("country") or "XX"),
+                                      float(r.get("last_ts") or 0.0), orjson.dumps(r).decode())
+            except (KeyError, TypeError, ValueError) as e:
+                raise BadRow(f"{path}: line {n}: not a connection record ({e})") from e
         if recs:
             with self._connect() as con:
                 con.executemany("INSERT OR REPLACE INTO connections VALUES (?, ?, ?, ?, ?)", list(recs.values()))
@@ -262,17 +269,11 @@ class Store:
     def load_alerts(self, path: Path | str) -> int:
         """Load a `rstscope alerts --out` file (wire alerts, JSON lines). Bad lines raise with their number."""
         alerts = []
-        with Path(path).open("rb") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = orjson.loads(line)
-                    if not isinstance(obj, dict):
-                        raise ValueError("not a JSON object")
-                    alerts.append(alert_from_wire(obj))
-                except ValueError as e:  # orjson.JSONDecodeError is a ValueError
-                    raise BadRow(f"{path}: line {n}: not an alert ({e})") from e
+        for n, obj in json_lines(path, "not an alert"):
+            try:
+                alerts.append(alert_from_wire(obj))
+            except ValueError as e:
+                raise BadRow(f"{path}: line {n}: not an alert ({e})") from e
         return self.upsert_alerts(alerts)
 
     # ---- reads
