@@ -59,6 +59,14 @@ class EdgeParams:
 
 
 @dataclass(frozen=True, slots=True)
+class RollupParams:
+    """How long a worker's rollup state lives (docs/streaming.md): bounded memory and restore time."""
+
+    retention_s: float = 7 * 86400.0  # buckets this far behind the newest one a partition counted are
+    #   forgotten (their final rows stay on the compacted rollups topic); later records for them: dead letters
+
+
+@dataclass(frozen=True, slots=True)
 class AlertParams:
     """When a network's stage share counts as changed (docs/insights.md): robust statistics against the
     same time of day on previous days, with floors so that small networks and small moves do not alarm."""
@@ -100,6 +108,7 @@ class Topology:
     edges: EdgeParams = field(default_factory=EdgeParams)
     alerts: AlertParams = field(default_factory=AlertParams)
     outliers: OutlierParams = field(default_factory=OutlierParams)
+    rollup: RollupParams = field(default_factory=RollupParams)
 
 
 # Keys of earlier releases, with what replaced them (a clear error instead of a silent change of method).
@@ -145,7 +154,8 @@ def load(path: Path | str | None = None) -> Topology:
     edges = _section(EdgeParams, raw.get("edges"), "edges")
     alerts = _section(AlertParams, raw.get("alerts"), "alerts")
     outliers = _section(OutlierParams, raw.get("outliers"), "outliers")
-    topo = Topology(window, sampling, evidence, topics, str(p), edges, alerts, outliers)
+    rollup = _section(RollupParams, raw.get("rollup"), "rollup")
+    topo = Topology(window, sampling, evidence, topics, str(p), edges, alerts, outliers, rollup)
     validate(topo)
     return topo
 
@@ -156,6 +166,8 @@ def validate(t: Topology) -> None:
         raise TopologyError("topology: window sizes, timeouts and max_packets must be positive")
     if w.mode not in MODES:
         raise TopologyError(f"topology: window.mode must be one of {', '.join(MODES)}")
+    if t.rollup.retention_s < 2 * w.size_s:
+        raise TopologyError("topology: rollup.retention_s must be at least two windows")
     if t.edges.idle_s <= 0 or t.edges.max_ahead_s <= 0:
         raise TopologyError("topology: edges.idle_s and edges.max_ahead_s must be positive")
     a = t.alerts

@@ -83,7 +83,7 @@ def make_app(s: Settings) -> Pipeline:
                         default=None)
 
     cstage = ConnectionStage(topo, s.geo)
-    rstage = RollupStage(topo.window.size_s)
+    rstage = RollupStage(topo.window.size_s, topo.rollup.retention_s)
     marks = watermark_reader(s.bootstrap, s.security.librdkafka() if s.security is not None else None)
     guards = [OffsetGuard(app, cstage.counters, "connections", packets.get_topic_name(), marks),
               OffsetGuard(app, rstage.counters, "rollup", inner.name, marks)]

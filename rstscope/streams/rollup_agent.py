@@ -18,6 +18,14 @@ rebalance or restart (Faust restores the table from its changelog before streams
 upserts of a duplicate are re-sent: that covers a crash after the table write but before the upsert
 went out.
 
+State is bounded (``rollup.retention_s`` of topology.yaml, 7 days): once a partition has counted a
+bucket that far past older ones, ``expire`` deletes the table entries whose connections all lie in those
+older buckets (tombstones in the changelog, so a restore reads only the retained days), forgets their ids
+and rows, and writes the partition's horizon into the table (entry ``h:<partition>``). The rows' final
+values stay on the compacted rollups topic. A record that arrives later for a forgotten bucket cannot be
+counted without overwriting that final row with a partial one, so it is refused: counted as
+``expired_bucket`` and sent to the dead letters.
+
 Upserts are coalesced: changed rows are sent at most every ``FLUSH_S`` (or ``FLUSH_EVENTS`` records),
 each once with its current value, and the input messages are acked (manually, in order) only after
 the rows that include them were sent. A busy row thus costs one message per flush, not per record.
@@ -33,6 +41,7 @@ import orjson
 
 from rstscope.codecs.errors import CodecError, MalformedRecord
 from rstscope.codecs.jsonl import dumps, loads_array
+from rstscope.config import RollupParams
 from rstscope.core.rollup import Rollup, RowKey, bucket_of, dimension_keys, row_key_text
 from rstscope.streams.checkpoint import Checkpoint
 from rstscope.streams.faust_internals import AckRef
@@ -40,6 +49,7 @@ from rstscope.streams.offsets import OffsetGuard
 
 FLUSH_S = 0.2
 FLUSH_EVENTS = 2000
+NO_HORIZON = -(2**62)  # nothing forgotten yet
 # what Rollup.add reads of a record (as_name and last_ts: the name of an asn row, latest wins)
 _FIELDS = ("window_start", "country", "asn", "stage", "tags", "signature", "as_name", "last_ts")
 
@@ -52,32 +62,47 @@ def compact(record: Mapping[str, Any]) -> list[Any]:
 class RollupStage:
     """Transport-free rollup logic over a mapping ``records`` (a Faust table in the worker)."""
 
-    def __init__(self, bucket_s: int) -> None:
+    def __init__(self, bucket_s: int, retention_s: float = RollupParams().retention_s) -> None:
         self.bucket_s = bucket_s
+        self.retention_s = retention_s
         self.rollups: dict[int, Rollup] = {}
-        self.seen: dict[int, set[str]] = {}  # partition -> ids counted (the table's, cached)
+        # partition -> bucket -> ids counted (the table's, cached): an id's bucket is fixed (its window)
+        self.seen: dict[int, dict[int, set[str]]] = {}
+        self.entries: dict[int, dict[str, int]] = {}  # partition -> table key -> newest bucket of its rows
+        self.horizon: dict[int, int] = {}  # partition -> buckets before this are forgotten
         self.dirty: dict[int, set[RowKey]] = {}
+        self.expired: list[dict[str, Any]] = []  # records refused since the last take_expired()
         self.counters: Counter[str] = Counter()
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
-            self.rollups.pop(p, None)
-            self.seen.pop(p, None)
-            self.dirty.pop(p, None)
+            for d in (self.rollups, self.seen, self.entries, self.horizon, self.dirty):
+                d.pop(p, None)
 
     def rollup(self, partition: int, records: Any) -> Rollup:
         """The partition's Rollup, rebuilt from the table when this worker does not have it yet."""
         r = self.rollups.get(partition)
         if r is None:
             r = self.rollups[partition] = Rollup(self.bucket_s)
-            seen = self.seen[partition] = set()
-            for value in records.values():
+            seen = self.seen[partition] = {}
+            entries = self.entries[partition] = {}
+            mark = records.get(f"h:{partition}")
+            horizon = self.horizon[partition] = int(orjson.loads(mark)["h"]) if mark else NO_HORIZON
+            for key, value in records.items():
                 d = orjson.loads(value)
-                if d.get("p") == partition:
-                    for row in d["r"]:
-                        seen.add(row[0])
-                        # strict=False: entries of earlier workers hold fewer fields (missing: None)
-                        r.add(dict(zip(_FIELDS, row[1:], strict=False)))
+                if d.get("p") != partition or "h" in d:
+                    continue
+                newest = -1
+                for row in d["r"]:
+                    # strict=False: entries of earlier workers hold fewer fields (missing: None)
+                    rec = dict(zip(_FIELDS, row[1:], strict=False))
+                    b = bucket_of(rec, self.bucket_s)
+                    if b < horizon:  # forgotten; the entry stays for its newer rows
+                        continue
+                    seen.setdefault(b, set()).add(row[0])
+                    r.add(rec)
+                    newest = max(newest, b)
+                entries[key] = newest
             self.counters["rebuilds"] += 1
         return r
 
@@ -94,20 +119,67 @@ class RollupStage:
                 raise MalformedRecord("connection record is not a JSON object")
             if not isinstance(rec.get("id"), str) or "window_start" not in rec or "stage" not in rec:
                 raise MalformedRecord("connection record without id, window_start or stage")
+        horizon = self.horizon.get(partition, NO_HORIZON)
+        newest = -1
         for rec in recs:
             rid = rec["id"]
-            if rid in seen:
+            b = bucket_of(rec, self.bucket_s)
+            if b < horizon:  # its bucket's final row is on the rollups topic; counting it would replace that
+                self.counters["dead:expired_bucket"] += 1
+                self.expired.append(rec)
+                continue
+            ids = seen.setdefault(b, set())
+            if rid in ids:
                 self.counters["duplicates"] += 1
-                b = bucket_of(rec, self.bucket_s)
                 dirty.update((b, d, v) for d, v in dimension_keys(rec))
                 continue
-            seen.add(rid)
+            ids.add(rid)
             new.append(compact(rec))
             dirty.update(r.add(rec))
+            newest = max(newest, b)
         if new:
-            records[f"{partition}:{offset}"] = orjson.dumps({"p": partition, "r": new})
+            key = f"{partition}:{offset}"
+            records[key] = orjson.dumps({"p": partition, "r": new})
+            self.entries.setdefault(partition, {})[key] = newest
             self.counters["counted"] += len(new)
         return len(new)
+
+    def take_expired(self) -> list[dict[str, Any]]:
+        """The records refused because their bucket was forgotten (the caller dead-letters them)."""
+        out, self.expired = self.expired, []
+        return out
+
+    def expire(self, records: Any) -> int:
+        """Forget, per partition, the buckets more than ``retention_s`` behind the newest one counted:
+        their table entries (deleted), ids and rows. Call it after their rows were sent. Returns the
+        buckets forgotten."""
+        gone = 0
+        for p, seen in self.seen.items():
+            if not seen:
+                continue
+            h = int((max(seen) - self.retention_s) // self.bucket_s * self.bucket_s)
+            if h <= self.horizon.get(p, NO_HORIZON):
+                continue
+            entries = self.entries.get(p, {})
+            for key in [k for k, newest in entries.items() if newest < h]:
+                del records[key]
+                del entries[key]
+            old = [b for b in seen if b < h]
+            for b in old:
+                del seen[b]
+            r = self.rollups.get(p)
+            if r is not None:
+                for k in [k for k in r.cells if k[0] < h]:
+                    del r.cells[k]
+                    r.as_names.pop(k, None)
+            dirty = self.dirty.get(p)
+            if dirty:
+                dirty.difference_update([k for k in dirty if k[0] < h])
+            self.horizon[p] = h
+            records[f"h:{p}"] = orjson.dumps({"p": p, "h": h})
+            gone += len(old)
+        self.counters["expired_buckets"] += gone
+        return gone
 
     def take_dirty(self) -> list[tuple[str, dict[str, Any]]]:
         """The current value of every row changed since the last call (upserts to send)."""
@@ -141,6 +213,7 @@ def build(app: Any, stage: RollupStage, rollup_input: Any, rollups: Any, dead_le
             for p, keys in taken.items():
                 stage.dirty.setdefault(p, set()).update(keys)
             raise
+        stage.expire(records)  # the rows of what it forgets were just sent
 
     def done() -> list[AckRef]:
         refs = held[:]
@@ -161,6 +234,12 @@ def build(app: Any, stage: RollupStage, rollup_input: Any, rollups: Any, dead_le
                     stage.counters[f"dead:{e.reason}"] += 1
                     await dead_letters.send(value=dumps({"reason": e.reason, "error": str(e), "topic": m.topic,
                                                          "partition": m.partition, "offset": m.offset}), force=True)
+                expired = stage.take_expired()
+                if expired:
+                    await dead_letters.send(value=dumps({
+                        "reason": "expired_bucket", "topic": m.topic, "partition": m.partition, "offset": m.offset,
+                        "error": f"{len(expired)} record(s) for buckets before {stage.horizon[m.partition]}, "
+                                 "forgotten after rollup.retention_s", "ids": [r["id"] for r in expired]}), force=True)
                 held.append(AckRef.of(m))
             if len(held) >= FLUSH_EVENTS:
                 await cp.commit()

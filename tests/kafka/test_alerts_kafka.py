@@ -88,6 +88,8 @@ def test_alerts_through_kafka_equal_offline(work: Path, kafka_bootstrap: str) ->
     for role, t in raw["topics"].items():
         t["name"] = f"{tag}.{role}"
     raw["edges"] = {**raw.get("edges", {}), "idle_s": 3}  # one edge: a short warm-up
+    # 15 days replayed in seconds: keep every bucket, whatever a partition's lag (rollup.retention_s)
+    raw["rollup"] = {"retention_s": 30 * 86400}
     topo_path = work / "topology.yaml"
     topo_path.write_text(yaml.safe_dump(raw))
     topo = config.load(topo_path)
