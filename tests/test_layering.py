@@ -28,7 +28,7 @@ class Rule:
 
 
 RULES = [
-    Rule(("rstscope.core", "rstscope.codecs", "rstscope.decode", "rstscope.insights"), IO_LAYERS,
+    Rule(("rstscope.core", "rstscope.codecs", "rstscope.decode", "rstscope.insights", "rstscope.quic"), IO_LAYERS,
          "the pure layers do no I/O: no Kafka, Faust, edge or API"),
     Rule(("rstscope.edge", "rstscope.api"), ("rstscope.streams",),
          "the edge and the API must not need the Faust worker package"),

@@ -8,10 +8,12 @@ Payload bytes are never copied: only the payload length (from the IP length fiel
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 from rstscope.packet import PacketRecord
 
 IPPROTO_TCP = 6
+IPPROTO_UDP = 17
 IPPROTO_FRAGMENT = 44
 IPPROTO_AH = 51
 IPPROTO_NONE = 59
@@ -43,8 +45,25 @@ IP_MF = 0x2000
 IP_OFFMASK = 0x1FFF
 
 
-def decode_ip_tcp(ts: float, data: bytes, off: int, version: int) -> PacketRecord | str:
-    """Decode the IP packet that starts at ``off``; a reason string when it is not usable TCP."""
+class IpHeader(NamedTuple):
+    """What the IP layer tells about one packet: the version, the addresses, TTL / hop limit, IP ID
+    (IPv4; None for IPv6), and where the transport header starts and how long it is with its payload."""
+
+    version: int
+    src: bytes
+    dst: bytes
+    ttl: int
+    ipid: int | None
+    l4: int  # offset of the transport header in ``data``
+    l4_len: int  # transport header and payload, from the IP length fields
+
+
+def decode_ip(data: bytes, off: int, version: int, proto: int, other: str) -> IpHeader | str:
+    """The IPv4 or IPv6 header (extension headers walked) of a packet of transport ``proto`` starting
+    at ``off``; a reason string when it is not one (``other``: another transport protocol).
+
+    Why one function: TCP (``decode_ip_tcp``) and UDP (QUIC, ``rstscope.quic.udp``) walk the same headers
+    and must drop the same fragments, truncations and malformed lengths."""
     n = len(data)
     if n <= off:
         return "truncated_ip"
@@ -53,14 +72,14 @@ def decode_ip_tcp(ts: float, data: bytes, off: int, version: int) -> PacketRecor
     if version == 4:
         if n < off + 20:
             return "truncated_ip"
-        v_hl, _tos, total, ipid, frag, ttl, proto, _sum, src, dst = _IP4.unpack_from(data, off)
+        v_hl, _tos, total, ipid, frag, ttl, p, _sum, src, dst = _IP4.unpack_from(data, off)
         if v_hl >> 4 != 4:
             return "bad_ip_version"
         ihl = (v_hl & 0x0F) * 4
         if ihl < 20:
             return "bad_ip_header_length"
-        if proto != IPPROTO_TCP:
-            return "non_tcp"
+        if p != proto:
+            return other
         if frag & IP_OFFMASK:
             return "ip_fragment"
         l4 = off + ihl
@@ -68,8 +87,8 @@ def decode_ip_tcp(ts: float, data: bytes, off: int, version: int) -> PacketRecor
         l4_len = total - ihl if total else n - l4
         if l4_len < 0:
             return "bad_ip_total_length"
-        ipid_v: int | None = ipid
-    elif version == 6:
+        return tuple.__new__(IpHeader, (4, src, dst, ttl, ipid, l4, l4_len))  # no namedtuple arg handling: hot
+    if version == 6:
         if n < off + 40:
             return "truncated_ip"
         v_tc_flow, plen, nxt, ttl, src, dst = _IP6.unpack_from(data, off)
@@ -78,12 +97,12 @@ def decode_ip_tcp(ts: float, data: bytes, off: int, version: int) -> PacketRecor
         l4 = off + 40
         l4_len = plen if plen else n - l4  # plen 0: jumbogram or TSO; use what was captured
         hops = 0
-        while nxt != IPPROTO_TCP:
+        while nxt != proto:
             hops += 1
             if hops > MAX_IPV6_EXT:
                 return "ipv6_ext_loop"
             if nxt == IPPROTO_NONE:
-                return "non_tcp"
+                return other
             if n < l4 + 8:
                 return "truncated_ip"
             if nxt == IPPROTO_FRAGMENT:
@@ -95,15 +114,23 @@ def decode_ip_tcp(ts: float, data: bytes, off: int, version: int) -> PacketRecor
             elif nxt in IPV6_EXT_GENERIC:
                 hlen = (data[l4 + 1] + 1) * 8
             else:
-                return "non_tcp"
+                return other
             nxt = data[l4]
             l4 += hlen
             l4_len -= hlen
             if l4_len < 0:
                 return "bad_ip_total_length"
-        ipid_v = None
-    else:
-        return "bad_ip_version"
+        return tuple.__new__(IpHeader, (6, src, dst, ttl, None, l4, l4_len))
+    return "bad_ip_version"
+
+
+def decode_ip_tcp(ts: float, data: bytes, off: int, version: int) -> PacketRecord | str:
+    """Decode the IP packet that starts at ``off``; a reason string when it is not usable TCP."""
+    ip = decode_ip(data, off, version, IPPROTO_TCP, "non_tcp")
+    if isinstance(ip, str):
+        return ip
+    version, src, dst, ttl, ipid_v, l4, l4_len = ip
+    n = len(data)
     if n < l4 + 20:
         return "truncated_tcp"
     sport, dport, seq, ack, off_x2, flags, win, _tsum, _urp = _TCP.unpack_from(data, l4)
