@@ -78,6 +78,7 @@ def _admin(bootstrap: str):  # type: ignore[no-untyped-def]
 
 def inspect(bootstrap: str, specs: list[TopicSpec], timeout: float = 15.0) -> list[Problem]:
     """Compare the broker's topics with the specs: missing topics, partitions, replication, configs."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
 
     admin = _admin(bootstrap)
@@ -100,7 +101,16 @@ def inspect(bootstrap: str, specs: list[TopicSpec], timeout: float = 15.0) -> li
         res = [ConfigResource(ResourceType.TOPIC, s.name) for s in present]
         futs = admin.describe_configs(res, request_timeout=timeout)
         for spec, r in zip(present, res, strict=True):
-            entries = futs[r].result(timeout)
+            try:
+                entries = futs[r].result(timeout)
+            except KafkaException as e:
+                # listed by one broker, unknown to the one asked: metadata of a topic created a moment ago
+                # has not reached every broker yet (seen on a loaded 3-node cluster). apply() waits for it.
+                err = e.args[0] if e.args else None
+                if isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    problems.append(Problem(spec.name, "missing", True))
+                    continue
+                raise
             for k, v in wanted_config(spec).items():
                 have = entries[k].value if k in entries else None
                 if have != v:
