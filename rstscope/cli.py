@@ -131,6 +131,7 @@ DELEGATED = {
     "edge": ("rstscope.edge.producer", "edge producer: capture -> sampling -> Kafka"),
     "worker": ("rstscope.streams.worker", "Faust worker: connection and rollup agents"),
     "alert-agent": ("rstscope.streams.alert_agent", "rollups topic -> change alerts -> alerts topic"),
+    "quic": ("rstscope.quic.cli", "classify the QUIC connections of capture files (offline)"),
 }
 # Sub-commands whose module is handed the name too (one module serves several commands).
 NAMED = {

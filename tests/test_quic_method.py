@@ -342,3 +342,23 @@ def test_a_datagram_that_is_not_quic_is_counted_not_used():
     assert t.last is not None
     t.add_datagram(UdpDatagram(T0 + 1, 4, CLI, SRV, 5555, 443, 64, 1, b""))
     assert t.last is None and t.counters["quic_empty_datagram"] == 1
+
+
+def test_the_quic_command(tmp_path: Path) -> None:
+    """`rstscope quic`: the bed's capture as a stage table and records; bad input exits 2 with the reason."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "q.jsonl"
+    run = subprocess.run([sys.executable, "-m", "rstscope.cli", "quic", str(PCAP), "--server-ip",
+                          ",".join(SERVERS), "--sni", "keep", "--format", "json", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["connections"] == len(records) > 0
+    assert summary["stages"]["post_syn"] == sum(r["stage"] == "post_syn" for r in records) > 0
+    assert {r["sni"] for r in records} >= {"blocked.example", "allowed.example"}
+    bad = subprocess.run([sys.executable, "-m", "rstscope.cli", "quic", str(tmp_path / "q.jsonl"), "--server-ip",
+                          "10.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a pcap" in bad.stderr
