@@ -31,12 +31,23 @@ def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
             f.write(json.dumps(d, sort_keys=True, default=str) + "\n")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    """Remember each phase's report on the test item, so that ``work`` knows whether the test failed."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
 @pytest.fixture
-def work() -> Iterator[Path]:
+def work(request: pytest.FixtureRequest) -> Iterator[Path]:
     # not pytest's tmp_path: concurrent pytest sessions on this machine prune each other's basetemp
     d = Path(tempfile.mkdtemp(prefix="rstscope-faults-"))
     yield d
-    if not os.environ.get("RSTSCOPE_KEEP_WORK"):
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:  # a fault that shows once under load: keep its logs for the post-mortem
+        print(f"\nrstscope faults: {request.node.name} failed; its logs are kept in {d}", flush=True)
+    elif not os.environ.get("RSTSCOPE_KEEP_WORK"):
         shutil.rmtree(d, ignore_errors=True)
 
 

@@ -108,7 +108,13 @@ def test_cluster_down_30s_under_load(kafka_cluster3: Any, work: Path, capture: P
         ea = a.edge(capture, rate=RATE)
         eb = b.edge(capture, "-X", "queue.buffering.max.messages=500", "-X", "message.timeout.ms=8000", rate=RATE)
         ec = c.edge(capture, "--queue-max", "500", "--batch-records", "50", "--max-wait", "0.5", rate=RATE)
-        time.sleep(3)
+        # the outage must find all three edges streaming: an edge still starting (a loaded machine) would
+        # wait for the brokers and then replay into a healthy cluster, and C would lose nothing (seen in CI)
+        deadline = time.monotonic() + 60
+        while min(_sum_ends(r) for r in (a, b, c)) == 0:
+            assert time.monotonic() < deadline, "an edge delivered nothing in 60 s"
+            time.sleep(0.2)
+        time.sleep(2)
         before = _sum_ends(a)
         t_down = time.monotonic()
         _all_down(kafka_cluster3)
