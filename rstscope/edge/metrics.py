@@ -33,6 +33,8 @@ class EdgeCollector:
             ("packets_delivered", "records and watermarks acknowledged by the broker", s.delivered),
             ("delivery_failures", "records the broker did not take (after retries)", s.delivery_failures),
             ("watermarks", "watermark records sent", s.watermarks),
+            ("watermarks_skipped", "periodic watermarks not sent because the queue was full (live edge)",
+             s.watermarks_skipped),
         ):
             c = CounterMetricFamily(f"rstscope_edge_{name}", doc, labels=["source"])
             c.add_metric([self.source], value)

@@ -84,6 +84,7 @@ class EdgeStats:
     delivered: int = 0
     delivery_failures: int = 0
     watermarks: int = 0
+    watermarks_skipped: int = 0  # live edge, queue full: a periodic watermark not sent (a later one supersedes it)
     dropped: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
 
@@ -95,13 +96,15 @@ class EdgeStats:
         dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items()) if v) or "none"
         return (f"edge: read {self.read} frames, tcp {self.tcp}, sampled {self.sampled}, sent {self.sent}, "
                 f"delivered {self.delivered}, delivery failures {self.delivery_failures}, "
-                f"watermarks {self.watermarks}; dropped: {dropped}; lost {self.lost()}; {elapsed:.2f}s "
+                f"watermarks {self.watermarks} ({self.watermarks_skipped} skipped); dropped: {dropped}; "
+                f"lost {self.lost()}; {elapsed:.2f}s "
                 f"({self.read / max(elapsed, 1e-9):,.0f} frames/s)")
 
     def to_dict(self) -> dict[str, Any]:
         return {"read": self.read, "tcp": self.tcp, "sampled": self.sampled, "sent": self.sent,
                 "delivered": self.delivered, "delivery_failures": self.delivery_failures,
-                "watermarks": self.watermarks, "dropped": dict(self.dropped), "errors": dict(self.errors),
+                "watermarks": self.watermarks, "watermarks_skipped": self.watermarks_skipped,
+                "dropped": dict(self.dropped), "errors": dict(self.errors),
                 "lost": self.lost()}
 
 
@@ -182,16 +185,24 @@ class Edge:
 
     def watermark(self, eof: bool) -> None:
         """Send the current event time to every partition (idle partitions must advance too), after
-        the batches waiting for them: a watermark never overtakes a packet it promises about."""
+        the batches waiting for them: a watermark never overtakes a packet it promises about.
+
+        The end of input (``eof``) and a file replay's watermarks always wait for room in the queue. A
+        live edge's periodic watermark does not (``max_wait_s``): while the brokers are away, waiting
+        for room would stop the reader and let the kernel drop packets unseen; skipping it loses no
+        data, because the next one carries a later time (counted: ``watermarks_skipped``)."""
         self.flush()
         if self.end_ts == float("-inf"):
             return
         value = encode_watermark(Watermark(self.end_ts, self.source, eof))
         ts_ms = max(0, int(self.end_ts * 1000))
+        block = eof or self.sender.max_wait_s is None
         for p in range(self.partitions):
-            self.sender.send(value, None, {"timestamp": ts_ms, "on_delivery": self._on_delivery(1), "partition": p},
-                             block=True)
-            self.stats.watermarks += 1
+            if self.sender.send(value, None, {"timestamp": ts_ms, "on_delivery": self._on_delivery(1),
+                                              "partition": p}, block=block):
+                self.stats.watermarks += 1
+            else:
+                self.stats.watermarks_skipped += 1
         self.next_wm = self.end_ts + self.interval
 
     def _send(self, partition: int) -> None:

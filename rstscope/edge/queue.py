@@ -4,7 +4,8 @@
 full, the sender serves delivery callbacks for at most ``max_wait_s`` and tries again; after that the
 record is dropped and counted (reason ``queue_full``). A file replay waits forever (nothing is lost by
 waiting); a live capture must not: while it waits the kernel buffer overflows and drops unseen.
-Watermarks always wait: dropping one would stall the workers' event time.
+The end-of-input watermark always waits (dropping it would stall the workers' event time); a live edge's
+periodic watermark gives up like a record (Edge.watermark: the next one supersedes it).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class BoundedSender:
         self.waits = 0
 
     def send(self, value: bytes, key: bytes | None, kw: dict[str, Any], block: bool = False) -> bool:
-        """True when the record is in the queue; False when it was dropped (queue full too long)."""
+        """True when the record is in the queue; False when it was dropped (queue full too long; the
+        caller counts it: the sender's own ``dropped`` counts every such give-up)."""
         deadline: float | None = None
         while True:
             try:

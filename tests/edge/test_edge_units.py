@@ -232,11 +232,28 @@ def test_edge_counts_queue_full_drops() -> None:
     p = FakeProducer(cap=4)  # the broker never answers: the queue stays full (4 messages)
     edge = Edge(p, "t", 2, _gate([80]), "src", max_wait_s=0.0, batches=Batches(2, max_records=3))
     edge.sender.poll_s = 0.0005
-    edge.watermark = lambda eof: edge.flush()  # type: ignore[method-assign]  # watermarks block by design
+    edge.watermark = lambda eof: edge.flush()  # type: ignore[method-assign]  # the eof watermark waits by design
     stats = edge.run([FIXTURES / "http_ok.pcap"])
     assert stats.dropped["queue_full"] > 0 and stats.sent == 4 * 3  # a dropped batch counts its records
     assert stats.sent + stats.dropped["queue_full"] == stats.sampled
     assert stats.lost() == stats.dropped["queue_full"]
+
+
+def test_a_live_edge_skips_periodic_watermarks_when_the_queue_is_full() -> None:
+    """Waiting for room would stop a live reader (the kernel drops unseen): the periodic watermark gives
+    up and is counted; a later one supersedes it. A file replay's watermarks always wait."""
+    p = FakeProducer(cap=2)  # the broker never answers
+    edge = Edge(p, "t", 4, _gate([80]), "src", max_wait_s=0.0)
+    edge.sender.poll_s = 0.0005
+    edge.end_ts = 1_700_000_000.0
+    edge.watermark(eof=False)
+    assert (edge.stats.watermarks, edge.stats.watermarks_skipped) == (2, 2) and len(p) == 2
+    assert "(2 skipped)" in edge.stats.line(1.0) and edge.stats.to_dict()["watermarks_skipped"] == 2
+    replay = Edge(FakeProducer(cap=2, drain_on_poll=1), "t", 4, _gate([80]), "src", max_wait_s=None)
+    replay.sender.poll_s = 0.0005
+    replay.end_ts = 1_700_000_000.0
+    replay.watermark(eof=False)
+    assert (replay.stats.watermarks, replay.stats.watermarks_skipped) == (4, 0)
 
 
 def test_batches_are_bounded_by_records_and_bytes_and_keep_partitions() -> None:
