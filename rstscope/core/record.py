@@ -15,7 +15,7 @@ from typing import TypedDict
 from rstscope.config import EvidenceParams
 from rstscope.core.classify import POST_SYN, Verdict, classify
 from rstscope.core.table import Connection, Key
-from rstscope.packet import ip_text
+from rstscope.packet import ip_text, pack_key
 
 RECORD_VERSION = 2  # 2: evidence and mode fields; one composition tag per reset (docs/wire-formats.md)
 
@@ -51,26 +51,37 @@ class ConnectionRecord(TypedDict):
 
 def connection_id(key: Key, syn_seq: int, first_ts: float) -> str:
     """16 hex digits from the 5-tuple, the SYN's sequence number and the first packet's microsecond."""
-    client_ip, client_port, server_ip, server_port = key
     h = hashlib.blake2b(digest_size=8)
-    h.update(client_ip + client_port.to_bytes(2, "big") + server_ip + server_port.to_bytes(2, "big"))
+    h.update(pack_key(*key))
     h.update(syn_seq.to_bytes(4, "big") + round(first_ts * 1e6).to_bytes(8, "big", signed=True))
     return h.hexdigest()
+
+
+class Endpoints(TypedDict):
+    """The connection's two ends, as every record (TCP and QUIC) spells them."""
+
+    client_ip: str
+    client_port: int
+    server_ip: str
+    server_port: int
+    ip_version: int
+
+
+def endpoint_fields(key: Key) -> Endpoints:
+    """A record's endpoint fields from its 4-tuple: the one place they are spelled."""
+    client_ip, client_port, server_ip, server_port = key
+    return {"client_ip": ip_text(client_ip), "client_port": client_port, "server_ip": ip_text(server_ip),
+            "server_port": server_port, "ip_version": 4 if len(client_ip) == 4 else 6}
 
 
 def build_record(key: Key, window_start: int, syn_seq: int, first_ts: float, last_ts: float, packets: int,
                  v: Verdict, mode: str, country: str = "XX", asn: int = 0, as_name: str = "") -> ConnectionRecord:
     """The record of a classified connection: the one place its fields are filled."""
-    client_ip, client_port, server_ip, server_port = key
     return {
         "v": RECORD_VERSION,
         "id": connection_id(key, syn_seq, first_ts),
         "window_start": window_start,
-        "client_ip": ip_text(client_ip),
-        "client_port": client_port,
-        "server_ip": ip_text(server_ip),
-        "server_port": server_port,
-        "ip_version": 4 if len(client_ip) == 4 else 6,
+        **endpoint_fields(key),
         "first_ts": round(first_ts, 6),
         "last_ts": round(last_ts, 6),
         "packets": packets,

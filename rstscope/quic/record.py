@@ -7,7 +7,8 @@ import hashlib
 from typing import TypedDict
 
 from rstscope.config import MODE_WINDOW
-from rstscope.packet import ip_text
+from rstscope.core.record import endpoint_fields
+from rstscope.packet import pack_key
 from rstscope.quic.classify import QuicVerdict
 from rstscope.quic.packet import Key
 
@@ -57,9 +58,8 @@ def sni_value(sni: str | None, policy: str = "hash") -> str | None:
 
 def quic_connection_id(key: Key, odcid: bytes, first_ts: float) -> str:
     """16 hex digits from the 4-tuple, the original DCID and the first packet's microsecond."""
-    client_ip, client_port, server_ip, server_port = key
     h = hashlib.blake2b(digest_size=8, person=b"rstscope-quic")
-    h.update(client_ip + client_port.to_bytes(2, "big") + server_ip + server_port.to_bytes(2, "big"))
+    h.update(pack_key(*key))
     h.update(bytes((len(odcid),)) + odcid + round(first_ts * 1e6).to_bytes(8, "big", signed=True))
     return h.hexdigest()
 
@@ -68,16 +68,11 @@ def build_quic_record(key: Key, window_start: int, version: int, odcid: bytes, f
                       packets: int, v: QuicVerdict, end: str, sni: str | None, alpn: tuple[str, ...],
                       sni_policy: str = "hash") -> QuicRecord:
     """The record of a classified attempt: the one place its fields are filled."""
-    client_ip, client_port, server_ip, server_port = key
     return {
         "id": quic_connection_id(key, odcid, first_ts),
         "transport": "quic",
         "window_start": window_start,
-        "client_ip": ip_text(client_ip),
-        "client_port": client_port,
-        "server_ip": ip_text(server_ip),
-        "server_port": server_port,
-        "ip_version": 4 if len(client_ip) == 4 else 6,
+        **endpoint_fields(key),
         "quic_version": version,
         "odcid_len": len(odcid),
         "first_ts": round(first_ts, 6),
