@@ -27,7 +27,6 @@ The endpoints are tests/quicbed/endpoints.py (aioquic), the middlebox tests/quic
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import importlib.util
 import ipaddress
@@ -44,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.testbed.bed import Background, log, nsx, sh, wait_for_safe_window
+from tests.testbed.bed import Background, log, nsx, remove_namespaces, wait_for_safe_window, wire_namespaces
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI, RTR, SRV = "qb-cli", "qb-rtr", "qb-srv"
@@ -136,29 +135,11 @@ class Bed:
 
     @staticmethod
     def cleanup() -> None:
-        for ns in (CLI, RTR, SRV):
-            if sh(f"ip netns list | grep -qw {ns}", check=False).returncode == 0:
-                for pid in sh(f"ip netns pids {ns}", check=False).stdout.split():
-                    with contextlib.suppress(ProcessLookupError):  # leftovers of an earlier run, OUR namespaces
-                        os.kill(int(pid), signal.SIGKILL)
-                time.sleep(0.2)
-                sh(f"ip netns del {ns}", check=False)
+        remove_namespaces((CLI, RTR, SRV))
 
     def up(self) -> None:
         self.cleanup()
-        for ns in (CLI, RTR, SRV):
-            sh(f"ip netns add {ns}")
-            nsx(ns, "ip link set lo up")
-            for conf in ("all", "default"):
-                nsx(ns, f"sysctl -qw net.ipv6.conf.{conf}.router_solicitations=0 net.ipv6.conf.{conf}.accept_dad=0")
-        nsx(CLI, f"ip link add qc0 address {MAC['qc0']} type veth peer name qr0 address {MAC['qr0']}")
-        nsx(CLI, f"ip link set qr0 netns {RTR}")
-        nsx(SRV, f"ip link add qs0 address {MAC['qs0']} type veth peer name qr1 address {MAC['qr1']}")
-        nsx(SRV, f"ip link set qr1 netns {RTR}")
-        for ns, dev in ((CLI, "qc0"), (RTR, "qr0"), (RTR, "qr1"), (SRV, "qs0")):
-            nsx(ns, f"ethtool -K {dev} tx off rx off tso off gso off gro off")
-            nsx(ns, f"ethtool -K {dev} rxvlan off txvlan off", check=False)
-            nsx(ns, f"sysctl -qw net.ipv6.conf.{dev}.accept_ra=0 net.ipv6.conf.{dev}.mc_forwarding=0", check=False)
+        wire_namespaces(CLI, RTR, SRV, ("qc0", "qr0", "qr1", "qs0"), MAC)
         clients = [client_addr(i, sc["fam"]) for i, sc in enumerate(SCENARIOS)] + [TAIL_SRC]
         for a in clients:
             nsx(CLI, f"ip addr add {a}/24 dev qc0" if ":" not in a else f"ip -6 addr add {a}/64 dev qc0 nodad")

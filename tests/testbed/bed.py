@@ -318,6 +318,37 @@ def wait_for_safe_window(duration: float, guard: float) -> float:
 # topology
 # ----------------------------------------------------------------------------------------
 
+def remove_namespaces(names: tuple[str, ...]) -> None:
+    """Delete our namespaces left by an earlier run, killing what still runs in them."""
+    for ns in names:
+        if sh(f"ip netns list | grep -qw {ns}", check=False).returncode == 0:
+            for pid in sh(f"ip netns pids {ns}", check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError):  # leftovers of an earlier bed run, in OUR namespaces
+                    os.kill(int(pid), signal.SIGKILL)
+            time.sleep(0.2)
+            sh(f"ip netns del {ns}", check=False)
+
+
+def wire_namespaces(cli: str, rtr: str, srv: str, devs: tuple[str, str, str, str], mac: dict[str, str]) -> None:
+    """client <-> router <-> server: three namespaces, two veth pairs (``devs``: client, router's client
+    side, router's server side, server), every offload off (wire-size segments), no IPv6 autoconf or DAD
+    noise. Addresses, routes and the links' state are the caller's."""
+    c0, r0, r1, s0 = devs
+    for ns in (cli, rtr, srv):
+        sh(f"ip netns add {ns}")
+        nsx(ns, "ip link set lo up")
+        for conf in ("all", "default"):
+            nsx(ns, f"sysctl -qw net.ipv6.conf.{conf}.router_solicitations=0 net.ipv6.conf.{conf}.accept_dad=0")
+    nsx(cli, f"ip link add {c0} address {mac[c0]} type veth peer name {r0} address {mac[r0]}")
+    nsx(cli, f"ip link set {r0} netns {rtr}")
+    nsx(srv, f"ip link add {s0} address {mac[s0]} type veth peer name {r1} address {mac[r1]}")
+    nsx(srv, f"ip link set {r1} netns {rtr}")
+    for ns, dev in ((cli, c0), (rtr, r0), (rtr, r1), (srv, s0)):
+        nsx(ns, f"ethtool -K {dev} tx off rx off tso off gso off gro off")
+        nsx(ns, f"ethtool -K {dev} rxvlan off txvlan off", check=False)
+        nsx(ns, f"sysctl -qw net.ipv6.conf.{dev}.accept_ra=0", check=False)
+
+
 class Bed:
     def __init__(self, tmp: Path, out: Path):
         self.tmp, self.out = tmp, out
@@ -325,29 +356,11 @@ class Bed:
 
     @staticmethod
     def cleanup() -> None:
-        for ns in (CLI, RTR, SRV):
-            if sh(f"ip netns list | grep -qw {ns}", check=False).returncode == 0:
-                for pid in sh(f"ip netns pids {ns}", check=False).stdout.split():
-                    with contextlib.suppress(ProcessLookupError):  # leftovers of an earlier bed run, in OUR namespaces
-                        os.kill(int(pid), signal.SIGKILL)
-                time.sleep(0.2)
-                sh(f"ip netns del {ns}", check=False)
+        remove_namespaces((CLI, RTR, SRV))
 
     def up(self) -> None:
         self.cleanup()
-        for ns in (CLI, RTR, SRV):
-            sh(f"ip netns add {ns}")
-            nsx(ns, "ip link set lo up")
-            for conf in ("all", "default"):
-                nsx(ns, f"sysctl -qw net.ipv6.conf.{conf}.router_solicitations=0 net.ipv6.conf.{conf}.accept_dad=0")
-        nsx(CLI, f"ip link add c0 address {MAC['c0']} type veth peer name r0 address {MAC['r0']}")
-        nsx(CLI, f"ip link set r0 netns {RTR}")
-        nsx(SRV, f"ip link add s0 address {MAC['s0']} type veth peer name r1 address {MAC['r1']}")
-        nsx(SRV, f"ip link set r1 netns {RTR}")
-        for ns, dev in ((CLI, "c0"), (RTR, "r0"), (RTR, "r1"), (SRV, "s0")):
-            nsx(ns, f"ethtool -K {dev} tx off rx off tso off gso off gro off")
-            nsx(ns, f"ethtool -K {dev} rxvlan off txvlan off", check=False)
-            nsx(ns, f"sysctl -qw net.ipv6.conf.{dev}.accept_ra=0", check=False)
+        wire_namespaces(CLI, RTR, SRV, ("c0", "r0", "r1", "s0"), MAC)
         for i, sc in enumerate(SCENARIOS):
             if sc["fam"] == 4:
                 nsx(CLI, f"ip addr add {client_addr(i, 4)}/24 dev c0")
