@@ -322,11 +322,17 @@ def judge(c: int, n: int, baseline: list[tuple[int, int]]) -> _Judgement:
                       sum(bc for bc, _ in baseline), len(baseline))
 
 
-def detect(rows: Iterable[Mapping[str, Any]], params: AlertParams, bucket_s: int = BUCKET_S) -> list[Alert]:
-    """Offline: every alert of a set of rollup rows (advanced to the end of their last unit)."""
+def detector(rows: Iterable[Mapping[str, Any]], params: AlertParams, bucket_s: int = BUCKET_S) -> AlertDetector:
+    """Offline: a detector fed every row and advanced to the end of their last unit (its counters say
+    what it judged; ``alerts()`` what it found)."""
     det = AlertDetector(params, bucket_s)
     for row in rows:
         det.add_row(row)
     if det.newest_unit is not None:
         det.advance(det.newest_unit + params.unit_s)
-    return det.alerts()
+    return det
+
+
+def detect(rows: Iterable[Mapping[str, Any]], params: AlertParams, bucket_s: int = BUCKET_S) -> list[Alert]:
+    """Offline: every alert of a set of rollup rows (advanced to the end of their last unit)."""
+    return detector(rows, params, bucket_s).alerts()
