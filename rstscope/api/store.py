@@ -31,6 +31,8 @@ import numpy as np
 import orjson
 
 from rstscope.api.query import Filters
+from rstscope.codecs.errors import MalformedRecord
+from rstscope.codecs.jsonl import read_lines
 from rstscope.core.classify import STAGES
 from rstscope.core.rollup import BUCKET_S, DIMENSIONS, Cell, RowKey
 from rstscope.insights.model import Alert, alert_from_wire
@@ -123,21 +125,12 @@ def normalize_row(row: Mapping[str, Any], now: float | None = None) -> tuple[Any
             orjson.dumps(sigs).decode(), unreliable, time.time() if now is None else now, name)
 
 
-def json_lines(path: Path | str, what: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
-    """The JSON objects of a JSON-lines file with their line numbers (blank lines skipped); anything
-    else raises BadRow naming the line (and ``what`` the line should have been)."""
-    with Path(path).open("rb") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                obj = e
-            if not isinstance(obj, dict):
-                why = f"{obj}" if isinstance(obj, Exception) else "not a JSON object"
-                raise BadRow(f"{path}: line {n}: {what} ({why})" if what else f"{path}: line {n}: {why}")
-            yield n, obj
+def json_lines(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``codecs.jsonl.read_lines``, its errors as the store's BadRow."""
+    try:
+        yield from read_lines(path)
+    except MalformedRecord as e:
+        raise BadRow(str(e)) from e
 
 
 class Store:
@@ -234,7 +227,7 @@ class Store:
     def load_connections(self, path: Path | str) -> int:
         """Load a `rstscope analyze --out` file; records are keyed (and de-duplicated) by their `id`."""
         recs: dict[str, tuple[Any, ...]] = {}
-        for n, r in json_lines(path, "not a connection record"):
+        for n, r in json_lines(path):
             try:
                 recs[str(r["id"])] = (str(r["id"]), int(r.get("asn") or 0), str(r.get("country") or "XX"),
                                       float(r.get("last_ts") or 0.0), orjson.dumps(r).decode())
@@ -269,7 +262,7 @@ class Store:
     def load_alerts(self, path: Path | str) -> int:
         """Load a `rstscope alerts --out` file (wire alerts, JSON lines). Bad lines raise with their number."""
         alerts = []
-        for n, obj in json_lines(path, "not an alert"):
+        for n, obj in json_lines(path):
             try:
                 alerts.append(alert_from_wire(obj))
             except ValueError as e:

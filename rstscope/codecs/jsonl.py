@@ -41,11 +41,14 @@ def write_line(fh: IO[bytes], obj: Mapping[str, Any]) -> None:
     fh.write(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
 
 
-def read_lines(path: Path | str) -> Iterator[dict[str, Any]]:
+def read_lines(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The JSON objects of a JSON-lines file with their line numbers (blank lines skipped), so that a
+    reader can name the line of an object it refuses; a line that is not a JSON object raises
+    MalformedRecord naming its line."""
     with Path(path).open("rb") as fh:
         for n, line in enumerate(fh, 1):
             if line.strip():
                 try:
-                    yield loads(line)
+                    yield n, loads(line)
                 except MalformedRecord as e:
                     raise MalformedRecord(f"{path}: line {n}: {e}") from e

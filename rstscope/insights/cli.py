@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from rstscope import config
+from rstscope.codecs.errors import MalformedRecord
+from rstscope.codecs.jsonl import read_lines
 from rstscope.core.classify import STAGES
 from rstscope.core.rollup import Cell
-from rstscope.insights.alerts import AlertDetector
+from rstscope.insights.alerts import detector
 from rstscope.insights.outliers import OUTLIER_DIMENSIONS, peer_of, rank_outliers
 
 
@@ -25,17 +27,10 @@ def read_rows(path: Path) -> Iterator[dict[str, Any]]:
     if path.suffix in (".csv", ".parquet"):
         raise InputError(f"{path}: give the JSON lines rollups (rstscope analyze --rollups FILE.jsonl)")
     try:
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{n}: not JSON: {e}") from e
-                if not isinstance(row, dict):
-                    raise InputError(f"{path}:{n}: not a rollup row")
-                yield row
+        for _n, row in read_lines(path):
+            yield row
+    except MalformedRecord as e:
+        raise InputError(f"{e} (not a rollup row)") from e
     except OSError as e:
         raise InputError(f"{path}: {e}") from e
 
@@ -49,17 +44,13 @@ def _alerts(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     try:
         params = config.load(args.topology).alerts
-        det = AlertDetector(params)
-        for row in read_rows(args.rollups):
-            det.add_row(row)
+        det = detector(read_rows(args.rollups), params)
     except (InputError, config.TopologyError, ValueError) as e:
         print(f"rstscope alerts: {e}", file=sys.stderr)
         return 2
     if det.stats["rows"] and det.stats["bad_rows"] == det.stats["rows"]:
         print(f"rstscope alerts: {args.rollups}: no valid rollup row", file=sys.stderr)
         return 2
-    if det.newest_unit is not None:
-        det.advance(det.newest_unit + params.unit_s)
     alerts = det.alerts()
     if args.format == "jsonl":
         text = "".join(json.dumps(a.to_wire(), ensure_ascii=False) + "\n" for a in alerts)
