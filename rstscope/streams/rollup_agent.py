@@ -149,37 +149,43 @@ class RollupStage:
         out, self.expired = self.expired, []
         return out
 
-    def expire(self, records: Any) -> int:
-        """Forget, per partition, the buckets more than ``retention_s`` behind the newest one counted:
-        their table entries (deleted), ids and rows. Call it after their rows were sent. Returns the
-        buckets forgotten."""
-        gone = 0
-        for p, seen in self.seen.items():
-            if not seen:
-                continue
-            h = int((max(seen) - self.retention_s) // self.bucket_s * self.bucket_s)
-            if h <= self.horizon.get(p, NO_HORIZON):
-                continue
-            entries = self.entries.get(p, {})
-            for key in [k for k, newest in entries.items() if newest < h]:
-                del records[key]
-                del entries[key]
-            old = [b for b in seen if b < h]
-            for b in old:
-                del seen[b]
-            r = self.rollups.get(p)
-            if r is not None:
-                for k in [k for k in r.cells if k[0] < h]:
-                    del r.cells[k]
-                    r.as_names.pop(k, None)
-            dirty = self.dirty.get(p)
-            if dirty:
-                dirty.difference_update([k for k in dirty if k[0] < h])
-            self.horizon[p] = h
-            records[f"h:{p}"] = orjson.dumps({"p": p, "h": h})
-            gone += len(old)
-        self.counters["expired_buckets"] += gone
-        return gone
+    def expire(self, records: Any, partition: int) -> int:
+        """Forget the buckets of ``partition`` more than ``retention_s`` behind the newest one it counted:
+        their table entries (deleted), ids and rows. Returns the buckets forgotten.
+
+        Call it while processing a message of ``partition`` (the agent does, after counting it): a Faust
+        table takes writes only inside stream iteration, and files them under the current message's
+        partition, which is where this partition's entries live. A bucket whose rows are still waiting to
+        be sent is kept until they were (its final value must reach the rollups topic first). The horizon
+        moves, and is written, only when something is forgotten."""
+        seen = self.seen.get(partition)
+        if not seen:
+            return 0
+        h = int((max(seen) - self.retention_s) // self.bucket_s * self.bucket_s)
+        if h <= self.horizon.get(partition, NO_HORIZON):
+            return 0
+        entries = self.entries.get(partition, {})
+        old = [b for b in seen if b < h]
+        stale = [k for k, newest in entries.items() if newest < h]
+        if not old and not stale:
+            return 0
+        if any(k[0] < h for k in self.dirty.get(partition, ())):
+            self.counters["expire_postponed"] += 1  # their rows go out with the next checkpoint
+            return 0
+        for key in stale:
+            del records[key]
+            del entries[key]
+        for b in old:
+            del seen[b]
+        r = self.rollups.get(partition)
+        if r is not None:
+            for k in [k for k in r.cells if k[0] < h]:
+                del r.cells[k]
+                r.as_names.pop(k, None)
+        self.horizon[partition] = h
+        records[f"h:{partition}"] = orjson.dumps({"p": partition, "h": h})
+        self.counters["expired_buckets"] += len(old)
+        return len(old)
 
     def take_dirty(self) -> list[tuple[str, dict[str, Any]]]:
         """The current value of every row changed since the last call (upserts to send)."""
@@ -213,7 +219,6 @@ def build(app: Any, stage: RollupStage, rollup_input: Any, rollups: Any, dead_le
             for p, keys in taken.items():
                 stage.dirty.setdefault(p, set()).update(keys)
             raise
-        stage.expire(records)  # the rows of what it forgets were just sent
 
     def done() -> list[AckRef]:
         refs = held[:]
@@ -234,6 +239,7 @@ def build(app: Any, stage: RollupStage, rollup_input: Any, rollups: Any, dead_le
                     stage.counters[f"dead:{e.reason}"] += 1
                     await dead_letters.send(value=dumps({"reason": e.reason, "error": str(e), "topic": m.topic,
                                                          "partition": m.partition, "offset": m.offset}), force=True)
+                stage.expire(records, m.partition)  # here: a table write needs stream iteration
                 expired = stage.take_expired()
                 if expired:
                     await dead_letters.send(value=dumps({
