@@ -78,7 +78,7 @@ def _rows(days: int, seed: int = 3) -> list[dict[str, object]]:
                 x = rng.random()
                 stage = "post_ack" if x < (0.4 if hot else 0.05) else STAGES[-1]
                 cell.counts[stage] += 1
-            out.append(row_dict((b, dim, key), cell, B))
+            out.append(row_dict((b, dim, key, "tcp"), cell, B))
     return out
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from rstscope import config
 from rstscope.codecs.jsonl import dumps
+from rstscope.core.rollup import RowKey, row_key_of
 from rstscope.streams.rollup_agent import NO_HORIZON, RollupStage
 
 B = 900
@@ -24,8 +25,8 @@ def batch(recs: list[dict[str, Any]]) -> bytes:
     return b"[" + b",".join(dumps(r) for r in recs) + b"]"
 
 
-def rows(stage: RollupStage) -> dict[tuple[int, str, str], int]:
-    return {(r["bucket_start"], r["dimension"], r["key"]): r["total"] for r in stage.rows()}
+def rows(stage: RollupStage) -> dict[RowKey, int]:
+    return {row_key_of(r): r["total"] for r in stage.rows()}
 
 
 def test_old_buckets_are_forgotten_and_later_records_for_them_refused() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,7 +27,7 @@ from rstscope.api import query as q
 from rstscope.api.store import Store
 from rstscope.config import OutlierParams
 from rstscope.core.classify import SIGNATURES, TAGS
-from rstscope.core.rollup import Cell
+from rstscope.core.rollup import TCP, TRANSPORTS, Cell
 from rstscope.insights.model import Alert
 from rstscope.insights.outliers import rank_outliers
 from rstscope.names import as_label, country_label
@@ -224,6 +224,8 @@ class DataMeta(BaseModel):
     locations: list[MetaKey]
     ases: list[MetaKey]
     version: str
+    transport: str = Field(description="the transport this answer is about (`transport` parameter, default tcp)")
+    transports: list[str] = Field(description="the transports the store has rows of")
 
 
 class DataMetaBody(BaseModel):
@@ -340,7 +342,11 @@ UNITS = [{"name": "*", "value": "connections"}]  # every value is a percentage o
 DATA_SOURCE = "CONNECTION_ANOMALY"  # Radar's annotation data source for this dataset
 ZEROS = dict.fromkeys(q.STAGES, "0")
 MAX_ALERT_NOTES = 100  # alert annotations per series at most (the newest)
+# (transport, breakdown) -> the names listed even at zero: TCP's SPEC tags and the paper's signatures. QUIC
+# has no signatures, and its tags (docs/quic.md) are listed as they occur.
+VOCABULARY: dict[tuple[str, str], Sequence[str]] = {(TCP, "tags"): TAGS, (TCP, "signatures"): SIGNATURES}
 Span = tuple[int, int] | None  # the store's data: first bucket start, last bucket end (None: empty)
+Spans = Mapping[str, Span]  # transport -> its span (every transport a request reads)
 
 
 def base_meta(ranges: Sequence[q.TimeRange], last_updated: str, level: int,
@@ -406,12 +412,13 @@ def alert_annotation(a: Alert, r: q.TimeRange, alerts_url: str) -> dict[str, Any
             "linkedUrl": f"{alerts_url}?{qs}", "tags": tags}
 
 
-def series_annotations(series: q.Series, buckets: dict[int, Cell], span: Span, link: str,
+def series_annotations(series: q.Series, buckets: dict[int, Cell], spans: Spans, link: str,
                        alerts: Sequence[Alert] = (), alerts_url: str = "") -> list[dict[str, Any]]:
-    """What a reader of these numbers must know: parts of the range without data (PIPELINE), the
-    Post-SYN caveat for numbers of one location or AS (GENERAL), and the change alerts on the series'
-    network that overlap its range (TRAFFIC_ANOMALY, oldest first)."""
+    """What a reader of these numbers must know: parts of the range without data of its transport
+    (PIPELINE), the Post-SYN caveat for numbers of one location or AS (GENERAL), and the change alerts on
+    the series' network that overlap its range (TRAFFIC_ANOMALY, oldest first)."""
     r = series.range
+    span = spans[series.filters.transport]
     out: list[dict[str, Any]] = []
 
     def note(start: int, end: int, event: str, description: str, tags: list[str]) -> None:
@@ -443,24 +450,24 @@ def series_annotations(series: q.Series, buckets: dict[int, Cell], span: Span, l
 AlertsOf = Callable[[q.Series], Sequence[Alert]]
 
 
-def series_meta(parts: Sequence[tuple[q.Series, dict[int, Cell]]], last_updated: str, span: Span,
+def series_meta(parts: Sequence[tuple[q.Series, dict[int, Cell]]], last_updated: str, spans: Spans,
                 link: str, alerts_of: AlertsOf | None = None, alerts_url: str = "") -> dict[str, Any]:
     """Meta of one or more series: a dateRange each, the lowest confidence, all annotations (once each)."""
     notes: list[dict[str, Any]] = []
     for s, buckets in parts:
         alerts = alerts_of(s) if alerts_of is not None else ()
-        for n in series_annotations(s, buckets, span, link, alerts, alerts_url):
+        for n in series_annotations(s, buckets, spans, link, alerts, alerts_url):
             if n not in notes:
                 notes.append(n)
     level = min(q.confidence_level(sum(a.total for a in buckets.values())) for _, buckets in parts)
     return base_meta([s.range for s, _ in parts], last_updated, level, notes)
 
 
-def summary_results(parts: Sequence[tuple[q.Series, dict[int, Cell]]], last_updated: str, span: Span,
+def summary_results(parts: Sequence[tuple[q.Series, dict[int, Cell]]], last_updated: str, spans: Spans,
                     link: str, *, named: bool = False, alerts_of: AlertsOf | None = None,
                     alerts_url: str = "") -> dict[str, Any]:
     """meta + one share object per series, under its key (`summary_i` or its name)."""
-    result: dict[str, Any] = {"meta": series_meta(parts, last_updated, span, link, alerts_of, alerts_url)}
+    result: dict[str, Any] = {"meta": series_meta(parts, last_updated, spans, link, alerts_of, alerts_url)}
     for s, buckets in parts:
         result[s.key] = stage_shares(sum_aggs(buckets.values()))
     first = parts[0][0].key
@@ -484,9 +491,9 @@ def serie(buckets: dict[int, Cell], r: q.TimeRange, agg_interval: str) -> dict[s
 
 
 def timeseries_results(parts: Sequence[tuple[q.Series, dict[int, Cell]]], agg_interval: str, last_updated: str,
-                       span: Span, link: str, *, named: bool = False, alerts_of: AlertsOf | None = None,
+                       spans: Spans, link: str, *, named: bool = False, alerts_of: AlertsOf | None = None,
                        alerts_url: str = "") -> dict[str, Any]:
-    meta = series_meta(parts, last_updated, span, link, alerts_of, alerts_url)
+    meta = series_meta(parts, last_updated, spans, link, alerts_of, alerts_url)
     meta["aggInterval"] = q.AGG_INTERVALS[agg_interval][1]
     result: dict[str, Any] = {"meta": meta}
     for s, buckets in parts:
@@ -641,6 +648,9 @@ FormatP = Annotated[str | None, Query(description="JSON (default) or CSV",
                                       json_schema_extra={"enum": ["JSON", "CSV"]})]
 LimitP = Annotated[str | None, Query(description="entries (1..100, default 10)",
                                      json_schema_extra={"pattern": r"^[0-9]{1,3}$"})]
+_TRANSPORT_DOC = ("the rows of one transport: `tcp` (default: Radar's dataset) or `quic` (the QUIC stages of "
+                  "docs/quic.md)")
+TransportP = Annotated[str | None, Query(description=_TRANSPORT_DOC, json_schema_extra={"enum": list(TRANSPORTS)})]
 MinConnP = Annotated[str | None, Query(alias="minConnections",
                                        description="skip keys with fewer connections in the range (default 10)",
                                        json_schema_extra={"pattern": r"^[0-9]{1,9}$"})]
@@ -669,6 +679,7 @@ RADAR_PARAMS = [
     _array("dateStart", _START_DOC, {"format": "date-time"}),
     _array("dateEnd", _END_DOC, {"format": "date-time"}),
     _scalar("format", "JSON (default) or CSV, for every series", {"enum": ["JSON", "CSV"]}),
+    _array("transport", _TRANSPORT_DOC, {"enum": list(TRANSPORTS)}),
 ]
 AGG_PARAM = _scalar("aggInterval", "15m, 1h, 1d or 1w, for every series (default: by the range's length)",
                     {"enum": list(q.AGG_INTERVALS)})
@@ -676,7 +687,7 @@ AGG_PARAM = _scalar("aggInterval", "15m, 1h, 1d or 1w, for every series (default
 _JSON_OR_CSV = {"content": {"text/csv": {"schema": {"type": "string"}}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody, "description": "bad parameters"}}
 TOP_PARAMS = ("location", "continent", "asn", "dateRange", "dateStart", "dateEnd", "format", "limit",
-              "minConnections")
+              "minConnections", "transport")
 StageP = Annotated[str | None, Query(description="only alerts on this stage",
                                      json_schema_extra={"enum": list(q.STAGES)})]
 StateP = Annotated[str | None, Query(description="open or closed (default both)",
@@ -713,6 +724,12 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
     def last_updated(span: Span, r: q.TimeRange) -> str:
         return q.iso_s(span[1]) if span else q.iso(r.end)
 
+    def spans_of(qy: q.SeriesQuery) -> tuple[dict[str, Span], str]:
+        """The span of every transport the series read, and lastUpdated (of the first series' transport)."""
+        spans = {t: store.span(t) for t in {s.filters.transport for s in qy.series}}
+        first = qy.series[0]
+        return spans, last_updated(spans[first.filters.transport], first.range)
+
     def params(request: Request) -> list[tuple[str, str]]:
         return request.query_params.multi_items()
 
@@ -738,9 +755,9 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
         repeated parameters ask for several series (matched by position)."""
         qy = q.parse_series_query(params(request), now())
         parts = fetch(qy)
-        span = store.span()
-        res = summary_results(parts, last_updated(span, qy.series[0].range), span, link(request), named=qy.named,
-                              alerts_of=series_alerts, alerts_url=alerts_url(request))
+        spans, updated = spans_of(qy)
+        res = summary_results(parts, updated, spans, link(request), named=qy.named, alerts_of=series_alerts,
+                              alerts_url=alerts_url(request))
         if qy.format == "CSV":
             return csv_response(summary_csv(res, [s.key for s in qy.series], len(qy.series) > 1 or qy.named))
         return ok(res)
@@ -753,9 +770,9 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
         qy = q.parse_series_query(params(request), now(), timeseries=True)
         assert qy.agg_interval is not None
         parts = fetch(qy)
-        span = store.span()
-        res = timeseries_results(parts, qy.agg_interval, last_updated(span, qy.series[0].range), span,
-                                 link(request), named=qy.named, alerts_of=series_alerts,
+        spans, updated = spans_of(qy)
+        res = timeseries_results(parts, qy.agg_interval, updated, spans, link(request), named=qy.named,
+                                 alerts_of=series_alerts,
                                  alerts_url=alerts_url(request))
         if qy.format == "CSV":
             return csv_response(timeseries_csv(res, [s.key for s in qy.series], len(qy.series) > 1 or qy.named))
@@ -768,16 +785,17 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
         buckets = store.per_bucket(qy.filters, qy.range.start_s, qy.range.stop_s, breakdowns=True)
         agg = sum_aggs(buckets.values())
         total = agg.total
+        known = VOCABULARY.get((qy.filters.transport, kind), ())
         if kind == "tags":
-            items = breakdown(dict(agg.tags), TAGS, total, with_stage=False)
+            items = breakdown(dict(agg.tags), known, total, with_stage=False)
         else:
-            items = breakdown(dict(agg.signatures), SIGNATURES, total, with_stage=True)
+            items = breakdown(dict(agg.signatures), known, total, with_stage=True)
         if qy.format == "CSV":
             return csv_response(to_csv(("name", "count", "share"), ([i["name"], i["count"], i["share"]]
                                                                     for i in items)))
-        span = store.span()
+        span = store.span(qy.filters.transport)
         meta = series_meta([(q.Series("breakdown_0", qy.filters, qy.range), buckets)], last_updated(span, qy.range),
-                           span, link(request))
+                           {qy.filters.transport: span}, link(request))
         meta["connections"] = total
         return ok({"meta": meta, "breakdown_0": items})
 
@@ -785,7 +803,7 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
              responses={200: _JSON_OR_CSV, **_ERRORS})
     def tags(request: Request, location: LocationP = None, continent: ContinentP = None, asn: AsnP = None,
              date_range: DateRangeP = None, date_start: DateStartP = None, date_end: DateEndP = None,
-             format: FormatP = None) -> Response:
+             format: FormatP = None, transport: TransportP = None) -> Response:
         """Tag counts and shares (percent of all connections; tags overlap) for the same filters as summary."""
         return breakdown_endpoint(request, "tags")
 
@@ -793,7 +811,7 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
              responses={200: _JSON_OR_CSV, **_ERRORS})
     def signatures(request: Request, location: LocationP = None, continent: ContinentP = None, asn: AsnP = None,
                    date_range: DateRangeP = None, date_start: DateStartP = None, date_end: DateEndP = None,
-                   format: FormatP = None) -> Response:
+                   format: FormatP = None, transport: TransportP = None) -> Response:
         """Counts and shares of the paper's 19 tampering signatures, with the stage each belongs to."""
         return breakdown_endpoint(request, "signatures")
 
@@ -803,20 +821,22 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
         fmt = q.parse_format(p.get("format"))
         limit = q.parse_int(p.get("limit"), "limit", 10, 1, 100)
         min_conn = q.parse_int(p.get("minConnections"), "minConnections", 10, 0, 10**9)
-        filters = q.parse_filters(p.get("location"), p.get("asn"), p.get("continent"))
+        filters = q.parse_filters(p.get("location"), p.get("asn"), p.get("continent"), p.get("transport"))
+        t = filters.transport
         restricted = filters.asn.given if kind == "locations" else filters.by_country
         if restricted:
             # Restricted by the other dimension: sum the country+ASN rows that pass both filters.
             totals: dict[str, Cell] = {}
-            for key, a in store.key_totals("country_asn", r.start_s, r.stop_s).items():
+            for key, a in store.key_totals("country_asn", r.start_s, r.stop_s, t).items():
                 cc, _, asn = key.partition(":")
                 if filters.accepts_country(cc) and filters.asn.accepts(asn):
                     totals.setdefault(cc if kind == "locations" else asn, Cell()).merge(a)
         elif kind == "locations":
-            totals = {k: a for k, a in store.key_totals("country", r.start_s, r.stop_s).items()
+            totals = {k: a for k, a in store.key_totals("country", r.start_s, r.stop_s, t).items()
                       if filters.accepts_country(k)}
         else:
-            totals = {k: a for k, a in store.key_totals("asn", r.start_s, r.stop_s).items() if filters.asn.accepts(k)}
+            totals = {k: a for k, a in store.key_totals("asn", r.start_s, r.stop_s, t).items()
+                      if filters.asn.accepts(k)}
         items = top_items(totals, kind, min_conn, limit, store.names(DIMENSION_OF[kind]))
         if fmt == "CSV":
             key, name = ("clientCountryAlpha2", "clientCountryName") if kind == "locations" else \
@@ -825,7 +845,7 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
                                        ([i[key], i[name], i["value"], i["connections"], *i["shares"].values()]
                                         for i in items)))
         meta = {"dateRange": [{"startTime": q.iso(r.start), "endTime": q.iso(r.end)}],
-                "lastUpdated": last_updated(store.span(), r), "normalization": "PERCENTAGE",
+                "lastUpdated": last_updated(store.span(t), r), "normalization": "PERCENTAGE",
                 "units": [dict(u) for u in UNITS], "minConnections": min_conn}
         return ok({"meta": meta, "top_0": items})
 
@@ -833,7 +853,8 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
              responses={200: _JSON_OR_CSV, **_ERRORS})
     def top_locations(request: Request, location: LocationP = None, continent: ContinentP = None, asn: AsnP = None,
                       date_range: DateRangeP = None, date_start: DateStartP = None, date_end: DateEndP = None,
-                      format: FormatP = None, limit: LimitP = None, min_connections: MinConnP = None) -> Response:
+                      format: FormatP = None, limit: LimitP = None, min_connections: MinConnP = None,
+                      transport: TransportP = None) -> Response:
         """Locations ranked by anomaly share (100 - no_match), with at least minConnections connections."""
         return top_endpoint(request, "locations")
 
@@ -841,7 +862,8 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
              responses={200: _JSON_OR_CSV, **_ERRORS})
     def top_ases(request: Request, location: LocationP = None, continent: ContinentP = None, asn: AsnP = None,
                  date_range: DateRangeP = None, date_start: DateStartP = None, date_end: DateEndP = None,
-                 format: FormatP = None, limit: LimitP = None, min_connections: MinConnP = None) -> Response:
+                 format: FormatP = None, limit: LimitP = None, min_connections: MinConnP = None,
+                 transport: TransportP = None) -> Response:
         """ASes ranked by anomaly share; `location=DE` ranks the ASes seen in Germany."""
         return top_endpoint(request, "ases")
 
@@ -850,7 +872,7 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
     def alerts(request: Request, location: LocationP = None, continent: ContinentP = None, asn: AsnP = None,
                date_range: DateRangeP = None, date_start: DateStartP = None, date_end: DateEndP = None,
                format: FormatP = None, stage: StageP = None, state: StateP = None,
-               limit: AlertLimitP = None) -> Response:
+               limit: AlertLimitP = None, transport: TransportP = None) -> Response:
         """Change alerts overlapping the range (open ones overlap everything after their start), newest first.
         `location`/`continent` select alerts on those countries and on their ASes there, `asn` on those ASes
         (and on them in any country); both: on the country+ASN networks both accept; none: every alert."""
@@ -860,7 +882,8 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
         if aq.format == "CSV":
             return csv_response(alerts_csv(found))
         meta = {"dateRange": [{"startTime": q.iso(aq.range.start), "endTime": q.iso(aq.range.end)}],
-                "lastUpdated": last_updated(store.span(), aq.range), "count": len(found), "limit": aq.limit}
+                "lastUpdated": last_updated(store.span(aq.filters.transport), aq.range), "count": len(found),
+                "limit": aq.limit}
         return ok({"meta": meta, "alerts": found})
 
     @app.get("/rstscope/outliers", response_model=OutliersBody, tags=["rstscope"],
@@ -868,46 +891,48 @@ def create_app(store: Store, *, now: Now = utcnow, expose_connections: bool = Fa
     def outlier_ranking(request: Request, location: LocationP = None, continent: ContinentP = None,
                         asn: AsnP = None, date_range: DateRangeP = None, date_start: DateStartP = None,
                         date_end: DateEndP = None, format: FormatP = None, dimension: OutlierDimP = None,
-                        limit: OutlierLimitP = None) -> Response:
+                        limit: OutlierLimitP = None, transport: TransportP = None) -> Response:
         """Networks whose stage profile departs most from their peers' over the range (a country+ASN from its
         country's other ASes, an AS or a country from the rest of the world), with a confidence from the
         counts (chi-square); `location` restricts country_asn and country to those countries."""
         oq = q.parse_outlier_query(params(request), now())
         r = oq.range
-        cells = {k: c for k, c in store.key_totals(oq.dimension, r.start_s, r.stop_s).items()
+        t = oq.filters.transport  # networks and peers of one transport: QUIC never mixes into TCP's peers
+        cells = {k: c for k, c in store.key_totals(oq.dimension, r.start_s, r.stop_s, t).items()
                  if oq.filters.covers(oq.dimension, k)}
-        peers = store.key_totals("country" if oq.dimension == "country_asn" else "world", r.start_s, r.stop_s)
+        peers = store.key_totals("country" if oq.dimension == "country_asn" else "world", r.start_s, r.stop_s, t)
         ranked = [o.to_wire() for o in rank_outliers(cells, oq.dimension, peers, outlier_params,
                                                      names=outlier_names(store, oq.dimension, cells),
                                                      limit=oq.limit)]
         if oq.format == "CSV":
             return csv_response(to_csv(OUTLIER_CSV, ([o[c] for c in OUTLIER_CSV] for o in ranked)))
         meta = {"dateRange": [{"startTime": q.iso(r.start), "endTime": q.iso(r.end)}],
-                "lastUpdated": last_updated(store.span(), r), "dimension": oq.dimension,
+                "lastUpdated": last_updated(store.span(t), r), "dimension": oq.dimension,
                 "minConnections": outlier_params.min_connections, "minConfidence": outlier_params.confidence}
         return ok({"meta": meta, "outliers": ranked})
 
     @app.get("/rstscope/meta", response_model=DataMetaBody, tags=["rstscope"], responses=_ERRORS)
-    def data_meta(request: Request) -> Response:
-        """The data's own time span and keys: offline captures can be old, so the dashboard starts from here."""
-        q.check_params(params(request), ())
-        span = store.span()
+    def data_meta(request: Request, transport: TransportP = None) -> Response:
+        """The data's own time span and keys, of one transport (tcp by default), and the transports the store
+        has: offline captures can be old, so the dashboard starts from here."""
+        t = q.parse_transport(q.check_params(params(request), ("transport",)).get("transport"))
+        span = store.span(t)
         start, end = span if span else (0, 0)
 
         def keys(kind: str) -> list[dict[str, Any]]:
             if not span:
                 return []
             dim = DIMENSION_OF[kind]
-            totals = store.key_totals(dim, start, end)
+            totals = store.key_totals(dim, start, end, t)
             names = store.names(dim)
             ranked = sorted(totals.items(), key=lambda kv: (-kv[1].total, kv[0]))[:MAX_META_KEYS]
             return [{"key": k, "name": key_label(kind, k, names), "connections": a.total} for k, a in ranked]
 
         return ok({"dataStart": q.iso_s(start) if span else None, "dataEnd": q.iso_s(end) if span else None,
-                   "rows": store.row_count(), "bucketSeconds": q.BUCKET_S, "stages": list(q.STAGES),
+                   "rows": store.row_count(t), "bucketSeconds": q.BUCKET_S, "stages": list(q.STAGES),
                    "maxRangeDays": q.MAX_RANGE.days, "maxPoints": q.MAX_POINTS,
                    "connectionsExposed": expose_connections, "locations": keys("locations"), "ases": keys("ases"),
-                   "version": __version__})
+                   "version": __version__, "transport": t, "transports": store.transports()})
 
     if expose_connections:
         @app.get("/rstscope/connections", tags=["rstscope"], responses=_ERRORS)

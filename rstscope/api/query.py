@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from rstscope.api.continents import CONTINENTS, continent_of, countries_in
 from rstscope.core.classify import STAGES as STAGES  # defined in core; also Radar's field names
 from rstscope.core.rollup import BUCKET_S as BUCKET_S
-from rstscope.core.rollup import share
+from rstscope.core.rollup import TCP, TRANSPORTS, share
 from rstscope.insights.model import CLOSED, OPEN
 
 BUCKET = timedelta(seconds=BUCKET_S)
@@ -76,11 +76,13 @@ class KeyFilter:
 
 @dataclass(frozen=True, slots=True)
 class Filters:
-    """Which rows a request aggregates; see `dimension` for the rule. `continent` filters countries."""
+    """Which rows a request aggregates; see `dimension` for the rule. `continent` filters countries;
+    `transport` selects the rows of one transport (TCP unless asked: Radar's dataset is TCP)."""
 
     location: KeyFilter = field(default_factory=KeyFilter)
     asn: KeyFilter = field(default_factory=KeyFilter)
     continent: KeyFilter = field(default_factory=KeyFilter)
+    transport: str = TCP
 
     @property
     def by_country(self) -> bool:
@@ -282,6 +284,16 @@ def _key_filter(inc: set[str], exc: set[str], name: str) -> KeyFilter:
     return KeyFilter(frozenset(inc), frozenset(exc))
 
 
+def parse_transport(raw: str | None) -> str:
+    """`tcp` (the default) or `quic`, case-insensitive."""
+    if raw is None:
+        return TCP
+    value = raw.strip().lower()
+    if value not in TRANSPORTS:
+        raise QueryError(f"transport: {raw!r} is not one of {', '.join(TRANSPORTS)}")
+    return value
+
+
 def parse_datetime(raw: str, name: str) -> datetime:
     """ISO 8601; a naive time is UTC (Radar's convention)."""
     text = raw.strip()
@@ -399,11 +411,12 @@ def check_params(params: Mapping[str, str] | Sequence[tuple[str, str]], allowed:
     return out
 
 
-FILTER_PARAMS = ("location", "continent", "asn", "dateRange", "dateStart", "dateEnd", "format")
+# `transport` (rstscope's, last) selects the rows of one transport everywhere rows are read.
+FILTER_PARAMS = ("location", "continent", "asn", "dateRange", "dateStart", "dateEnd", "format", "transport")
 SUMMARY_PARAMS = FILTER_PARAMS
 TIMESERIES_PARAMS = (*FILTER_PARAMS, "aggInterval")
 # Radar: every parameter is an array (one value per series) except format and aggInterval.
-ARRAY_PARAMS = ("name", "location", "continent", "asn", "dateRange", "dateStart", "dateEnd")
+ARRAY_PARAMS = ("name", "location", "continent", "asn", "dateRange", "dateStart", "dateEnd", "transport")
 SCALAR_PARAMS = ("format", "aggInterval")
 
 
@@ -464,8 +477,9 @@ def parse_outlier_query(params: Mapping[str, str] | Sequence[tuple[str, str]], n
     return OutlierQuery(base.filters, base.range, base.format, dim, parse_int(p.get("limit"), "limit", 20, 1, 100))
 
 
-def parse_filters(location: str | None, asn: str | None, continent: str | None = None) -> Filters:
-    return Filters(parse_locations(location), parse_asns(asn), parse_continents(continent))
+def parse_filters(location: str | None, asn: str | None, continent: str | None = None,
+                  transport: str | None = None) -> Filters:
+    return Filters(parse_locations(location), parse_asns(asn), parse_continents(continent), parse_transport(transport))
 
 
 def parse_query(params: Mapping[str, str] | Sequence[tuple[str, str]], now: datetime, *,
@@ -473,7 +487,7 @@ def parse_query(params: Mapping[str, str] | Sequence[tuple[str, str]], now: date
     """One series (the rstscope extensions): the filters, range, format (and interval); no repeats."""
     p = check_params(params, TIMESERIES_PARAMS if timeseries else SUMMARY_PARAMS)
     r = parse_range(p.get("dateRange"), p.get("dateStart"), p.get("dateEnd"), now)
-    filters = parse_filters(p.get("location"), p.get("asn"), p.get("continent"))
+    filters = parse_filters(p.get("location"), p.get("asn"), p.get("continent"), p.get("transport"))
     agg = parse_agg_interval(p.get("aggInterval"), r) if timeseries else None
     return Query(filters, r, parse_format(p.get("format")), agg)
 
@@ -528,7 +542,7 @@ def parse_series_query(params: Mapping[str, str] | Sequence[tuple[str, str]], no
         where = f" (series {i})" if n > 1 else ""
         try:
             r = parse_range(at("dateRange", i), at("dateStart", i), at("dateEnd", i), now)
-            filters = parse_filters(at("location", i), at("asn", i), at("continent", i))
+            filters = parse_filters(at("location", i), at("asn", i), at("continent", i), at("transport", i))
             key = _series_name(names[i], i, prefix) if names is not None else f"{prefix}{i}"
         except QueryError as e:
             raise QueryError(e.message + where, e.code) from None

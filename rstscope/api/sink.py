@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from rstscope.api.store import BadRow, Store, normalize_row
-from rstscope.core.rollup import RowKey
+from rstscope.api.store import BadRow, Store, normalize_row, row_identity
+from rstscope.core.rollup import RowKey, parse_row_key
 from rstscope.insights.model import Alert, alert_from_wire
 
 log = logging.getLogger("rstscope.api.sink")
@@ -45,12 +45,12 @@ class SinkStats:
 
 
 def parse_key(key: bytes | None) -> RowKey | None:
-    """`"{bucket_start}|{dimension}|{key}"` (docs/wire-formats.md); None when it does not parse."""
+    """`"{bucket_start}|{dimension}|{key}"` (TCP) or `"...|{transport}"` (docs/wire-formats.md); None when it
+    does not parse."""
     if not key:
         return None
     try:
-        bucket, dim, value = key.decode().split("|", 2)
-        return int(bucket), dim, value
+        return parse_row_key(key.decode())
     except (UnicodeDecodeError, ValueError):
         return None
 
@@ -124,7 +124,7 @@ def apply_batch(store: Store, messages: Sequence[Message], stats: SinkStats, ale
             stats.bad += 1
             log.warning("skipping bad rollup row at %s[%s]@%s: %s", m.topic(), m.partition(), m.offset(), e)
             continue
-        k = (t[0], t[1], t[2])
+        k = row_identity(t)
         deletes.pop(k, None)
         rows[k] = row
     if deletes:

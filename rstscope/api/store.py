@@ -1,5 +1,5 @@
 """The rollup store: an embedded DuckDB file (or memory) holding the latest rollup row per
-(bucket_start, dimension, key), plus optionally classified connections for `--expose-connections`.
+(bucket_start, dimension, key, transport), plus optionally classified connections for `--expose-connections`.
 
 Rollup rows are upserts of the latest counts (the rollups topic is compacted), so `upsert` replaces by
 key and loading the same file or replaying the topic twice changes nothing. Aggregation is always from
@@ -11,6 +11,10 @@ earlier one (it grew, or closed), whether it came from the alerts topic or a `rs
 Country and ASN rows may carry a display `name` (docs/wire-formats.md); it is stored with its row, and
 `names()` answers the most recent non-empty one per key (the newest bucket's), so a producer that lost
 a name for a while (or an older one that never had names) does not erase it.
+
+Rows are per transport (core/rollup.py): every read names one, so TCP and QUIC counts never mix. A
+store created before transports is rebuilt with the column (its rows are TCP) when first opened for
+writing, as `serve --db` and `sink` do: the primary key changes, which DuckDB cannot alter in place.
 
 DuckDB lets one process write a file, and no other process open it meanwhile. So a store that shares
 its file with another process (`hold=False`: the sink writing, `serve` reading) opens the file per
@@ -34,10 +38,11 @@ from rstscope.api.query import Filters
 from rstscope.codecs.errors import MalformedRecord
 from rstscope.codecs.jsonl import read_lines
 from rstscope.core.classify import STAGES
-from rstscope.core.rollup import BUCKET_S, DIMENSIONS, Cell, RowKey
+from rstscope.core.rollup import BUCKET_S, DIMENSIONS, TCP, TRANSPORTS, Cell, RowKey, transport_of
+from rstscope.insights.alerts import TRANSPORT as ALERT_TRANSPORT
 from rstscope.insights.model import Alert, alert_from_wire
 
-_SCHEMA = f"""
+_ROLLUPS = f"""
 CREATE TABLE IF NOT EXISTS rollups (
   bucket_start BIGINT NOT NULL,
   dimension VARCHAR NOT NULL,
@@ -49,8 +54,12 @@ CREATE TABLE IF NOT EXISTS rollups (
   signatures VARCHAR NOT NULL,
   post_syn_geo_unreliable BIGINT NOT NULL,
   updated_at DOUBLE NOT NULL,
-  PRIMARY KEY (bucket_start, dimension, key)
+  name VARCHAR DEFAULT '',
+  transport VARCHAR NOT NULL DEFAULT '{TCP}',
+  PRIMARY KEY (bucket_start, dimension, key, transport)
 );
+"""
+_SCHEMA = f"""{_ROLLUPS}
 -- Added after the first release: stores created before it get the column here.
 ALTER TABLE rollups ADD COLUMN IF NOT EXISTS name VARCHAR DEFAULT '';
 CREATE TABLE IF NOT EXISTS alerts (
@@ -73,11 +82,12 @@ CREATE TABLE IF NOT EXISTS connections (
 );
 """
 _COLS = ("bucket_start", "dimension", "key", "bucket_s", "total", *STAGES, "tags", "signatures",
-         "post_syn_geo_unreliable", "updated_at", "name")
+         "post_syn_geo_unreliable", "updated_at", "name", "transport")
 
 # numpy dtype of each column of a batch: DuckDB scans a dict of numpy arrays directly (no pandas).
-_DTYPES = tuple(np.float64 if c == "updated_at" else object if c in ("dimension", "key", "tags", "signatures", "name")
-                else np.int64 for c in _COLS)
+_DTYPES = tuple(np.float64 if c == "updated_at" else
+                object if c in ("dimension", "key", "tags", "signatures", "name", "transport") else np.int64
+                for c in _COLS)
 _MAX_COUNT = 2**63 - 1
 MAX_NAME = 256  # longer names (a database's odd entry) are cut, not refused: they are only labels
 
@@ -98,10 +108,46 @@ def _count_map(v: Any, what: str) -> dict[str, int]:
     return {str(k): _count(n, f"{what}.{k}") for k, n in v.items()}
 
 
+class StoreError(RuntimeError):
+    """A store file this version cannot read as it is."""
+
+
+def _columns(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The columns of the rollups table (none when there is no table yet)."""
+    return {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                      "WHERE table_schema = 'main' AND table_name = 'rollups'").fetchall()}
+
+
+def _migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Rebuild a rollups table from before transports with the column (its rows are TCP) and the
+    primary key that includes it; nothing to do on a current one."""
+    if "transport" in _columns(con):
+        return
+    old = [c for c in _COLS if c != "transport"]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("ALTER TABLE rollups RENAME TO rollups_before_transport")
+        con.execute(_ROLLUPS)
+        con.execute(f"INSERT INTO rollups ({', '.join(old)}) SELECT {', '.join(old)} FROM rollups_before_transport")
+        con.execute("DROP TABLE rollups_before_transport")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def row_identity(t: tuple[Any, ...]) -> RowKey:
+    """The key of a table tuple from ``normalize_row`` (the row's upsert identity)."""
+    return t[0], t[1], t[2], t[-1]
+
+
 def normalize_row(row: Mapping[str, Any], now: float | None = None) -> tuple[Any, ...]:
     """A wire-format rollup row as a table tuple; the total is recomputed from the stage counts."""
     if row.get("v") != 1:
         raise BadRow(f"unsupported rollup row version {row.get('v')!r}")
+    transport = transport_of(row)
+    if transport not in TRANSPORTS:
+        raise BadRow(f"unknown transport {row.get('transport')!r}")
     dim = row.get("dimension")
     if dim not in DIMENSIONS:
         raise BadRow(f"unknown dimension {dim!r}")
@@ -122,7 +168,7 @@ def normalize_row(row: Mapping[str, Any], now: float | None = None) -> tuple[Any
         raise BadRow(f"name: {name!r} is not a string")
     name = name.strip()[:MAX_NAME] if dim in ("country", "asn") else ""
     return (bucket, dim, key, bucket_s, sum(stages), *stages, orjson.dumps(tags).decode(),
-            orjson.dumps(sigs).decode(), unreliable, time.time() if now is None else now, name)
+            orjson.dumps(sigs).decode(), unreliable, time.time() if now is None else now, name, transport)
 
 
 def json_lines(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -147,8 +193,14 @@ class Store:
         if not read_only:
             with self._connect() as con:
                 con.execute(_SCHEMA)
-        elif self.hold:
-            self._con = self._open()
+                _migrate(con)
+            return
+        with self._connect() as con:
+            cols = _columns(con)
+        if cols and "transport" not in cols:  # it cannot be migrated read-only
+            self.close()
+            raise StoreError(f"{self.path}: a store from before transports; open it once for writing "
+                                 "(rstscope serve --db FILE, or rstscope sink) to migrate it")
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout
@@ -184,12 +236,12 @@ class Store:
     # ---- writes
 
     def upsert(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Replace rows by (bucket_start, dimension, key); the last of duplicates in one batch wins."""
+        """Replace rows by (bucket_start, dimension, key, transport); the last of duplicates in one batch wins."""
         latest: dict[RowKey, tuple[Any, ...]] = {}
         now = time.time()
         for row in rows:
             t = normalize_row(row, now)
-            latest[(t[0], t[1], t[2])] = t
+            latest[row_identity(t)] = t
         if not latest:
             return 0
         columns = zip(*latest.values(), strict=True)
@@ -210,7 +262,8 @@ class Store:
         keys = list(keys)
         with self._connect() as con:
             for k in keys:
-                con.execute("DELETE FROM rollups WHERE bucket_start = ? AND dimension = ? AND key = ?", list(k))
+                con.execute("DELETE FROM rollups WHERE bucket_start = ? AND dimension = ? AND key = ? "
+                            "AND transport = ?", list(k))
         return len(keys)
 
     def load_rollups(self, path: Path | str) -> int:
@@ -275,7 +328,10 @@ class Store:
                stage: str | None = None, state: str | None = None, limit: int | None = None) -> list[Alert]:
         """Alerts overlapping [start_s, end_s) (an open alert overlaps everything after its start), newest
         first. `filters`: the networks they cover (`Filters.covers`), or with `exact` only the network they
-        aggregate (`Filters.selects`: the alerts that annotate a series)."""
+        aggregate (`Filters.selects`: the alerts that annotate a series). Alerts are of TCP rows only
+        (docs/insights.md): filters of another transport select none."""
+        if filters is not None and filters.transport != ALERT_TRANSPORT:
+            return []
         sql = "SELECT dimension, key, record FROM alerts WHERE start_s < ? AND (end_s IS NULL OR end_s > ?)"
         params: list[Any] = [end_s, start_s]
         for column, value in (("stage", stage), ("state", state), ("dimension", filters.dimension if exact and
@@ -299,11 +355,11 @@ class Store:
         with self._connect() as con:
             return con.execute(sql, params).fetchall()
 
-    def _bucket_aggs(self, dimension: str, start_s: int, end_s: int, keys: Iterable[str] | None,
+    def _bucket_aggs(self, dimension: str, transport: str, start_s: int, end_s: int, keys: Iterable[str] | None,
                      accept: Filters | None, breakdowns: bool) -> dict[int, Cell]:
         sql = (f"SELECT bucket_start, key, {', '.join(STAGES)}, tags, signatures, post_syn_geo_unreliable "
-               "FROM rollups WHERE dimension = ? AND bucket_start >= ? AND bucket_start < ?")
-        params: list[Any] = [dimension, start_s, end_s]
+               "FROM rollups WHERE dimension = ? AND transport = ? AND bucket_start >= ? AND bucket_start < ?")
+        params: list[Any] = [dimension, transport, start_s, end_s]
         if keys is not None:
             keys = sorted(keys)
             if not keys:
@@ -327,69 +383,79 @@ class Store:
         return out
 
     def per_bucket(self, filters: Filters, start_s: int, end_s: int, *, breakdowns: bool = False) -> dict[int, Cell]:
-        """Summed counts per 15-minute bucket in [start_s, end_s) for the rows `filters` selects.
+        """Summed counts per 15-minute bucket in [start_s, end_s) for the rows `filters` selects (of its
+        transport).
 
         Exclusion only (`location=-DE`, `continent=-EU`, `asn=-174`): the world row minus the excluded rows,
         per bucket, from counts. Continents select the rows of their countries.
         """
-        dim = filters.dimension
+        dim, t = filters.dimension, filters.transport
         if dim == "world":
-            return self._bucket_aggs("world", start_s, end_s, None, None, breakdowns)
+            return self._bucket_aggs("world", t, start_s, end_s, None, None, breakdowns)
         if dim == "country":
             include, exclude = filters.country_sets()
             if include is not None:
-                return self._bucket_aggs(dim, start_s, end_s, include, None, breakdowns)
-            return self._world_minus(dim, exclude, start_s, end_s, breakdowns)
+                return self._bucket_aggs(dim, t, start_s, end_s, include, None, breakdowns)
+            return self._world_minus(dim, t, exclude, start_s, end_s, breakdowns)
         if dim == "asn":
             if filters.asn.include:
-                return self._bucket_aggs(dim, start_s, end_s, filters.asn.include, None, breakdowns)
-            return self._world_minus(dim, filters.asn.exclude, start_s, end_s, breakdowns)
-        return self._bucket_aggs(dim, start_s, end_s, None, filters, breakdowns)
+                return self._bucket_aggs(dim, t, start_s, end_s, filters.asn.include, None, breakdowns)
+            return self._world_minus(dim, t, filters.asn.exclude, start_s, end_s, breakdowns)
+        return self._bucket_aggs(dim, t, start_s, end_s, None, filters, breakdowns)
 
-    def _world_minus(self, dim: str, exclude: Iterable[str], start_s: int, end_s: int,
+    def _world_minus(self, dim: str, transport: str, exclude: Iterable[str], start_s: int, end_s: int,
                      breakdowns: bool) -> dict[int, Cell]:
-        world = self._bucket_aggs("world", start_s, end_s, None, None, breakdowns)
-        for b, agg in self._bucket_aggs(dim, start_s, end_s, exclude, None, breakdowns).items():
+        world = self._bucket_aggs("world", transport, start_s, end_s, None, None, breakdowns)
+        for b, agg in self._bucket_aggs(dim, transport, start_s, end_s, exclude, None, breakdowns).items():
             if b in world:
                 world[b].merge(agg, -1)
         clamped = {b: a.clamp() for b, a in world.items()}
         return {b: a for b, a in clamped.items() if a.total > 0}
 
-    def key_totals(self, dimension: str, start_s: int, end_s: int) -> dict[str, Cell]:
-        """Summed counts per key of a dimension over a range (for top lists and selectors)."""
+    def key_totals(self, dimension: str, start_s: int, end_s: int, transport: str = TCP) -> dict[str, Cell]:
+        """Summed counts per key of a dimension over a range, of one transport (top lists, selectors, outliers)."""
         sql = (f"SELECT key, {', '.join(f'sum({s})' for s in STAGES)} FROM rollups "
-               "WHERE dimension = ? AND bucket_start >= ? AND bucket_start < ? GROUP BY key")
+               "WHERE dimension = ? AND transport = ? AND bucket_start >= ? AND bucket_start < ? GROUP BY key")
         out: dict[str, Cell] = {}
-        for row in self._rows(sql, [dimension, start_s, end_s]):
+        for row in self._rows(sql, [dimension, transport, start_s, end_s]):
             agg = out[row[0]] = Cell()
             for i, s in enumerate(STAGES):
                 agg.counts[s] = int(row[1 + i])
         return out
 
     def names(self, dimension: str) -> dict[str, str]:
-        """Key -> the most recent non-empty name of a dimension's rows (country or asn), whole store."""
+        """Key -> the most recent non-empty name of a dimension's rows (country or asn), whole store: a name
+        is the network's, whatever the transport of the row that brought it."""
         rows = self._rows("SELECT key, arg_max(name, bucket_start) FROM rollups WHERE dimension = ? AND name <> '' "
                           "GROUP BY key", [dimension])
         return {str(k): str(n) for k, n in rows}
 
-    def span(self) -> tuple[int, int] | None:
-        """First bucket start and last bucket end of the world rows: the data's own time span."""
+    def span(self, transport: str = TCP) -> tuple[int, int] | None:
+        """First bucket start and last bucket end of a transport's world rows: its data's own time span."""
         row = self._rows("SELECT min(bucket_start), max(bucket_start + bucket_s), count(*) FROM rollups "
-                         "WHERE dimension = 'world'", [])[0]
+                         "WHERE dimension = 'world' AND transport = ?", [transport])[0]
         return None if not row[2] else (int(row[0]), int(row[1]))
 
-    def row_count(self) -> int:
-        return int(self._rows("SELECT count(*) FROM rollups", [])[0][0])
+    def row_count(self, transport: str | None = None) -> int:
+        """Rows of one transport, or of all."""
+        if transport is None:
+            return int(self._rows("SELECT count(*) FROM rollups", [])[0][0])
+        return int(self._rows("SELECT count(*) FROM rollups WHERE transport = ?", [transport])[0][0])
+
+    def transports(self) -> list[str]:
+        """The transports that have rows, in ``TRANSPORTS`` order."""
+        have = {str(r[0]) for r in self._rows("SELECT DISTINCT transport FROM rollups", [])}
+        return [t for t in TRANSPORTS if t in have]
 
     def get(self, key: RowKey) -> dict[str, Any] | None:
         """One stored row back in wire format (for tests and debugging)."""
         rows = self._rows(f"SELECT {', '.join(_COLS)} FROM rollups WHERE bucket_start = ? AND dimension = ? "
-                          "AND key = ?", list(key))
+                          "AND key = ? AND transport = ?", list(key))
         if not rows:
             return None
         r = dict(zip(_COLS, rows[0], strict=True))
         out = {"v": 1, "bucket_start": r["bucket_start"], "bucket_s": r["bucket_s"], "dimension": r["dimension"],
-               "key": r["key"], "total": r["total"], "counts": {s: r[s] for s in STAGES},
+               "key": r["key"], "transport": r["transport"], "total": r["total"], "counts": {s: r[s] for s in STAGES},
                "tags": orjson.loads(r["tags"]), "signatures": orjson.loads(r["signatures"]),
                "post_syn_geo_unreliable": r["post_syn_geo_unreliable"]}
         if r["name"]:

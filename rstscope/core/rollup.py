@@ -7,6 +7,12 @@ same counts come out whether they are built in one pass (analyze) or incremental
 Country and ASN rows also carry a display ``name`` (additive to wire format v1): the country's from the
 package's table (rstscope/names.py), the AS's from its connection records' ``as_name``. A row's AS name
 depends only on that row's records, so rows come out the same however the records are partitioned.
+
+Rows are per transport (``TRANSPORTS``): a TCP and a QUIC connection of the same bucket and network
+count in two rows, because the stages mean different things (docs/quic.md) and a share over both would
+mean neither. ``transport_of`` is the one place that says which transport a record or row is; the
+transport is part of a row's identity (``RowKey``) and, for other transports than TCP, of its Kafka key
+(TCP keys keep the text they had before transports, so existing consumers see nothing change).
 """
 
 from __future__ import annotations
@@ -23,7 +29,15 @@ from rstscope.names import country_name
 DIMENSIONS = ("world", "country", "asn", "country_asn")
 BUCKET_S = WINDOW_S  # the bucket of rollup rows (wire format v1; the API accepts only this one)
 ROLLUP_VERSION = 1
-RowKey = tuple[int, str, str]  # (bucket_start, dimension, value)
+TRANSPORTS = ("tcp", "quic")
+TCP = TRANSPORTS[0]  # the transport of records and rows that name none (they predate transports)
+RowKey = tuple[int, str, str, str]  # (bucket_start, dimension, value, transport)
+
+
+def transport_of(record: Mapping[str, Any]) -> str:
+    """The transport of a connection record or rollup row: its ``transport`` field, TCP when absent
+    (TCP records and rows written before QUIC carry none)."""
+    return str(record.get("transport") or TCP)
 
 
 def dimension_keys(record: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -93,6 +107,18 @@ def bucket_of(record: Mapping[str, Any], bucket_s: int) -> int:
     return int(record["window_start"]) // bucket_s * bucket_s
 
 
+def row_keys(record: Mapping[str, Any], bucket_s: int) -> list[RowKey]:
+    """The rows a connection record counts in: its bucket, each of its dimensions, its transport."""
+    bucket = bucket_of(record, bucket_s)
+    transport = transport_of(record)
+    return [(bucket, dim, value, transport) for dim, value in dimension_keys(record)]
+
+
+def row_key_of(row: Mapping[str, Any]) -> RowKey:
+    """The identity of a rollup row (wire format): what an upsert replaces."""
+    return int(row["bucket_start"]), str(row["dimension"]), str(row["key"]), transport_of(row)
+
+
 def share(count: int, total: int, ndigits: int = 6) -> float:
     """``count`` as a percentage of ``total``, rounded to ``ndigits`` decimals (0.0 when there is nothing)."""
     return round(100.0 * count / total, ndigits) if total > 0 else 0.0
@@ -105,7 +131,7 @@ def shares(stages: Mapping[str, int], ndigits: int = 6) -> dict[str, float]:
 
 
 class Rollup:
-    """Accumulates connection records into rows keyed by (bucket_start, dimension, value)."""
+    """Accumulates connection records into rows keyed by (bucket_start, dimension, value, transport)."""
 
     def __init__(self, bucket_s: int = BUCKET_S) -> None:
         self.bucket_s = bucket_s
@@ -116,16 +142,13 @@ class Rollup:
 
     def add(self, record: Mapping[str, Any], n: int = 1) -> list[RowKey]:
         """Count one record (or ``n`` identical ones); returns the row keys it changed."""
-        bucket = bucket_of(record, self.bucket_s)
-        keys = []
-        for dim, value in dimension_keys(record):
-            k = (bucket, dim, value)
+        keys = row_keys(record, self.bucket_s)
+        for k in keys:
             cell = self.cells.get(k)
             if cell is None:
                 cell = self.cells[k] = Cell()
             cell.add(record, n)
-            keys.append(k)
-            if dim == "asn":
+            if k[1] == "asn":
                 self._note_as_name(k, record)
         return keys
 
@@ -152,14 +175,26 @@ class Rollup:
 
 
 def row_key_text(key: RowKey) -> str:
-    """The Kafka key of a rollup row: the upsert identity."""
-    bucket, dim, value = key
-    return f"{bucket}|{dim}|{value}"
+    """The Kafka key of a rollup row, its upsert identity: ``bucket|dimension|value`` for TCP (the text
+    it had before transports), ``bucket|dimension|value|transport`` for another transport."""
+    bucket, dim, value, transport = key
+    text = f"{bucket}|{dim}|{value}"
+    return text if transport == TCP else f"{text}|{transport}"
+
+
+def parse_row_key(text: str) -> RowKey:
+    """The inverse of ``row_key_text`` (only its own spellings: one text per row); ValueError otherwise."""
+    parts = text.split("|")
+    if len(parts) == 3:
+        parts.append(TCP)
+    elif len(parts) != 4 or parts[3] == TCP or parts[3] not in TRANSPORTS:
+        raise ValueError(f"not a rollup row key: {text!r}")
+    return int(parts[0]), parts[1], parts[2], parts[3]
 
 
 def row_dict(key: RowKey, cell: Cell, bucket_s: int, as_name: str = "") -> dict[str, Any]:
     """A rollup row in wire format (docs/wire-formats.md); ``name`` only on country and asn rows that have one."""
-    bucket, dim, value = key
+    bucket, dim, value, transport = key
     stages = {s: cell.counts.get(s, 0) for s in STAGES}
     row = {
         "v": ROLLUP_VERSION,
@@ -167,6 +202,7 @@ def row_dict(key: RowKey, cell: Cell, bucket_s: int, as_name: str = "") -> dict[
         "bucket_s": bucket_s,
         "dimension": dim,
         "key": value,
+        "transport": transport,
         "total": sum(stages.values()),
         "counts": stages,
         "shares": shares(stages),

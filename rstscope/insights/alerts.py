@@ -26,7 +26,7 @@ from typing import Any
 
 from rstscope.config import AlertParams
 from rstscope.core.classify import NO_MATCH, STAGES
-from rstscope.core.rollup import BUCKET_S, DIMENSIONS, ROLLUP_VERSION
+from rstscope.core.rollup import BUCKET_S, DIMENSIONS, ROLLUP_VERSION, TCP, transport_of
 from rstscope.insights.model import CLOSED, FALL, OPEN, RISE, Alert, AlertEvidence, alert_id
 
 DAY_S = 86400
@@ -35,6 +35,9 @@ MAD_SCALE = 1.4826  # MAD of a normal sample times this estimates its standard d
 SD_FLOOR_PP = 1.0  # share points: the noise assumed at least, so a flat baseline does not make z infinite
 HYSTERESIS = 0.5  # an open alert continues on units departing by this fraction of both thresholds
 Network = tuple[str, str]  # (dimension, key)
+# Alerts are judged on TCP rows only (docs/insights.md): the thresholds were set on TCP, QUIC's stages mean
+# other things, and an alert (wire format v1, its id) names no transport. Other rows are counted and skipped.
+TRANSPORT = TCP
 
 
 @dataclass(slots=True)
@@ -87,9 +90,10 @@ class _Judgement:
 class AlertDetector:
     """Judges units of rollup rows as the watermark advances; keeps every alert's latest version.
 
-    ``stats`` counts everything seen and every reason something was not judged: rows, bad_rows,
-    late_rows (a row for a unit that was already judged: it updates the history later baselines are
-    made of, but nothing is judged again), units_judged, units_small (fewer than min_connections),
+    ``stats`` counts everything seen and every reason something was not judged: rows, other_transport
+    (rows of another transport than ``TRANSPORT``, left out), bad_rows, late_rows (a row for a unit that
+    was already judged: it updates the history later baselines are made of, but nothing is judged
+    again), units_judged, units_small (fewer than min_connections),
     units_no_baseline (fewer than min_baseline_days baseline days), departures, alerts_opened,
     alerts_closed, recurring (recurring alerts opened), networks_dropped.
     """
@@ -108,8 +112,12 @@ class AlertDetector:
 
     # ---- input -----------------------------------------------------------------------------------
     def add_row(self, row: Mapping[str, Any]) -> None:
-        """Take one rollup row; a later row for the same (bucket, dimension, key) replaces the earlier."""
+        """Take one rollup row; a later row for the same (bucket, dimension, key) replaces the earlier. A row
+        of another transport than ``TRANSPORT`` is counted (``other_transport``) and left out."""
         self.stats["rows"] += 1
+        if transport_of(row) != TRANSPORT:
+            self.stats["other_transport"] += 1
+            return
         try:
             if int(row["v"]) != ROLLUP_VERSION:
                 raise ValueError("version")

@@ -13,7 +13,7 @@ from rstscope import config
 from rstscope.codecs.errors import MalformedRecord
 from rstscope.codecs.jsonl import read_lines
 from rstscope.core.classify import STAGES
-from rstscope.core.rollup import Cell
+from rstscope.core.rollup import TCP, TRANSPORTS, Cell, transport_of
 from rstscope.insights.alerts import detector
 from rstscope.insights.outliers import OUTLIER_DIMENSIONS, peer_of, rank_outliers
 
@@ -64,7 +64,8 @@ def _alerts(argv: list[str]) -> int:
         text = "\n".join(lines) + "\n"
     _write(args.out, text)
     s = det.stats
-    print(f"rstscope alerts: {s['rows']} rows ({s['bad_rows']} bad, {s['late_rows']} late), "
+    other = f", {s['other_transport']} of other transports than tcp left out" if s["other_transport"] else ""
+    print(f"rstscope alerts: {s['rows']} rows ({s['bad_rows']} bad, {s['late_rows']} late{other}), "
           f"{s['units_judged']} units judged ({s['units_small']} too small, {s['units_no_baseline']} without "
           f"baseline), {len(alerts)} alerts ({s['recurring']} recurring)", file=sys.stderr)
     return 0
@@ -78,6 +79,8 @@ def _outliers(argv: list[str]) -> int:
     ap.add_argument("--end", type=int, help="unix seconds, exclusive (default: after the last bucket)")
     ap.add_argument("--range", help="the last span of the input: 1d, 7d, 12h")
     ap.add_argument("--limit", type=int, default=20)
+    ap.add_argument("--transport", choices=TRANSPORTS, default=TCP,
+                    help="rank the networks of this transport's rows, against peers of the same (default tcp)")
     ap.add_argument("--topology", help="topology.yaml with the outliers: thresholds")
     ap.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
     args = ap.parse_args(argv)
@@ -91,9 +94,11 @@ def _outliers(argv: list[str]) -> int:
     if args.range and (args.start is not None or args.end is not None):
         print("rstscope outliers: give --range or --start/--end, not both", file=sys.stderr)
         return 2
-    good = [r for r in rows if _valid(r)]
+    valid = [r for r in rows if _valid(r)]
+    good = [r for r in valid if transport_of(r) == args.transport]  # peers of the same transport only
     if not good:
-        print(f"rstscope outliers: {args.rollups}: no valid rollup row", file=sys.stderr)
+        what = f" of transport {args.transport}" if valid else ""
+        print(f"rstscope outliers: {args.rollups}: no valid rollup row{what}", file=sys.stderr)
         return 2
     last = max(int(r["bucket_start"]) + int(r.get("bucket_s", 0)) for r in good)
     start, end = (last - span, last) if span else (args.start, args.end)
@@ -124,7 +129,8 @@ def _outliers(argv: list[str]) -> int:
             + [f"{o.key:<16} {o.peer:<12} {o.connections:>8} {o.distance:>8.1f} {o.confidence:>7.4f} "
                f"{o.stage} ({o.share:.1f} vs {o.peer_share:.1f}) {o.name}" for o in found]) + "\n"
     _write(None, text)
-    print(f"rstscope outliers: {len(rows)} rows ({len(rows) - len(good)} bad, {used} in range), "
+    other = f", {len(valid) - len(good)} of other transports" if len(valid) > len(good) else ""
+    print(f"rstscope outliers: {len(rows)} rows ({len(rows) - len(valid)} bad{other}, {used} in range), "
           f"{len(cells)} {args.dimension} networks, {len(found)} outliers", file=sys.stderr)
     return 0
 

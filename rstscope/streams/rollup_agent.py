@@ -18,6 +18,9 @@ rebalance or restart (Faust restores the table from its changelog before streams
 upserts of a duplicate are re-sent: that covers a crash after the table write but before the upsert
 went out.
 
+Records of every transport (TCP, QUIC) come on the same input; a row's key holds its transport
+(core/rollup.py), so their counts never mix, and the table, retention and horizon are the same for both.
+
 State is bounded (``rollup.retention_s`` of topology.yaml, 7 days): once a partition has counted a
 bucket that far past older ones, ``expire`` deletes the table entries whose connections all lie in those
 older buckets (tombstones in the changelog, so a restore reads only the retained days), forgets their ids
@@ -42,7 +45,7 @@ import orjson
 from rstscope.codecs.errors import CodecError, MalformedRecord
 from rstscope.codecs.jsonl import dumps, loads_array
 from rstscope.config import RollupParams
-from rstscope.core.rollup import Rollup, RowKey, bucket_of, dimension_keys, row_key_text
+from rstscope.core.rollup import TRANSPORTS, Rollup, RowKey, bucket_of, row_key_text, row_keys, transport_of
 from rstscope.streams.checkpoint import Checkpoint
 from rstscope.streams.faust_internals import AckRef
 from rstscope.streams.offsets import OffsetGuard
@@ -50,8 +53,9 @@ from rstscope.streams.offsets import OffsetGuard
 FLUSH_S = 0.2
 FLUSH_EVENTS = 2000
 NO_HORIZON = -(2**62)  # nothing forgotten yet
-# what Rollup.add reads of a record (as_name and last_ts: the name of an asn row, latest wins)
-_FIELDS = ("window_start", "country", "asn", "stage", "tags", "signature", "as_name", "last_ts")
+# what Rollup.add reads of a record (as_name and last_ts: the name of an asn row, latest wins; transport
+# last, so that entries written before it read as None there: a TCP record)
+_FIELDS = ("window_start", "country", "asn", "stage", "tags", "signature", "as_name", "last_ts", "transport")
 
 
 def compact(record: Mapping[str, Any]) -> list[Any]:
@@ -60,7 +64,7 @@ def compact(record: Mapping[str, Any]) -> list[Any]:
 
 
 class RollupStage:
-    """Transport-free rollup logic over a mapping ``records`` (a Faust table in the worker)."""
+    """Kafka-free rollup logic over a mapping ``records`` (a Faust table in the worker)."""
 
     def __init__(self, bucket_s: int, retention_s: float = RollupParams().retention_s) -> None:
         self.bucket_s = bucket_s
@@ -119,6 +123,8 @@ class RollupStage:
                 raise MalformedRecord("connection record is not a JSON object")
             if not isinstance(rec.get("id"), str) or "window_start" not in rec or "stage" not in rec:
                 raise MalformedRecord("connection record without id, window_start or stage")
+            if transport_of(rec) not in TRANSPORTS:
+                raise MalformedRecord(f"connection record of an unknown transport {rec.get('transport')!r}")
         horizon = self.horizon.get(partition, NO_HORIZON)
         newest = -1
         for rec in recs:
@@ -131,7 +137,7 @@ class RollupStage:
             ids = seen.setdefault(b, set())
             if rid in ids:
                 self.counters["duplicates"] += 1
-                dirty.update((b, d, v) for d, v in dimension_keys(rec))
+                dirty.update(row_keys(rec, self.bucket_s))
                 continue
             ids.add(rid)
             new.append(compact(rec))
@@ -164,11 +170,11 @@ class RollupStage:
         h = int((max(seen) - self.retention_s) // self.bucket_s * self.bucket_s)
         if h <= self.horizon.get(partition, NO_HORIZON):
             return 0
+        old = [b for b in seen if b < h]  # cheap (a bucket per 15 minutes): checked per message
+        if not old:
+            return 0  # stale entries come with old buckets: no scan of the entries per message
         entries = self.entries.get(partition, {})
-        old = [b for b in seen if b < h]
         stale = [k for k, newest in entries.items() if newest < h]
-        if not old and not stale:
-            return 0
         if any(k[0] < h for k in self.dirty.get(partition, ())):
             self.counters["expire_postponed"] += 1  # their rows go out with the next checkpoint
             return 0

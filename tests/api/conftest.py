@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,35 @@ def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
                           "--out", str(d / "c.jsonl"), "--format", "json"], cwd=REPO, capture_output=True)
     assert run.returncode == 0, run.stderr.decode()
     return d / "r.jsonl", d / "c.jsonl"
+
+
+QUIC_SERVERS = "10.78.2.2,10.78.2.3,fd78:2::2,fd78:2::3"  # of tests/fixtures/quic_bed.pcap (docs/quic.md)
+
+
+@dataclass(frozen=True)
+class Mixed:
+    """A store's worth of both transports, from real records: `rstscope analyze --rollups` over TCP
+    fixtures and the rollup of `rstscope quic --out` over the QUIC bed's capture."""
+
+    rollups: Path  # both transports' rows, one JSON lines file
+    tcp_rollups: Path  # the TCP rows alone (what a store had before QUIC)
+    quic_records: list[dict[str, Any]]
+    quic_rows: list[dict[str, Any]]
+
+
+@pytest.fixture(scope="session")
+def mixed(tmp_path_factory: pytest.TempPathFactory, analyzed: tuple[Path, Path]) -> Mixed:
+    d = tmp_path_factory.mktemp("mixed")
+    run = subprocess.run([sys.executable, "-m", "rstscope.cli", "quic", str(FIXTURES / "quic_bed.pcap"),
+                          "--server-ip", QUIC_SERVERS, "--out", str(d / "quic.jsonl")], cwd=REPO, capture_output=True)
+    assert run.returncode == 0, run.stderr.decode()
+    records = [orjson.loads(line) for line in (d / "quic.jsonl").read_bytes().splitlines()]
+    roll = Rollup()
+    roll.extend(records)
+    quic_rows = list(roll.rows())
+    both = d / "both.jsonl"
+    both.write_bytes(analyzed[0].read_bytes() + b"".join(orjson.dumps(r) + b"\n" for r in quic_rows))
+    return Mixed(both, analyzed[0], records, quic_rows)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from api.conftest import (
     REPO,
     RICH_START,
     STAGE_TAGS,
+    Mixed,
     make_alert,
     rich_records,
     rich_rows,
@@ -96,6 +97,7 @@ def test_dashboard_draws_the_api_numbers(server: str, tmp_path: Path) -> None:
         world = api_for_page(server, page, "/radar/tcp_resets_timeouts/summary", {})["summary_0"]
         shown = summary_on_page(page)
         assert {s: shown[s] for s in STAGES} == world
+        assert page.is_disabled("#transport button[data-transport=quic]")  # this store has no QUIC rows
         series = api_for_page(server, page, "/radar/tcp_resets_timeouts/timeseries_groups", {})["serie_0"]
         chart = drawn_from_chart(page)
         assert len(series["timestamps"]) > 100
@@ -426,3 +428,54 @@ def test_dashboard_draws_alerts_and_outliers(tmp_path: Path) -> None:
         assert [b["id"] for b in page.evaluate("window.rstscope.alertBands")] == [ir_as.id]
         assert errors == [] and page.evaluate("window.rstscope.errors") == []
         browser.close()
+
+
+# ---------------------------------------------------------------- transports
+
+
+def test_the_transport_selector_shows_quic(tmp_path: Path, mixed: Mixed) -> None:
+    """A store of both transports (real records: TCP fixtures' analyze, the QUIC bed's `rstscope quic`): the
+    page starts on TCP, the selector switches every number to QUIC's and back."""
+    rows = [orjson.loads(line) for line in mixed.rollups.read_bytes().splitlines()]
+    summary = "/radar/tcp_resets_timeouts/summary"
+    with dashboard(tmp_path, rows) as (page, base, _):
+        assert page.evaluate("window.rstscope.state.transport") == "tcp"
+        tcp = api_for_page(base, page, summary, {})["summary_0"]
+        assert {s: summary_on_page(page)[s] for s in STAGES} == tcp
+        assert not page.is_disabled("#transport button[data-transport=quic]")
+
+        gen = page.evaluate("window.rstscope.generation")
+        page.click("#transport button[data-transport=quic]")
+        wait_ready(page, gen)
+        assert page.evaluate("window.rstscope.meta.transport") == "quic"
+        quic = api_for_page(base, page, summary, {"transport": "quic"})["summary_0"]
+        assert {s: summary_on_page(page)[s] for s in STAGES} == quic != tcp
+        assert quic["post_syn"] == "28.571429"  # 10 of the bed's 35 attempts never got past their Initials
+        series = api_for_page(base, page, "/radar/tcp_resets_timeouts/timeseries_groups",
+                              {"transport": "quic"})["serie_0"]
+        chart = drawn_from_chart(page)
+        for s in STAGES:
+            assert chart[s] == [float(v) for v in series[s]], s
+        assert page.evaluate("window.rstscope.tags.meta.connections") == len(mixed.quic_records)
+        assert page.evaluate("window.rstscope.signatures.breakdown_0") == []
+        assert "QUIC" in page.inner_text("#title") and "Initials" in page.inner_text("#summary")
+        page.screenshot(path=str(REPO / "docs" / "dashboard-quic.png"), full_page=True)
+
+        # An AS of the QUIC rows: the numbers are QUIC's for that AS.
+        gen = page.evaluate("window.rstscope.generation")
+        page.click("#scope button[data-scope=asn]")
+        wait_ready(page, gen)
+        asn = page.evaluate("window.rstscope.state.asn")
+        assert asn in {str(r["asn"]) for r in mixed.quic_records}
+        want = api_for_page(base, page, summary, {"transport": "quic", "asn": asn})["summary_0"]
+        assert {s: summary_on_page(page)[s] for s in STAGES} == want
+
+        # Back to TCP, worldwide: TCP's numbers again.
+        gen = page.evaluate("window.rstscope.generation")
+        page.click("#scope button[data-scope=world]")
+        wait_ready(page, gen)
+        gen = page.evaluate("window.rstscope.generation")
+        page.click("#transport button[data-transport=tcp]")
+        wait_ready(page, gen)
+        assert {s: summary_on_page(page)[s] for s in STAGES} == api_for_page(base, page, summary, {})["summary_0"]
+        assert "TCP" in page.inner_text("#title")

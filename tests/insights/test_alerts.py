@@ -16,11 +16,12 @@ P = AlertParams(unit_s=3600, baseline_days=7, min_baseline_days=3, min_connectio
 T0 = 1740960000
 
 
-def row(bucket: int, counts: dict[str, int], dim: str = "asn", key: str = "64500", name: str = "") -> dict[str, Any]:
+def row(bucket: int, counts: dict[str, int], dim: str = "asn", key: str = "64500", name: str = "",
+        transport: str = "tcp") -> dict[str, Any]:
     cell = Cell()
     for s, n in counts.items():
         cell.counts[s] += n
-    r = row_dict((bucket, dim, key), cell, BUCKET_S, name)
+    r = row_dict((bucket, dim, key, transport), cell, BUCKET_S, name)
     return r
 
 
@@ -140,3 +141,52 @@ def test_rank_outliers_telcel_in_mexico() -> None:
     top = found[0]
     assert top.peer == "country:MX" and top.stage == "post_ack" and top.peer_connections == 3030
     assert top.name == "Telcel" and 40 < top.distance <= 50 and top.confidence > 0.999
+
+
+# ---------------------------------------------------------------- transports (issue 17)
+
+
+def test_quic_rows_never_enter_a_tcp_baseline() -> None:
+    """Alerts are of TCP rows: QUIC rows of the same network (here a daily QUIC post_syn wave and a QUIC
+    episode that would alert on its own) change nothing and are counted as other_transport."""
+    start = T0 + 9 * DAY_S + 6 * 3600
+    tcp = hours(12, lambda t: 0.9 if start <= t < start + 3 * 3600 else 0.02)
+    quic = [row(r["bucket_start"], {"post_syn": 45 if r["bucket_start"] % DAY_S < 6 * 3600 else 0, "no_match": 5},
+                transport="quic") for r in tcp]
+    alone = detect(tcp, P)
+    assert len(alone) == 1
+    det = AlertDetector(P)
+    for r in [*quic, *tcp]:
+        det.add_row(r)
+    det.advance(T0 + 12 * DAY_S)
+    assert det.alerts() == alone and det.stats["other_transport"] == len(quic)
+    assert detect(quic, P) == []  # QUIC rows alone: nothing judged
+
+
+def test_outliers_rank_one_transport_against_its_own_peers(tmp_path: Any, capsys: Any) -> None:
+    """`rstscope outliers --transport`: networks and peers of one transport. AS 8151 is an outlier in MX
+    over QUIC only; over TCP (the default) it looks like its peers, and the QUIC rows do not move that."""
+    import json
+
+    from rstscope.insights.cli import main
+
+    def cell_rows(transport: str, odd: dict[str, int]) -> list[dict[str, Any]]:
+        out = []
+        for key, dim, counts in (("MX:8151", "country_asn", odd), ("MX:28403", "country_asn", {"no_match": 900}),
+                                 ("MX", "country", {s: odd.get(s, 0) + (900 if s == "no_match" else 0)
+                                                    for s in ("post_ack", "no_match")})):
+            out.append(row(T0, counts, dim=dim, key=key, transport=transport))
+        return out
+
+    path = tmp_path / "r.jsonl"
+    rows = cell_rows("tcp", {"no_match": 900}) + cell_rows("quic", {"post_ack": 450, "no_match": 450})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    topo = tmp_path / "t.yaml"
+    topo.write_text("outliers:\n  min_connections: 100\n  confidence: 0.99\n")
+    assert main(["outliers", "--rollups", str(path), "--dimension", "country_asn", "--topology", str(topo)]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["outliers", "--rollups", str(path), "--dimension", "country_asn", "--topology", str(topo),
+                 "--transport", "quic"]) == 0
+    got = {o["key"]: o for o in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert set(got) == {"MX:8151", "MX:28403"}  # with two ASes each departs from the other
+    assert (got["MX:8151"]["stage"], got["MX:8151"]["share"], got["MX:8151"]["peer_share"]) == ("post_ack", 50.0, 0.0)

@@ -33,7 +33,7 @@ from rstscope.capture.files import read_frames
 from rstscope.codecs.jsonl import loads
 from rstscope.codecs.packet import Batch, Watermark, decode_message
 from rstscope.core.record import ConnectionRecord, make_record
-from rstscope.core.rollup import Rollup, row_key_text
+from rstscope.core.rollup import Rollup, row_key_of, row_key_text
 from rstscope.core.table import ConnectionTable
 from rstscope.decode import decode_frame
 from rstscope.direction import Direction
@@ -196,7 +196,7 @@ def finished(p: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
 
 
 def keyed(rollup: Rollup) -> Rows:
-    return {row_key_text((r["bucket_start"], r["dimension"], r["key"])): r for r in rollup.rows()}
+    return {row_key_text(row_key_of(r)): r for r in rollup.rows()}
 
 
 def analyze_together(paths: tuple[Path, ...], topo: config.Topology) -> tuple[Rows, Rows]:

@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from rstscope import config
 from rstscope.codecs.jsonl import loads
-from rstscope.core.rollup import row_key_text
+from rstscope.core.rollup import row_key_of, row_key_text
 from rstscope.offline import Analyzer, Options
 from tests.netns import SERVER_IP, capture_client_run
 
@@ -113,7 +113,7 @@ def analyze(pcap: Path, topo: config.Topology) -> tuple[dict[str, dict[str, Any]
     ids: set[str] = set()
     an = Analyzer(topo, Options([SERVER_IP], [80, 81]), on_record=lambda r: ids.add(r["id"]))
     an.run([pcap])
-    rows = {row_key_text((r["bucket_start"], r["dimension"], r["key"])): r for r in an.rollup.rows()}
+    rows = {row_key_text(row_key_of(r)): r for r in an.rollup.rows()}
     return rows, ids
 
 

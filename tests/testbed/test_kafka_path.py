@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from rstscope.codecs.jsonl import loads
-from rstscope.core.rollup import row_key_text
+from rstscope.core.rollup import row_key_of, row_key_text
 from rstscope.offline import Analyzer, Options
 
 _PIPELINE = Path(__file__).resolve().parent.parent / "kafka" / "test_pipeline.py"
@@ -40,7 +40,7 @@ def test_bed_capture_through_kafka_equals_offline(bed_report: dict, kafka_bootst
         records: list[dict[str, Any]] = []
         an = Analyzer(topo, Options(), on_record=records.append)
         an.run([pcap])
-        expected = {row_key_text((x["bucket_start"], x["dimension"], x["key"])): x for x in an.rollup.rows()}
+        expected = {row_key_text(row_key_of(x)): x for x in an.rollup.rows()}
         assert sum(1 for rec in records if rec["signature"]) > 50
         proc, log = workers.start()
         workers.wait_log(log, pl.READY, proc, 90)

@@ -4,6 +4,8 @@
 // Names (countries, ASes) come from the API: /rstscope/meta and the top lists carry them.
 // Change alerts (/rstscope/alerts) are shaded on the chart with a tooltip and listed under it; outliers among
 // peers (/rstscope/outliers) fill their own table.
+// The transport selector (TCP / QUIC) passes `transport` to every request; QUIC reuses the stage keys with
+// the meanings of docs/quic.md, so only the hints and the title change with it.
 "use strict";
 
 // The stages and their order come from the API (/rstscope/meta `stages`); LABELS and HINTS only name them.
@@ -12,18 +14,32 @@ const LABELS = {
   post_syn: "Post-SYN", post_ack: "Post-ACK", post_psh: "Post-PSH", later_in_flow: "Later in flow", no_match: "No match",
 };
 const HINTS = {
-  post_syn: "reset or timeout mid-handshake (source may be spoofed)",
-  post_ack: "after the handshake, before any data",
-  post_psh: "after the first data packet (e.g. ClientHello)",
-  later_in_flow: "reset after several data packets",
-  no_match: "closed normally or still alive",
+  tcp: {
+    post_syn: "reset or timeout mid-handshake (source may be spoofed)",
+    post_ack: "after the handshake, before any data",
+    post_psh: "after the first data packet (e.g. ClientHello)",
+    later_in_flow: "reset after several data packets",
+    no_match: "closed normally or still alive",
+  },
+  quic: {
+    post_syn: "client Initials only: the handshake never completed",
+    post_ack: "handshake done, no 1-RTT packet followed",
+    post_psh: "one 1-RTT flight, then silence",
+    later_in_flow: "not used for QUIC (no visible reset)",
+    no_match: "several flights, a restart or the 10-packet cap",
+  },
+};
+const TITLES = { tcp: "TCP resets and timeouts", quic: "QUIC handshake stalls and timeouts" };
+const SUBTITLES = {
+  quic: "QUIC connection attempts by how far the handshake got before the client's packets stopped: a censor "
+    + "cannot inject a reset into QUIC, it drops. Passive, one direction only.",
 };
 const css = getComputedStyle(document.documentElement);
 const COLORS = Object.fromEntries(Object.keys(LABELS).map((s) => [s, css.getPropertyValue("--" + s).trim()]));
 const SIG_STAGE_COLOR = (stage) => COLORS[stage] || "#5b6b86";
 const regionNames = typeof Intl.DisplayNames === "function" ? new Intl.DisplayNames(["en"], { type: "region" }) : null;
 
-const state = { scope: "world", location: null, asn: null, period: "all", agg: "", showNone: true,
+const state = { transport: "tcp", scope: "world", location: null, asn: null, period: "all", agg: "", showNone: true,
   outlierDim: "country_asn" };
 const exposed = (window.rstscope = { state, ready: false, generation: 0, meta: null, summary: null, series: null,
   drawn: null, tags: null, signatures: null, alerts: null, alertBands: [], outliers: null, errors: [] });
@@ -119,7 +135,7 @@ function renderSummary(summary, connections) {
     box.append(el("div", { className: "stat", style: `--c:${COLORS[s]}`, "data-stage": s, "data-value": summary[s] },
       el("div", { className: "label" }, el("span", { className: "dot", style: `--c:${COLORS[s]}` }), LABELS[s]),
       el("div", { className: "value" }, fmtPct(summary[s]), el("small", {}, "%")),
-      el("div", { className: "hint" }, HINTS[s])));
+      el("div", { className: "hint" }, HINTS[state.transport][s])));
   }
   box.append(el("div", { className: "stat total", "data-stage": "anomalous", "data-value": String(anomalous) },
     el("div", { className: "label" }, "Anomalous"),
@@ -413,6 +429,7 @@ function renderTop(table, items, kind) {
 
 function renderBars(box, items, colorOf) {
   box.replaceChildren();
+  if (!items.length) box.append(el("div", { className: "empty" }, `none for ${state.transport.toUpperCase()}`));
   const max = Math.max(...items.map((i) => Number(i.share)), 1e-9);
   for (const it of items) {
     const c = colorOf(it);
@@ -431,17 +448,18 @@ async function refresh() {
   const range = rangeParams();
   fitIntervals(range);
   const filters = filterParams();
-  const p = { ...range, ...filters };
+  const t = { transport: state.transport };
+  const p = { ...range, ...filters, ...t };
   try {
     const [summary, series, tags, sigs, topLoc, topAs, alertRes, outliers] = await Promise.all([
       api("/radar/tcp_resets_timeouts/summary", p),
       api("/radar/tcp_resets_timeouts/timeseries_groups", { ...p, aggInterval: state.agg }),
       api("/rstscope/tags", p),
       api("/rstscope/signatures", p),
-      api("/rstscope/top/locations", { ...range, limit: 8 }),
-      api("/rstscope/top/ases", { ...range, limit: 8, ...(state.scope === "location" && state.location ? { location: state.location } : {}) }),
+      api("/rstscope/top/locations", { ...range, ...t, limit: 8 }),
+      api("/rstscope/top/ases", { ...range, ...t, limit: 8, ...(state.scope === "location" && state.location ? { location: state.location } : {}) }),
       api("/rstscope/alerts", { ...p, limit: 200 }),
-      api("/rstscope/outliers", outlierParams(range)),
+      api("/rstscope/outliers", { ...outlierParams(range), ...t }),
     ]);
     if (gen !== exposed.generation) return;  // a newer selection is on its way
     Object.assign(exposed, { summary, series, tags, signatures: sigs, alerts: alertRes.alerts, outliers });
@@ -477,30 +495,69 @@ function fillSelect(sel, items, label) {
   sel.replaceChildren(...items.map((it) => el("option", { value: it.key }, `${label(it.key)} · ${fmtInt(it.connections)}`)));
 }
 
-async function init() {
+// The data's span and keys of the selected transport (/rstscope/meta?transport=); false when there is none.
+async function loadMeta() {
+  meta = exposed.meta = await api("/rstscope/meta", { transport: state.transport });
+  STAGES = meta.stages;
+  $("title").textContent = TITLES[state.transport];
+  if (!SUBTITLES.tcp) SUBTITLES.tcp = $("subtitle").textContent;  // the page's own text
+  $("subtitle").textContent = SUBTITLES[state.transport];
+  document.title = `rstscope · ${TITLES[state.transport]}`;
+  for (const b of document.querySelectorAll("#transport button")) {
+    b.classList.toggle("on", b.dataset.transport === state.transport);
+    b.disabled = b.dataset.transport !== state.transport && !meta.transports.includes(b.dataset.transport);
+  }
+  if (!meta.dataStart) {
+    $("span").textContent = "no data loaded";
+    $("summary").replaceChildren(el("div", { className: "empty" }, "The store is empty: load rollups with rstscope serve --rollups FILE."));
+    return false;
+  }
+  $("span").innerHTML = "";
+  $("span").append(el("div", {}, `Data ${meta.dataStart.slice(0, 16).replace("T", " ")} → ${meta.dataEnd.slice(0, 16).replace("T", " ")} UTC`),
+    el("div", {}, `${fmtInt(meta.rows)} ${state.transport.toUpperCase()} rollup rows · ${meta.locations.length} locations · ${meta.ases.length} ASes`));
+  for (const it of meta.locations) NAMES.location.set(it.key, it.name);
+  for (const it of meta.ases) NAMES.asn.set(it.key, it.name);
+  fillSelect($("location"), meta.locations, (k) => `${countryName(k)} (${k})`);
+  fillSelect($("asn"), meta.ases, (k) => asnName(k));
+  // Keep the selected network when the transport has it, else its largest.
+  const keep = (items, key) => (items.some((it) => it.key === key) ? key : items.length ? items[0].key : null);
+  state.location = keep(meta.locations, state.location);
+  state.asn = keep(meta.ases, state.asn);
+  if (state.location) $("location").value = state.location;
+  if (state.asn) $("asn").value = state.asn;
+  return true;
+}
+
+async function selectTransport(transport) {
+  if (transport === state.transport) return;
+  state.transport = transport;
+  exposed.ready = false;
   try {
-    meta = exposed.meta = await api("/rstscope/meta");
-    STAGES = meta.stages;
+    if (!(await loadMeta())) { exposed.generation++; exposed.ready = true; return; }
+  } catch (e) {
+    exposed.errors.push(String(e));
+    $("err").textContent = String(e.message || e);
+    exposed.generation++;
+    exposed.ready = true;
+    return;
+  }
+  await refresh();
+}
+
+async function init() {
+  let loaded;
+  try {
+    loaded = await loadMeta();
+    if (!loaded && meta.transports.length) {  // no TCP rows: start on a transport that has some
+      state.transport = meta.transports[0];
+      loaded = await loadMeta();
+    }
   } catch (e) {
     $("err").textContent = String(e.message || e);
     exposed.ready = true;
     return;
   }
-  if (!meta.dataStart) {
-    $("span").textContent = "no data loaded";
-    $("summary").replaceChildren(el("div", { className: "empty" }, "The store is empty: load rollups with rstscope serve --rollups FILE."));
-    exposed.ready = true;
-    return;
-  }
-  $("span").innerHTML = "";
-  $("span").append(el("div", {}, `Data ${meta.dataStart.slice(0, 16).replace("T", " ")} → ${meta.dataEnd.slice(0, 16).replace("T", " ")} UTC`),
-    el("div", {}, `${fmtInt(meta.rows)} rollup rows · ${meta.locations.length} locations · ${meta.ases.length} ASes`));
-  for (const it of meta.locations) NAMES.location.set(it.key, it.name);
-  for (const it of meta.ases) NAMES.asn.set(it.key, it.name);
-  fillSelect($("location"), meta.locations, (k) => `${countryName(k)} (${k})`);
-  fillSelect($("asn"), meta.ases, (k) => asnName(k));
-  state.location = meta.locations.length ? meta.locations[0].key : null;
-  state.asn = meta.ases.length ? meta.ases[0].key : null;
+  for (const b of document.querySelectorAll("#transport button")) b.addEventListener("click", () => selectTransport(b.dataset.transport));
   for (const b of document.querySelectorAll("#scope button")) b.addEventListener("click", () => select(b.dataset.scope));
   $("location").addEventListener("change", (e) => select("location", e.target.value));
   $("asn").addEventListener("change", (e) => select("asn", e.target.value));
@@ -510,6 +567,10 @@ async function init() {
   $("outlier-dim").addEventListener("change", (e) => { state.outlierDim = e.target.value; refresh(); });
   $("chart").addEventListener("mousemove", showAlertTip);
   $("chart").addEventListener("mouseleave", () => { $("alert-tip").hidden = true; });
+  if (!loaded) {
+    exposed.ready = true;
+    return;
+  }
   await refresh();
 }
 
