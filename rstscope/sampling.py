@@ -5,7 +5,9 @@ of an unsampled connection recomputes the same "no" and costs nothing. ``hash`` 
 shared by all hosts (the same tuple gets the same decision everywhere); ``random`` mode draws a
 secret key per process, which is uniform random selection that a client cannot predict.
 The gate then keeps a small entry only for sampled connections, to pass their first N packets, until
-their window closes.
+their window closes. ``QuicGate`` is the same for UDP: direction by server port (and addresses),
+the same keyed-hash sampling of the 4-tuple, and the QUIC reader, which runs the attempt table's rule
+and so passes each attempt's first N datagrams (docs/edge.md).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from rstscope.config import WindowParams
 from rstscope.core.table import LATE, Step, Track, is_syn, track, window_of
 from rstscope.direction import Dir, Direction
 from rstscope.packet import PacketRecord
+from rstscope.quic.offline import ServerSide
+from rstscope.quic.packet import QuicDatagram
+from rstscope.quic.reader import QuicReader
+from rstscope.quic.udp import UdpDatagram
 
 Key = tuple[bytes, int, bytes, int]
 _SCALE = float(1 << 64)
@@ -118,3 +124,44 @@ class Gate:
         # on the same packets and so never disagrees with the gate.
         c["sampled"] += 1
         return True
+
+
+class QuicGate:
+    """Direction, sampling and the first-N gate for UDP datagrams to the QUIC server ports.
+
+    Sampling is per 4-tuple (a QUIC attempt's datagrams share it; the same keyed hash as TCP's, so
+    ``hash`` mode agrees across hosts), before any byte is read: an unsampled datagram costs a hash.
+    A sampled tuple's datagrams go through the reader (``quic.reader``), which decrypts client
+    Initials and runs the attempt table's rule: it passes what an attempt takes (at most its first
+    ``max_packets`` datagrams) and names the rest. Counters (datagrams): server_to_client,
+    not_to_server (UDP on other ports: the caller counts those), unsampled, sampled, and the reader's
+    no_initial, after_close, beyond_max_packets, late, quic_<decode reason>; notes
+    initial_undecryptable, client_hello_error.
+    """
+
+    def __init__(self, server_ips: list[str], ports: list[int], sampler: Sampler,
+                 params: WindowParams | None = None, sni_policy: str = "hash") -> None:
+        self.side = ServerSide(server_ips, ports, require_ips=False)
+        self.ports = self.side.ports
+        self.sampler = sampler
+        self.reader = QuicReader(params, sni_policy)
+        self.counters: Counter[str] = Counter()
+
+    def admit(self, dg: UdpDatagram) -> QuicDatagram | None:
+        """The datagram's records when it leaves the edge; None (counted) when it does not."""
+        c = self.counters
+        if not self.side.is_server(dg.dst, dg.dport):
+            c["server_to_client" if self.side.is_server(dg.src, dg.sport) else "not_to_server"] += 1
+            return None
+        if not self.sampler.keep((dg.src, dg.sport, dg.dst, dg.dport)):
+            c["unsampled"] += 1
+            return None
+        got = self.reader.read(dg)
+        if isinstance(got, str):
+            c[got] += 1
+            return None
+        c["sampled"] += 1
+        return got
+
+    def all_counters(self) -> Counter[str]:
+        return self.counters + self.reader.counters

@@ -1,11 +1,18 @@
 """Packet records on the wire: msgpack arrays with an explicit schema version (docs/wire-formats.md).
 
 Schema 2 (what edges write):
-  [2, 2, edge, [record, record, ...]]  (kind 2: a batch of packet records from edge ``edge``, all for one
-  partition), each record [ts, ip_version, src, dst, sport, dport, flags, seq, ack, ipid, ttl, window,
-  payload_len, opt_len], optionally followed by [country, asn]: the client's geolocation, looked up at the
-  edge before its address was truncated or hashed (``rstscope edge --geo DIR --client-ip ...``)
+  [2, 2, edge, [record, record, ...], run, seq]  (kind 2: a batch of packet records from edge ``edge``,
+  all for one partition; ``run`` (a random id of the edge process) and ``seq`` (the batch's number on
+  its partition in that run, from 0) let a worker drop a batch the transport wrote twice; both are
+  optional, batches of older edges have neither), each record [ts, ip_version, src, dst, sport, dport,
+  flags, seq, ack, ipid, ttl, window, payload_len, opt_len], optionally followed by [country, asn]: the
+  client's geolocation, looked up at the edge before its address was truncated or hashed
+  (``rstscope edge --geo DIR --client-ip ...``)
   [2, 1, ts, edge, eof]  (kind 1: a watermark: no packet older than ``ts`` follows from ``edge``)
+  [2, 3, edge, [entry, entry, ...], run, seq]  (kind 3: a mixed batch, what an edge sends for a partition
+  whose batch holds QUIC datagrams: TCP and QUIC records in capture order, so that neither overtakes
+  the other's event time), each entry [6, <TCP record fields>] or a QUIC datagram record
+  [17, ...] (codecs/quic.py); run and seq as in kind 2
 Schema 1 (still read): [1, 0, <record fields>] one packet per message; [1, 1, ts, edge, eof] a watermark.
 Arrays rather than maps: the field names are the schema, and a record is ~45 bytes instead of ~150.
 Batches because a Kafka message costs a Faust worker ~60 µs whatever it holds: hundreds of records per
@@ -20,19 +27,24 @@ from typing import Any, NamedTuple
 import msgpack
 
 from rstscope.codecs.errors import MalformedRecord, UnknownSchemaVersion
+from rstscope.codecs.quic import TRANSPORT_UDP, check_quic
 from rstscope.packet import PacketRecord
+from rstscope.quic.packet import QuicDatagram
 
 SCHEMA_VERSION = 2  # what this writer writes; readers accept READ_VERSIONS
 READ_VERSIONS = (1, 2)
 KIND_PACKET = 0  # schema 1 only
 KIND_WATERMARK = 1
 KIND_BATCH = 2  # schema 2
+KIND_MIXED = 3  # schema 2: TCP and QUIC records
+TRANSPORT_TCP = 6  # the first item of a TCP record in a mixed batch (the IP protocol number)
 MAX_BATCH_RECORDS = 10_000  # a reader refuses larger batches (an edge sends at most its --batch-records)
 MAX_EDGE_ID = 128  # characters of an edge id
 _FIELDS = 14  # a packet record's fields (without the optional country, asn)
 _PACKET_LEN = 2 + _FIELDS  # schema 1: version and kind first
 _U32 = 1 << 32
 MAX_TS = 1e11  # seconds since the epoch: about the year 5100
+MAX_NUMBER = 1 << 63  # a batch's run id and sequence number are below this
 
 
 class EdgeGeo(NamedTuple):
@@ -70,9 +82,17 @@ def packet_fields(pkt: PacketRecord, geo: EdgeGeo | None = None) -> list[Any]:
     return fields
 
 
-def encode_batch(edge: str, records: list[list[Any]]) -> bytes:
-    """A schema-2 batch message: ``records`` from ``packet_fields``, all for one partition."""
-    out: bytes = msgpack.packb([SCHEMA_VERSION, KIND_BATCH, edge, records], use_bin_type=True)
+def encode_batch(edge: str, records: list[Any], number: tuple[int, int] | None = None,
+                 mixed: bool = False) -> bytes:
+    """A schema-2 batch message: ``records`` from ``packet_fields``, all for one partition; ``number``:
+    (run, seq), the batch's number (see the module docstring). ``mixed``: some records are QUIC
+    datagrams (tuples from ``codecs.quic.quic_fields``): a kind-3 message, TCP records tagged."""
+    if mixed:
+        entries = [r if type(r) is tuple else [TRANSPORT_TCP, *r] for r in records]
+        head = [SCHEMA_VERSION, KIND_MIXED, edge, entries]
+    else:
+        head = [SCHEMA_VERSION, KIND_BATCH, edge, records]
+    out: bytes = msgpack.packb(head if number is None else [*head, *number], use_bin_type=True)
     return out
 
 
@@ -99,6 +119,10 @@ class Batch(NamedTuple):
     edge: str
     packets: list[tuple[PacketRecord, EdgeGeo | None]]
     errors: list[tuple[int, MalformedRecord]]
+    run: int | None = None  # the edge process's run id, and the batch's number on its partition in that run
+    seq: int | None = None
+    # a mixed batch's QUIC datagrams: (how many of ``packets`` come before it, the datagram, geolocation)
+    quic: tuple[tuple[int, QuicDatagram, EdgeGeo | None], ...] = ()
 
 
 def _check_geo(f: list[Any]) -> EdgeGeo | None:
@@ -167,18 +191,47 @@ def decode_message(data: bytes) -> Batch | Watermark:
         return Watermark(float(f[2]), f[3] if version == 2 else "", f[4])
     if version == 1 and kind == KIND_PACKET:
         return Batch("", [check_record(f[2:])], [])
-    if version == 2 and kind == KIND_BATCH:
-        if len(f) != 4 or not isinstance(f[2], str) or len(f[2]) > MAX_EDGE_ID or not isinstance(f[3], list):
+    if version == 2 and kind in (KIND_BATCH, KIND_MIXED):
+        if len(f) not in (4, 6) or not isinstance(f[2], str) or len(f[2]) > MAX_EDGE_ID \
+                or not isinstance(f[3], list):
             raise MalformedRecord("bad batch header")
+        run = seq = None
+        if len(f) == 6:
+            run, seq = f[4], f[5]
+            if not (type(run) is int and type(seq) is int and 0 <= run < MAX_NUMBER and 0 <= seq < MAX_NUMBER):
+                raise MalformedRecord("bad batch number (run, seq)")
         good: list[tuple[PacketRecord, EdgeGeo | None]] = []
         bad: list[tuple[int, MalformedRecord]] = []
+        if kind == KIND_MIXED:
+            return _mixed(f[2], f[3], run, seq)
         for i, rec in enumerate(f[3]):
             try:
                 good.append(check_record(rec))
             except MalformedRecord as e:
                 bad.append((i, e))
-        return Batch(f[2], good, bad)
+        return Batch(f[2], good, bad, run, seq)
     raise MalformedRecord(f"unknown record kind {kind!r} in schema {version}")
+
+
+def _mixed(edge: str, entries: list[Any], run: int | None, seq: int | None) -> Batch:
+    """A kind-3 batch: TCP records ([6, ...]) and QUIC datagram records ([17, ...]), each checked."""
+    good: list[tuple[PacketRecord, EdgeGeo | None]] = []
+    quic: list[tuple[int, QuicDatagram, EdgeGeo | None]] = []
+    bad: list[tuple[int, MalformedRecord]] = []
+    for i, e in enumerate(entries):
+        try:
+            if not isinstance(e, list) or not e or isinstance(e[0], bool):
+                raise MalformedRecord("a mixed batch entry is not a tagged array")
+            if e[0] == TRANSPORT_TCP:
+                good.append(check_record(e[1:]))
+            elif e[0] == TRANSPORT_UDP:
+                dg, geo = check_quic(e)
+                quic.append((len(good), dg, EdgeGeo(*geo) if geo is not None else None))
+            else:
+                raise MalformedRecord(f"unknown transport {e[0]!r} in a mixed batch")
+        except MalformedRecord as err:
+            bad.append((i, err))
+    return Batch(edge, good, bad, run, seq, tuple(quic))
 
 
 def decode_with_geo(data: bytes) -> tuple[PacketRecord | Watermark, EdgeGeo | None]:
@@ -188,7 +241,7 @@ def decode_with_geo(data: bytes) -> tuple[PacketRecord | Watermark, EdgeGeo | No
         return m, None
     if m.errors:
         raise m.errors[0][1]
-    if len(m.packets) != 1:
+    if len(m.packets) != 1 or m.quic:
         raise MalformedRecord(f"a batch of {len(m.packets)} packets where one was expected")
     return m.packets[0]
 

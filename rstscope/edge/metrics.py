@@ -28,6 +28,7 @@ class EdgeCollector:
         for name, doc, value in (
             ("packets_read", "frames read from the source", s.read),
             ("packets_tcp", "frames that decoded to TCP", s.tcp),
+            ("packets_quic", "UDP datagrams to or from the QUIC ports", s.quic),
             ("packets_sampled", "packets that passed direction, sampling and the first-N gate", s.sampled),
             ("packets_sent", "records handed to the Kafka producer", s.sent),
             ("packets_delivered", "records and watermarks acknowledged by the broker", s.delivered),

@@ -1,5 +1,9 @@
 """`rstscope edge`: capture -> decode -> sampling gate -> (privacy) -> msgpack records on the packets topic.
 
+UDP datagrams to the QUIC ports (``--quic-port``, default 443) take their own gate (``sampling.QuicGate``:
+the same sampling, QUIC's reader at the edge, each attempt's first N datagrams) and leave as QUIC
+datagram records in the same batches, so a partition's records stay in capture order (docs/edge.md).
+
 Sources: ``--pcap FILE`` (replay), ``--interface IF`` (live, software sampling with the gate of
 `rstscope analyze`), ``--nflog-group N`` (the kernel already sampled with `rstscope edge rules`: the
 producer keeps every connection and the gate only enforces direction and the first-N limit).
@@ -23,6 +27,7 @@ Exit codes: 0 all delivered; 1 delivery failures; 2 bad arguments or setup; 3 da
 from __future__ import annotations
 
 import argparse
+import secrets
 import signal
 import socket
 import sys
@@ -44,6 +49,7 @@ from rstscope.codecs.packet import (
     packet_fields,
     partition_of,
 )
+from rstscope.codecs.quic import quic_fields
 from rstscope.config import TopologyError, load
 from rstscope.core.table import AFTER_CLOSE, AFTER_IDLE, BEYOND_MAX, LATE, NO_SYN
 from rstscope.decode import NON_TCP_REASONS, decode_frame
@@ -53,8 +59,11 @@ from rstscope.edge.queue import BoundedSender
 from rstscope.edge.sources import LiveCapture, LiveError, PcapFiles, Source
 from rstscope.geo import GeoDB, GeoError
 from rstscope.kafka.roles import default_bootstrap, role_spec
-from rstscope.packet import PacketRecord
-from rstscope.sampling import Gate, Sampler
+from rstscope.packet import PacketRecord, pack_key
+from rstscope.quic.packet import QuicDatagram
+from rstscope.quic.record import SNI_POLICIES
+from rstscope.quic.udp import decode_udp
+from rstscope.sampling import Gate, QuicGate, Sampler
 
 DEFAULT_CONF: dict[str, Any] = {
     "partitioner": "murmur2_random",  # same partition as aiokafka/Java for the same key
@@ -79,6 +88,7 @@ EXIT_LOST = 3
 class EdgeStats:
     read: int = 0
     tcp: int = 0
+    quic: int = 0  # UDP datagrams to or from the QUIC ports
     sampled: int = 0
     sent: int = 0
     delivered: int = 0
@@ -87,6 +97,7 @@ class EdgeStats:
     watermarks_skipped: int = 0  # live edge, queue full: a periodic watermark not sent (a later one supersedes it)
     dropped: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    notes: Counter[str] = field(default_factory=Counter)  # not drops: e.g. quic.initial_undecryptable
 
     def lost(self) -> int:
         """Packets that should have been sent and were not (queue full, kernel drops)."""
@@ -94,17 +105,19 @@ class EdgeStats:
 
     def line(self, elapsed: float) -> str:
         dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items()) if v) or "none"
-        return (f"edge: read {self.read} frames, tcp {self.tcp}, sampled {self.sampled}, sent {self.sent}, "
+        notes = "".join(f", {k}={v}" for k, v in sorted(self.notes.items()) if v)
+        return (f"edge: read {self.read} frames, tcp {self.tcp}, quic {self.quic}, sampled {self.sampled}, "
+                f"sent {self.sent}, "
                 f"delivered {self.delivered}, delivery failures {self.delivery_failures}, "
                 f"watermarks {self.watermarks} ({self.watermarks_skipped} skipped); dropped: {dropped}; "
-                f"lost {self.lost()}; {elapsed:.2f}s "
+                f"lost {self.lost()}{notes}; {elapsed:.2f}s "
                 f"({self.read / max(elapsed, 1e-9):,.0f} frames/s)")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"read": self.read, "tcp": self.tcp, "sampled": self.sampled, "sent": self.sent,
+        return {"read": self.read, "tcp": self.tcp, "quic": self.quic, "sampled": self.sampled, "sent": self.sent,
                 "delivered": self.delivered, "delivery_failures": self.delivery_failures,
                 "watermarks": self.watermarks, "watermarks_skipped": self.watermarks_skipped,
-                "dropped": dict(self.dropped), "errors": dict(self.errors),
+                "dropped": dict(self.dropped), "errors": dict(self.errors), "notes": dict(self.notes),
                 "lost": self.lost()}
 
 
@@ -119,11 +132,12 @@ class Batches:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.linger_s = linger_s
-        self.records: list[list[list[Any]]] = [[] for _ in range(partitions)]
+        self.records: list[list[Any]] = [[] for _ in range(partitions)]  # TCP lists, QUIC tuples
         self.size = [0] * partitions  # bytes, estimated from above
         self.since = [0.0] * partitions  # monotonic time of the batch's first record
+        self.mixed = [False] * partitions  # its batch holds QUIC datagrams (a kind-3 message)
 
-    def add(self, partition: int, fields: list[Any], size: int) -> bool:
+    def add(self, partition: int, fields: list[Any] | tuple[Any, ...], size: int) -> bool:
         """Add a record; True when its batch is full (send it now)."""
         recs = self.records[partition]
         if not recs:
@@ -132,7 +146,8 @@ class Batches:
         self.size[partition] += size
         return len(recs) >= self.max_records or self.size[partition] >= self.max_bytes
 
-    def take(self, partition: int) -> list[list[Any]]:
+    def take(self, partition: int) -> list[Any]:
+        self.mixed[partition] = False
         recs = self.records[partition]
         self.records[partition] = []
         self.size[partition] = 0
@@ -152,8 +167,9 @@ class Edge:
     def __init__(self, producer: Any, topic: str, partitions: int, gate: Gate, source: str,
                  watermark_interval: float = 1.0, client_ip: AddrTransform | None = None,
                  max_wait_s: float | None = None, geo: GeoDB | None = None,
-                 batches: Batches | None = None) -> None:
+                 batches: Batches | None = None, quic: QuicGate | None = None) -> None:
         self.producer = producer
+        self.quic = quic  # None: UDP is not looked at (every non-TCP frame is non_tcp)
         self.geo = geo  # looked up on the raw address, before client_ip hides it
         self.topic = topic
         self.partitions = partitions
@@ -163,6 +179,9 @@ class Edge:
         self.client_ip = client_ip
         self.sender = BoundedSender(producer, topic, max_wait_s)
         self.batches = batches or Batches(partitions)
+        # batch numbers: a worker drops a batch the transport wrote twice (codecs/packet.py, docs/streaming.md)
+        self.run_id = secrets.randbits(63)
+        self.seq = [0] * partitions  # per partition: the number of its next batch
         self.stats = EdgeStats()
         self.end_ts = float("-inf")  # latest frame of any kind
         self.next_wm = float("-inf")
@@ -207,11 +226,13 @@ class Edge:
 
     def _send(self, partition: int) -> None:
         """Send a partition's batch as one message (or drop and count its records: queue full)."""
+        mixed = self.batches.mixed[partition]
         recs = self.batches.take(partition)
         n = len(recs)
         kw = {"timestamp": max(0, int(self.end_ts * 1000)), "on_delivery": self._on_delivery(n),
               "partition": partition}
-        if self.sender.send(encode_batch(self.source, recs), None, kw):
+        if self.sender.send(encode_batch(self.source, recs, (self.run_id, self.seq[partition]), mixed), None, kw):
+            self.seq[partition] += 1  # a dropped batch keeps its number: a gap means lost in delivery
             self.stats.sent += n
         else:
             self.stats.dropped["queue_full"] += n
@@ -231,6 +252,38 @@ class Edge:
             rec = rec._replace(src=self.client_ip(rec.src))  # the raw tuple keyed the gate; this one Kafka
         p = partition_of(rec.packed_key, self.partitions)
         if self.batches.add(p, packet_fields(rec, geo), 40 + 2 * len(rec.src)):
+            self._send(p)
+
+    def _udp(self, ts: float, linktype: int, data: bytes) -> bool:
+        """A frame that is not TCP: True when it was a UDP datagram to or from a QUIC port (then it is
+        accounted for here: sampled and published, or counted as dropped by name)."""
+        assert self.quic is not None
+        dg = decode_udp(ts, linktype, data)
+        if isinstance(dg, str):
+            if dg in ("non_ip", "non_udp"):
+                return False
+            self.stats.dropped[f"quic.{dg}"] += 1  # a UDP datagram cut or malformed: no port to tell by
+            return True
+        ports = self.quic.ports
+        if dg.dport not in ports and dg.sport not in ports:
+            return False
+        self.stats.quic += 1
+        got = self.quic.admit(dg)
+        if got is not None:
+            self.stats.sampled += 1
+            self._publish_quic(got)
+        return True
+
+    def _publish_quic(self, dg: QuicDatagram) -> None:
+        r0 = dg.recs[0]
+        geo = None
+        if self.geo is not None:
+            g = self.geo.lookup(r0.src)
+            geo = (g.country, g.asn)
+        src = self.client_ip(r0.src) if self.client_ip is not None else r0.src
+        p = partition_of(pack_key(src, r0.sport, r0.dst, r0.dport), self.partitions)
+        self.batches.mixed[p] = True
+        if self.batches.add(p, quic_fields(dg, src, geo), 40 + 2 * len(src) + 24 * len(dg.recs)):
             self._send(p)
 
     def stop_now(self) -> None:
@@ -274,6 +327,8 @@ class Edge:
                     self.end_ts = ts
                 rec = decode_frame(ts, linktype, data)
                 if isinstance(rec, str):
+                    if rec == "non_tcp" and self.quic is not None and self._udp(ts, linktype, data):
+                        continue
                     if rec in NON_TCP_REASONS:
                         s.dropped["non_tcp"] += 1
                     else:
@@ -302,6 +357,12 @@ class Edge:
         s = self.stats
         for k in GATE_DROPS:
             s.dropped[k] = self.gate.counters.get(k, 0)
+        if self.quic is not None:
+            for k, v in self.quic.counters.items():
+                if k != "sampled":  # the reader's quic_<decode reason> becomes quic.<decode reason>
+                    s.dropped[f"quic.{k.removeprefix('quic_')}"] = v
+            for k, v in self.quic.reader.counters.items():
+                s.notes[f"quic.{k}"] = v
         if self.input is not None and self.input.kernel_drops():
             s.dropped["kernel"] = self.input.kernel_drops()
         self.watermark(True)
@@ -347,6 +408,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", type=Path, default=None, help="topology.yaml to use")
     p.add_argument("--server-ip", action="append", metavar="IP|CIDR", help="server addresses (repeatable)")
     p.add_argument("--server-port", action="append", metavar="PORT", help="server ports (repeatable)")
+    p.add_argument("--quic-port", action="append", metavar="PORT",
+                   help="UDP server ports read as QUIC (repeatable, a,b; default 443; docs/edge.md)")
+    p.add_argument("--no-quic", action="store_true", help="TCP only: UDP frames are counted as non_tcp")
+    p.add_argument("--sni", choices=SNI_POLICIES, default="hash",
+                   help="what leaves the edge of a QUIC ClientHello's SNI: a pseudonym (hash, default), the name "
+                        "(keep), nothing (none)")
     p.add_argument("--sample", type=_probability, default=None, metavar="P",
                    help="probability of keeping a new connection (default: topology sampling.probability; "
                         "1 with --nflog-group)")
@@ -458,16 +525,21 @@ def main(argv: list[str] | None = None) -> int:
         probability = args.sample or 1.0  # the kernel rule sampled already
     else:
         probability = args.sample if args.sample is not None else sampling.probability
-    gate = Gate(Direction(_csv(args.server_ip), ports),
-                Sampler(probability, args.sample_mode or sampling.mode, sampling.hash_key),
-                topo.window)
+    sampler = Sampler(probability, args.sample_mode or sampling.mode, sampling.hash_key)
+    gate = Gate(Direction(_csv(args.server_ip), ports), sampler, topo.window)
+    quic_ports = []
+    for v in _csv(args.quic_port) or ["443"]:
+        if not v.isdigit() or not 0 < int(v) < 65536:
+            return _fail(f"--quic-port {v!r} is not a port number")
+        quic_ports.append(int(v))
+    quic = None if args.no_quic else QuicGate(_csv(args.server_ip), quic_ports, sampler, topo.window, args.sni)
     max_wait = args.max_wait if args.max_wait is not None else (None if args.pcap else 0.5)
     try:
         geo = GeoDB.open(args.geo) if args.geo else None
     except GeoError as e:
         return _fail(str(e))
     edge = Edge(producer, spec.name, spec.partitions, gate, edge_id, args.watermark_interval, client_ip, max_wait,
-                geo, Batches(spec.partitions, args.batch_records, args.batch_bytes, args.linger_ms / 1000))
+                geo, Batches(spec.partitions, args.batch_records, args.batch_bytes, args.linger_ms / 1000), quic)
     if args.metrics_port is not None:
         from rstscope.edge.metrics import EdgeCollector, serve
 

@@ -11,6 +11,12 @@ Differences from the text of SPEC section 3, each on purpose:
   and the spec wants client packets only;
 - ``--nflog-size 128`` (nft: ``snaplen 128``): headers only, payload bytes never leave the kernel
   (IPv6 + TCP with options is at most 40 + 60 bytes).
+
+UDP (QUIC, ``--quic-port``, default 443; docs/edge.md): the same two rules for ``-p udp``. Rule 1 labels a
+new UDP flow (conntrack's NEW: its first client datagram) with the same probability, rule 2 logs the first
+10 client datagrams of a labelled flow, with ``--quic-size`` bytes (1500): the edge must decrypt the
+client Initial (RFC 9001 5.2), whose AEAD tag covers the whole packet, so the whole datagram is needed.
+Those payload bytes reach the edge process and go no further (it sends header records only).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 DEFAULT_LABEL = 42
 DEFAULT_PREFIX = "rstscope"
 DEFAULT_SNAPLEN = 128
+DEFAULT_UDP_SNAPLEN = 1500  # a whole client Initial datagram (>= 1200 bytes, RFC 9000 14.1), to decrypt it
 NUMGEN_MOD = 1_000_000  # nft's random draw: probability resolution 1e-6
 
 IPTABLES_MODULES = ("nf_conntrack", "xt_conntrack", "xt_statistic", "xt_connlabel", "xt_connbytes",
@@ -61,6 +68,8 @@ class RuleSpec:
     prefix: str = DEFAULT_PREFIX
     snaplen: int = DEFAULT_SNAPLEN
     max_packets: int = 10
+    udp_ports: tuple[int, ...] = ()  # QUIC server ports (UDP): empty, no UDP rules
+    udp_snaplen: int = DEFAULT_UDP_SNAPLEN
 
     def __post_init__(self) -> None:
         if not 0.0 < self.probability <= 1.0:
@@ -71,6 +80,10 @@ class RuleSpec:
             raise ValueError("conntrack label must be in 0..127")
         if any(not 0 < p < 65536 for p in self.ports) or len(self.ports) > 15:
             raise ValueError("server ports must be 1..65535, at most 15 (multiport)")
+        if any(not 0 < p < 65536 for p in self.udp_ports) or len(self.udp_ports) > 15:
+            raise ValueError("QUIC ports must be 1..65535, at most 15 (multiport)")
+        if not 1200 <= self.udp_snaplen <= 65535:
+            raise ValueError("the QUIC copy size must be 1200..65535 (a client Initial is >= 1200 bytes)")
         if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,63}", self.prefix):
             raise ValueError("NFLOG prefix: 1..63 characters of [A-Za-z0-9_.:-]")
 
@@ -101,11 +114,29 @@ def iptables_rules(spec: RuleSpec) -> list[list[str]]:
              "--connbytes-dir", "original", "--connbytes-mode", "packets",
              "-j", "NFLOG", "--nflog-group", str(spec.group), "--nflog-prefix", spec.prefix,
              "--nflog-size", str(spec.snaplen)]
-    return [rule1, rule2]
+    if not spec.udp_ports:
+        return [rule1, rule2]
+    udp = ["-m", "multiport", "--dports", ",".join(map(str, spec.udp_ports))]
+    rule3 = ["-p", "udp", *udp, "-m", "conntrack", "--ctstate", "NEW"]
+    if spec.probability < 1.0:
+        rule3 += ["-m", "statistic", "--mode", "random", "--probability", _prob_text(spec.probability)]
+    rule3 += ["-m", "connlabel", "--label", str(spec.label), "--set"]
+    rule4 = ["-p", "udp", *udp, "-m", "conntrack", "--ctdir", "ORIGINAL",
+             "-m", "connlabel", "--label", str(spec.label),
+             "-m", "connbytes", "!", "--connbytes", str(spec.max_packets + 1),
+             "--connbytes-dir", "original", "--connbytes-mode", "packets",
+             "-j", "NFLOG", "--nflog-group", str(spec.group), "--nflog-prefix", spec.prefix,
+             "--nflog-size", str(spec.udp_snaplen)]
+    return [rule1, rule2, rule3, rule4]
 
 
 def jump_rule(spec: RuleSpec) -> list[str]:
     return ["-p", "tcp", "-j", spec.chain]
+
+
+def jump_rules(spec: RuleSpec) -> list[list[str]]:
+    """PREROUTING's jumps to the chain: TCP, and UDP when QUIC ports are sampled."""
+    return [jump_rule(spec), *([["-p", "udp", "-j", spec.chain]] if spec.udp_ports else [])]
 
 
 def iptables_text(spec: RuleSpec, tools: Sequence[str] = ("iptables", "ip6tables")) -> str:
@@ -114,7 +145,7 @@ def iptables_text(spec: RuleSpec, tools: Sequence[str] = ("iptables", "ip6tables
     for tool in tools:
         lines.append(f"{tool} -t mangle -N {spec.chain}")
         lines += [f"{tool} -t mangle -A {spec.chain} {' '.join(r)}" for r in iptables_rules(spec)]
-        lines.append(f"{tool} -t mangle -A PREROUTING {' '.join(jump_rule(spec))}")
+        lines += [f"{tool} -t mangle -A PREROUTING {' '.join(j)}" for j in jump_rules(spec)]
     return "\n".join(lines) + "\n"
 
 
@@ -124,6 +155,13 @@ def nft_script(spec: RuleSpec) -> str:
     cut = round(spec.probability * NUMGEN_MOD)
     draw = "" if spec.probability >= 1.0 else f"numgen random mod {NUMGEN_MOD} < {max(cut, 1)} "
     t = spec.nft_table
+    udp = ""
+    if spec.udp_ports:
+        q = f"udp dport {{ {', '.join(map(str, spec.udp_ports))} }} "
+        udp = (f"\t\tmeta l4proto udp {q}ct state new {draw}ct label set {spec.label}\n"
+               f"\t\tmeta l4proto udp {q}ct direction original ct label {spec.label} "
+               f"ct original packets < {spec.max_packets + 1} "
+               f"log prefix \"{spec.prefix}\" group {spec.group} snaplen {spec.udp_snaplen}\n")
     return (
         f"table inet {t}\n"
         f"delete table inet {t}\n"
@@ -135,6 +173,7 @@ def nft_script(spec: RuleSpec) -> str:
         f"\t\tmeta l4proto tcp {ports}ct direction original ct label {spec.label} "
         f"ct original packets < {spec.max_packets + 1} "
         f"log prefix \"{spec.prefix}\" group {spec.group} snaplen {spec.snaplen}\n"
+        f"{udp}"
         f"\t}}\n"
         f"}}\n"
     )
@@ -199,8 +238,9 @@ def apply_iptables(spec: RuleSpec, tools: Sequence[str], run: Runner = _run) -> 
         _check([*t, "-F", spec.chain], run)
         for rule in iptables_rules(spec):
             _check([*t, "-A", spec.chain, *rule], run)
-        if run([*t, "-C", "PREROUTING", *jump_rule(spec)]).returncode != 0:
-            _check([*t, "-A", "PREROUTING", *jump_rule(spec)], run)
+        for j in jump_rules(spec):
+            if run([*t, "-C", "PREROUTING", *j]).returncode != 0:
+                _check([*t, "-A", "PREROUTING", *j], run)
 
 
 def remove_iptables(spec: RuleSpec, tools: Sequence[str], run: Runner = _run) -> int:
@@ -208,8 +248,9 @@ def remove_iptables(spec: RuleSpec, tools: Sequence[str], run: Runner = _run) ->
     found = 0
     for tool in tools:
         t = [tool, "-w", "-t", "mangle"]
-        while run([*t, "-C", "PREROUTING", *jump_rule(spec)]).returncode == 0:
-            _check([*t, "-D", "PREROUTING", *jump_rule(spec)], run)
+        for j in [jump_rule(spec), ["-p", "udp", "-j", spec.chain]]:  # both, whatever this spec samples
+            while run([*t, "-C", "PREROUTING", *j]).returncode == 0:
+                _check([*t, "-D", "PREROUTING", *j], run)
         if run([*t, "-L", spec.chain, "-n"]).returncode == 0:
             found += 1
             _check([*t, "-F", spec.chain], run)
@@ -268,6 +309,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--server-port", action="append", metavar="PORT", help="only these dports (repeatable, a,b)")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="NFLOG prefix")
     p.add_argument("--nflog-size", type=int, default=DEFAULT_SNAPLEN, help="bytes of each packet copied (128)")
+    p.add_argument("--quic-port", action="append", metavar="PORT",
+                   help="UDP ports sampled as QUIC (repeatable, a,b; default 443)")
+    p.add_argument("--no-quic", action="store_true", help="TCP only: no UDP rules")
+    p.add_argument("--quic-size", type=int, default=DEFAULT_UDP_SNAPLEN,
+                   help="bytes of each QUIC datagram copied (1500: the edge decrypts client Initials)")
     p.add_argument("--family", choices=("4", "6", "both"), default="both", help="iptables: IPv4, IPv6 or both")
     p.add_argument("--nft", action="store_true", help="nftables instead of iptables")
     act = p.add_mutually_exclusive_group()
@@ -283,8 +329,9 @@ def tools_for(family: str) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        udp = () if args.no_quic else _port_list(args.quic_port) or (443,)
         spec = RuleSpec(args.probability, args.nflog_group, args.label, _port_list(args.server_port),
-                        args.prefix, args.nflog_size)
+                        args.prefix, args.nflog_size, udp_ports=udp, udp_snaplen=args.quic_size)
     except ValueError as e:
         print(f"rstscope edge rules: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """`rstscope quic`: classify the QUIC connections of capture files (docs/quic.md), offline.
 
-The QUIC counterpart of `rstscope analyze` while QUIC is not yet part of the edge, the workers and the
-rollups (issue 17): the same windows and cutoff rule, QUIC's stages, one record per connection attempt.
+The QUIC counterpart of `rstscope analyze` (issue 17): the same windows and cutoff rule, QUIC's
+stages, one record per connection attempt; the edge's reader and the worker's table, composed
+(`quic.offline`), so a worker's records through Kafka are these.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -16,10 +18,21 @@ import orjson
 from rstscope import config
 from rstscope.capture.files import CaptureError
 from rstscope.core.classify import STAGES
+from rstscope.core.rollup import Rollup
+from rstscope.geo import GeoDB, GeoError
+from rstscope.outputs import MissingExtra, rollup_writer
 from rstscope.quic.offline import classify_files
 from rstscope.report import STAGE_LABELS
 
 SNI_POLICIES = ("hash", "keep", "none")
+
+
+def _locate(geo: GeoDB) -> Callable[[bytes], tuple[str, int, str]]:
+    def locate(addr: bytes) -> tuple[str, int, str]:
+        g = geo.lookup(addr)
+        return g.country, g.asn, g.as_name
+
+    return locate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sni", choices=SNI_POLICIES, default="hash",
                     help="what records keep of the SNI: a pseudonym (hash, default), the name (keep), nothing")
     ap.add_argument("--topology", type=Path, default=None)
+    ap.add_argument("--geo", type=Path, default=None, metavar="DIR", help="directory with .mmdb files")
     ap.add_argument("--out", type=Path, default=None, help="write one JSON record per connection attempt here")
+    ap.add_argument("--rollups", type=Path, default=None, metavar="FILE",
+                    help="write QUIC rollup rows (transport quic): JSON lines, or CSV / Parquet by extension")
     ap.add_argument("--format", choices=("table", "json"), default="table")
     args = ap.parse_args(argv)
     ips = [p.strip() for v in args.server_ip for p in v.split(",") if p.strip()]
@@ -42,10 +58,22 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         topo = config.load(args.topology)
-        records, counters = classify_files(args.files, ips, args.server_port or (443,), topo, args.sni)
-    except (config.TopologyError, CaptureError, ValueError, OSError) as e:
+        geo = GeoDB.open(args.geo) if args.geo else None
+        records, counters = classify_files(args.files, ips, args.server_port or (443,), topo, args.sni,
+                                           _locate(geo) if geo is not None else None)
+    except (config.TopologyError, CaptureError, GeoError, ValueError, OSError) as e:
         print(f"rstscope quic: {e}", file=sys.stderr)
         return 2
+    if args.rollups is not None:
+        try:
+            with rollup_writer(args.rollups) as w:
+                rollup = Rollup(topo.window.size_s)
+                rollup.extend(records)
+                for row in rollup.rows():
+                    w.write(row)
+        except MissingExtra as e:
+            print(f"rstscope quic: {e}", file=sys.stderr)
+            return 2
     if args.out is not None:
         with args.out.open("wb") as out:
             for r in records:

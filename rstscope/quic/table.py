@@ -1,4 +1,5 @@
-"""QUIC connection attempts per 4-tuple, over event time (docs/quic.md).
+"""QUIC connection attempts per 4-tuple, over event time (docs/quic.md). Bytes-free: it reads the
+header records the reader (``quic.reader``, at the edge) made, never a datagram's payload.
 
 An attempt is opened by a client Initial that starts a new ClientHello and lives in the 15-minute
 window of that Initial (``rstscope.core.table.window_of``). It ends at once by a client
@@ -6,9 +7,10 @@ CONNECTION_CLOSE seen in an Initial (``close``), by its ``max_packets``-th clien
 restart (a new opening Initial on the tuple: ``restart``); otherwise it is judged at the cutoff by the
 core's rule (``rstscope.core.table.exclusion``): a timeout, or ``incomplete``.
 
-``step`` is the rule for one datagram (a list of QuicPacketRecords with one timestamp) on one tuple;
-``QuicTable`` keeps the attempts with the three hooks of nfstream's plugins (``on_init``, ``on_update``,
-``on_expire``) and does the one thing that needs bytes: decrypting client Initials (``add_datagram``).
+``step`` is the rule for one datagram (a list of QuicPacketRecords with one timestamp) on one tuple; the
+reader runs it too (to know which attempt's keys decrypt the next Initial), so the edge and the table
+never disagree. ``QuicTable`` keeps the attempts with the three hooks of nfstream's plugins
+(``on_init``, ``on_update``, ``on_expire``).
 """
 
 from __future__ import annotations
@@ -17,37 +19,12 @@ import enum
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from rstscope.config import WindowParams
 from rstscope.core.table import exclusion, window_of
-from rstscope.decode.quic import (
-    SUPPORTED_VERSIONS,
-    QuicDecodeError,
-    QuicPacketHeader,
-    QuicPacketType,
-    parse_datagram,
-)
-from rstscope.decode.quic_initial import (
-    CryptoReassembler,
-    InitialKeys,
-    InitialPayload,
-    decrypt_initial,
-    initial_keys,
-    parse_client_hello,
-)
 from rstscope.packet import pack_key
-from rstscope.quic.packet import (
-    BY_ATTEMPT,
-    BY_OWN_DCID,
-    INITIAL,
-    NOT_DECRYPTED,
-    UNKNOWN,
-    Key,
-    QuicPacketRecord,
-    opens,
-)
-from rstscope.quic.udp import UdpDatagram
+from rstscope.quic.packet import INITIAL, NOT_DECRYPTED, UNKNOWN, Hello, Key, QuicPacketRecord, opens
 
 # Why an attempt ended (the record's ``end``).
 END_CLOSE = "close"  # a client CONNECTION_CLOSE in a decrypted Initial
@@ -87,25 +64,35 @@ class Attempt:
 
     key: Key
     window_start: int
-    odcid: bytes  # the DCID of its first Initial (its Initial keys derive from it)
+    odcid: bytes  # the tag of the DCID of its first Initial (``packet.dcid_tag``)
     version: int  # the QUIC version of its first Initial
     first_ts: float
     last_ts: float
-    keys: InitialKeys | None = None  # None: a version rstscope cannot decrypt
+    odcid_len: int = 0
     packets: list[QuicPacketRecord] = field(default_factory=list)
+    refs: list[int] = field(default_factory=list)  # its datagrams' messages (a worker acks them when it ends)
     datagrams: int = 0
     hellos: int = 0  # Initials of it that carry a ClientHello's start (CRYPTO at offset 0)
     close: bool = False
     sealed: str = ""  # "" while it takes datagrams; else why it ended
     tag: str = ""  # the restart's kind, when it ended by a restart
-    sni: str | None = None
+    sni: str | None = None  # after the SNI policy (the reader applied it)
     alpn: tuple[str, ...] = ()
-    largest_pn: int = -1  # the client's Initial packet numbers, for packet number recovery
-    short_dcid_len: int = 0  # the DCID length of its Handshake packets: its 1-RTT packets' too
-    reasm: CryptoReassembler | None = None  # dropped as soon as the ClientHello is parsed
+    meta: Any = None  # what a worker attaches (the edge's geolocation of the client)
 
 
-def step(st: Attempt | None, recs: Sequence[QuicPacketRecord], window: int) -> Outcome:
+class AttemptState(Protocol):
+    """What ``step`` reads of a tuple's attempt (the table's Attempt, the reader's key state)."""
+
+    @property
+    def window_start(self) -> int: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def sealed(self) -> str: ...
+
+
+def step(st: AttemptState | None, recs: Sequence[QuicPacketRecord], window: int) -> Outcome:
     """The rule for one client datagram (its packets ``recs``) on a tuple whose attempt is ``st``.
 
     - No attempt in its window: a datagram with an opening Initial opens one, others are ``no_initial``.
@@ -145,12 +132,13 @@ class QuicTable:
     ``open`` holds attempts that still take datagrams, ``sealed`` the attempts that ended (close, cap)
     until their window closes, so that their later datagrams are counted and their repeated Initials
     (decrypted with their keys) are not taken for new attempts. Counters: datagrams no_initial,
-    after_close, beyond_max_packets, late; attempts incomplete; notes initial_undecryptable,
-    client_hello_error, quic_<decode reason>.
+    after_close, beyond_max_packets, late; attempts incomplete.
     """
 
-    def __init__(self, params: WindowParams) -> None:
+    def __init__(self, params: WindowParams, auto_advance: bool = True) -> None:
         self.params = params
+        # True: event time is the latest datagram's (one input); False: the caller moves it (a worker)
+        self.auto_advance = auto_advance
         self.size = params.size_s
         self.open: dict[bytes, Attempt] = {}
         self.sealed: dict[bytes, Attempt] = {}
@@ -161,19 +149,20 @@ class QuicTable:
 
     # -- the three hooks -------------------------------------------------------------------------
 
-    def on_init(self, pkey: bytes, recs: Sequence[QuicPacketRecord], window: int,
-                keys: InitialKeys | None) -> Attempt:
-        """A new attempt from its opening datagram (``keys``: those of its opening Initial, if any)."""
+    def on_init(self, pkey: bytes, recs: Sequence[QuicPacketRecord], window: int) -> Attempt:
+        """A new attempt from its opening datagram."""
         o = next(r for r in recs if opens(r))
-        att = Attempt(o.key, window, o.dcid, o.version or 0, recs[0].ts, recs[0].ts, keys,
-                      reasm=CryptoReassembler() if keys is not None else None)
+        att = Attempt(o.key, window, o.dcid, o.version or 0, recs[0].ts, recs[0].ts, o.dcid_len)
         self.open[pkey] = att
         self.sealed.pop(pkey, None)
         return att
 
-    def on_update(self, att: Attempt, recs: Sequence[QuicPacketRecord]) -> None:
+    def on_update(self, att: Attempt, recs: Sequence[QuicPacketRecord], hello: Hello | None, ref: int) -> None:
         """Take one datagram's packets: header records only; a close ends the attempt at once."""
         att.packets.extend(recs)
+        att.refs.append(ref)
+        if hello is not None:
+            att.sni, att.alpn = hello.sni, hello.alpn
         att.datagrams += 1
         ts = recs[0].ts
         att.last_ts = max(att.last_ts, ts)
@@ -183,8 +172,6 @@ class QuicTable:
                 att.hellos += 1
             if r.close:
                 att.close = True
-            if r.ptype == QuicPacketType.HANDSHAKE.value:
-                att.short_dcid_len = len(r.dcid)
 
     def on_expire(self, att: Attempt, end: str, cutoff: float = float("inf")) -> QuicFinished:
         """Finish an attempt: ended ones are always classified, the others judged at ``cutoff``."""
@@ -192,7 +179,6 @@ class QuicTable:
         if self.open.get(pkey) is att:
             del self.open[pkey]
         att.sealed = end
-        att.reasm = None
         decided = end != END_CUTOFF
         excluded = exclusion(1, decided, att.last_ts, cutoff, self.params)
         if excluded:
@@ -203,10 +189,11 @@ class QuicTable:
 
     # -- input -----------------------------------------------------------------------------------
 
-    def add(self, recs: Sequence[QuicPacketRecord], keys: InitialKeys | None = None) -> list[QuicFinished]:
-        """One client datagram's packet records (already decrypted where possible). Returns what it
-        finished; ``last`` is the attempt that took it (None: it was counted)."""
-        out = self.advance(recs[0].ts)
+    def add(self, recs: Sequence[QuicPacketRecord], hello: Hello | None = None, ref: int = 0) -> list[QuicFinished]:
+        """One client datagram's packet records (as the reader made them) and its ClientHello's facts,
+        if it completed one. Returns what it finished; ``last`` is the attempt that took it (None: it
+        was counted). ``ref`` is kept with the attempt (``Attempt.refs``)."""
+        out = self.advance(recs[0].ts) if self.auto_advance else []
         self.last = None
         ts = recs[0].ts
         window = int(window_of(ts, self.size))
@@ -227,9 +214,9 @@ class QuicTable:
         elif o.step is Step.OPEN and att is not None:  # an attempt of an older window: its window closed
             out.append(self.on_expire(att, END_CUTOFF, att.window_start + self.size))
         if o.step is not Step.JOIN:
-            att = self.on_init(pkey, recs, window, keys)
+            att = self.on_init(pkey, recs, window)
         assert att is not None
-        self.on_update(att, recs)
+        self.on_update(att, recs, hello, ref)
         self.last = att
         if att.close:
             out.append(self.on_expire(att, END_CLOSE))
@@ -261,77 +248,3 @@ class QuicTable:
         out.extend(self._close_windows(2**62, end_ts))
         self.sealed.clear()
         return out
-
-    # -- bytes: the one place a datagram's payload is read -----------------------------------------
-
-    def add_datagram(self, dg: UdpDatagram) -> list[QuicFinished]:
-        """Parse one client datagram, decrypt its Initials (the attempt's keys first, then the packet's
-        own DCID's), feed the attempt's ClientHello reassembly, and ``add`` its records. The payload and
-        the CRYPTO bytes are dropped before this returns; only SNI and ALPN are kept."""
-        self.last = None
-        pkey = pack_key(dg.src, dg.sport, dg.dst, dg.dport)
-        st = self.open.get(pkey) or self.sealed.get(pkey)
-        try:
-            headers = parse_datagram(dg.payload, st.short_dcid_len if st is not None else 0)
-        except QuicDecodeError as e:
-            self.counters["quic_" + e.reason] += 1
-            return self.advance(dg.ts)
-        recs: list[QuicPacketRecord] = []
-        payloads: list[tuple[InitialKeys, InitialPayload] | None] = []
-        for h in headers:
-            rec, dec = self._record(dg, h, st)
-            recs.append(rec)
-            payloads.append(dec)
-        opener = next((d for r, d in zip(recs, payloads, strict=True) if opens(r)), None)
-        keys = opener[0] if opener is not None else None
-        out = self.add(recs, keys)
-        att = self.last
-        if att is not None:
-            for dec in payloads:
-                if dec is not None and dec[0] is att.keys:
-                    self._crypto(att, dec[1])
-        return out
-
-    def _record(self, dg: UdpDatagram, h: QuicPacketHeader, st: Attempt | None
-                ) -> tuple[QuicPacketRecord, tuple[InitialKeys, InitialPayload] | None]:
-        ptype = h.packet_type.value if h.packet_type is not None else UNKNOWN
-        rec = QuicPacketRecord(dg.ts, dg.ip_version, dg.src, dg.dst, dg.sport, dg.dport, ptype, h.version,
-                               h.dcid, h.size, dg.ttl, dg.ipid, bool(h.token_len))
-        if h.packet_type is not QuicPacketType.INITIAL or h.version not in SUPPORTED_VERSIONS:
-            return rec, None
-        assert h.version is not None
-        how, keys, payload = NOT_DECRYPTED, None, None
-        if st is not None and st.keys is not None and st.keys.version == h.version:
-            try:
-                payload = decrypt_initial(dg.payload, h, st.keys, st.largest_pn)
-                how, keys = BY_ATTEMPT, st.keys
-            except QuicDecodeError:
-                pass
-        if payload is None:
-            try:
-                own = initial_keys(h.dcid, h.version)
-                payload = decrypt_initial(dg.payload, h, own)
-                how, keys = BY_OWN_DCID, own
-            except QuicDecodeError:
-                self.counters["initial_undecryptable"] += 1
-                return rec, None
-        assert keys is not None
-        rec = rec._replace(decrypted=how, hello=any(f.offset == 0 for f in payload.crypto),
-                           close=payload.connection_close is not None)
-        return rec, (keys, payload)
-
-    def _crypto(self, att: Attempt, payload: InitialPayload) -> None:
-        """Reassemble the attempt's ClientHello; once parsed keep SNI and ALPN and drop the bytes."""
-        att.largest_pn = max(att.largest_pn, payload.packet_number)
-        if att.reasm is None or not payload.crypto:
-            return
-        try:
-            att.reasm.add_payload(payload)
-            hello = att.reasm.client_hello()
-            if hello is None:
-                return
-            ch = parse_client_hello(hello)
-            att.sni, att.alpn = ch.server_name, ch.alpn
-        except QuicDecodeError:
-            self.counters["client_hello_error"] += 1
-        att.reasm = None

@@ -25,6 +25,12 @@ replay). So the packet that opened a tuple's first connection in a window is *pi
 before its window closed (or the input ended), even if its connection was emitted long before. In
 window mode this costs little (connections that have not ended hold their window's offsets anyway).
 
+QUIC (mixed batches, codecs/packet.py kind 3) follows the same discipline with a bytes-free QUIC
+attempt table per partition (``quic.table.QuicTable``) next to the connection table, advanced, closed
+and unpinned by the same event time: a datagram's message is held while its attempt is open, and the
+datagram that opened a tuple's first attempt in a window is pinned until that window closes (an
+ended attempt's state decides later datagrams there too: ``quic.table.step``).
+
 `ConnectionStage` is transport-free (bytes in, dicts out) so it can be benchmarked and unit-tested;
 `build` wires it into a Faust app.
 """
@@ -39,7 +45,7 @@ from typing import Any
 
 from rstscope.codecs.errors import CodecError, MalformedRecord
 from rstscope.codecs.jsonl import dumps
-from rstscope.codecs.packet import EdgeGeo, Watermark, decode_message
+from rstscope.codecs.packet import Batch, EdgeGeo, Watermark, decode_message
 from rstscope.config import Topology
 from rstscope.core.record import ConnectionRecord, make_record
 from rstscope.core.rollup import bucket_of
@@ -47,6 +53,9 @@ from rstscope.core.table import ConnectionTable, Finished, window_of
 from rstscope.geo import GeoDB
 from rstscope.kafka.roles import role_spec
 from rstscope.packet import PacketRecord
+from rstscope.quic.packet import QuicDatagram
+from rstscope.quic.record import QuicRecord, record_of
+from rstscope.quic.table import QuicFinished, QuicTable
 from rstscope.streams.checkpoint import Checkpoint
 from rstscope.streams.edges import NEVER, EdgeClock, EdgeClocks
 from rstscope.streams.faust_internals import AckRef, TopicBatches
@@ -54,6 +63,7 @@ from rstscope.streams.offsets import OffsetGuard
 from rstscope.streams.status import EdgeStatus
 
 log = logging.getLogger(__name__)
+Record = ConnectionRecord | QuicRecord  # what the stage emits (a QUIC record carries "transport": "quic")
 
 
 class ProcessingError(CodecError):
@@ -89,12 +99,13 @@ class PartitionState:
 
     def __init__(self, topology: Topology, now: float, warmup_s: float) -> None:
         self.table = ConnectionTable(topology.window, auto_advance=False)
+        self.qtable = QuicTable(topology.window, auto_advance=False)  # QUIC attempts: the same event time
         self.clocks = EdgeClocks(topology.edges.idle_s, now, warmup_s)
         self.queue: deque[_Entry] = deque()
         self.base = 0  # the number of queue[0]
         self.next_ref = 0  # the number of the next message
         self.pinned: dict[int, list[_Entry]] = {}  # window start -> its tuples' first openers' messages
-        self.window = self.table.current_window  # the table's current window when pins were last checked
+        self.window = self.closed_before()  # the tables' current window when pins were last checked
 
     def release(self, ref: int) -> None:
         self.queue[ref - self.base].holds -= 1
@@ -105,7 +116,11 @@ class PartitionState:
         for w in [w for w in self.pinned if w < before]:
             for e in self.pinned.pop(w):
                 e.holds -= 1
-        self.window = self.table.current_window
+        self.window = self.closed_before()
+
+    def closed_before(self) -> int:
+        """Windows before this one are closed in both tables (they advance together: one event time)."""
+        return min(self.table.current_window, self.qtable.current_window)
 
 
 class ConnectionStage:
@@ -133,16 +148,18 @@ class ConnectionStage:
         for p in partitions:
             st = self.parts.pop(p, None)
             if st is not None:
-                self.counters["revoked_open"] += len(st.table.open)
+                self.counters["revoked_open"] += len(st.table.open) + len(st.qtable.open)
                 for k, v in st.table.counters.items():
                     self.counters[f"table:{k}"] += v
+                for k, v in st.qtable.counters.items():
+                    self.counters[f"quic_table:{k}"] += v
 
     def edge_status(self) -> list[EdgeStatus]:
         """Every edge as every partition of this worker sees it (the metrics page)."""
         return [e for p, st in sorted(self.parts.items()) for e in st.clocks.status(p)]
 
     def feed(self, partition: int, value: bytes | None,
-             handle: Any) -> tuple[list[ConnectionRecord], list[CodecError]]:
+             handle: Any) -> tuple[list[Record], list[CodecError]]:
         """Process one message (a batch of packets or a watermark). Returns the finished (classified)
         records and the errors of what could not be used (each one counted; the caller dead-letters them)."""
         st = self.state(partition)
@@ -151,7 +168,7 @@ class ConnectionStage:
         ref = st.next_ref
         st.next_ref += 1
         errors: list[CodecError] = []
-        out: list[ConnectionRecord] = []
+        out: list[Record] = []
         try:
             msg = decode_message(value or b"")
             now = self.clock()
@@ -160,11 +177,22 @@ class ConnectionStage:
                     raise AheadOfClock(f"watermark at {msg.ts:.3f} is more than {self.max_ahead_s:g} s ahead")
                 out = self._watermark(st, msg, now)
             else:
-                for i, e in msg.errors:
-                    errors.append(MalformedRecord(f"record {i} of the batch: {e}"))
                 clock = st.clocks.heard(msg.edge, NEVER, now)
                 limit = now + self.max_ahead_s
                 n = 0
+                if msg.run is not None and msg.seq is not None:
+                    missing = EdgeClocks.number(clock, msg.run, msg.seq)
+                    if missing < 0:  # a copy of a batch already taken: nothing of it may count twice
+                        self.counters["duplicate_batches"] += 1
+                        self.counters["duplicate_packets"] += len(msg.packets)
+                        msg = msg._replace(packets=[], errors=[], quic=())
+                    elif missing:
+                        self.counters["batches_missing"] += missing
+                for i, e in msg.errors:
+                    errors.append(MalformedRecord(f"record {i} of the batch: {e}"))
+                if msg.quic:  # a mixed batch: its TCP packets and QUIC datagrams, in capture order
+                    out += self._mixed(st, ref, entry, clock, msg, now, errors)
+                    msg = msg._replace(packets=[])
                 for pkt, geo in msg.packets:
                     if pkt.ts > limit:
                         errors.append(AheadOfClock(f"packet at {pkt.ts:.3f} is more than {self.max_ahead_s:g} s "
@@ -183,32 +211,36 @@ class ConnectionStage:
         entry.holds -= 1
         return out, errors
 
-    def _advance(self, st: PartitionState, now: float) -> list[ConnectionRecord]:
+    def _advance(self, st: PartitionState, now: float) -> list[Record]:
         """Move the table to the event time the partition's edges allow; close it if the input ended."""
-        table = st.table
+        table, qtable = st.table, st.qtable
         done = []
+        qdone: list[QuicFinished] = []
         t = st.clocks.event_time(now)
         if t > table.watermark:
             done = table.advance(t)
+        if t > qtable.watermark:
+            qdone = qtable.advance(t)
         end = st.clocks.ended(now)
         if end is not None:
             # every edge feeding this partition reached its end of input (or went idle): the analyze
             # rule applies, what has not ended is judged at the cutoff min(window end, the end of input)
             done += table.close(end)
+            qdone += qtable.close(end)
             st.clocks.reset()
             st.unpin(float("inf"))  # close() dropped every marker
             self.counters["inputs_ended"] += 1
-        elif table.current_window != st.window:
-            st.unpin(table.current_window)
-        return self._finish(st, done)
+        elif st.closed_before() != st.window:
+            st.unpin(st.closed_before())
+        return self._finish(st, done) + self._finish_quic(st, qdone)
 
-    def _watermark(self, st: PartitionState, wm: Watermark, now: float) -> list[ConnectionRecord]:
+    def _watermark(self, st: PartitionState, wm: Watermark, now: float) -> list[Record]:
         self.counters["watermarks"] += 1
         st.clocks.promised(wm.source, wm.ts, wm.eof, now)
         return self._advance(st, now)
 
     def _packet(self, st: PartitionState, ref: int, entry: _Entry, clock: EdgeClock, item: PacketRecord,
-                geo: EdgeGeo | None, now: float) -> list[ConnectionRecord]:
+                geo: EdgeGeo | None, now: float) -> list[Record]:
         """One packet of a batch from the edge whose ``clock`` it moves."""
         table = st.table
         if item.ts > clock.watermark:
@@ -235,11 +267,88 @@ class ConnectionStage:
             out += self._finish(st, done)
         return out
 
-    def _finish(self, st: PartitionState, done: list[Finished]) -> list[ConnectionRecord]:
+    def _mixed(self, st: PartitionState, ref: int, entry: _Entry, clock: EdgeClock, msg: Batch, now: float,
+               errors: list[CodecError]) -> list[Record]:
+        """A mixed batch's TCP packets and QUIC datagrams, in the order the edge read them."""
+        out: list[Record] = []
+        limit = now + self.max_ahead_s
+        quic, qi = msg.quic, 0
+        for i in range(len(msg.packets) + 1):
+            while qi < len(quic) and quic[qi][0] <= i:
+                _, dg, geo = quic[qi]
+                qi += 1
+                if dg.recs[0].ts > limit:
+                    errors.append(AheadOfClock(f"QUIC datagram at {dg.recs[0].ts:.3f} is more than "
+                                               f"{self.max_ahead_s:g} s ahead of this worker's clock "
+                                               f"(edge {msg.edge!r})"))
+                    continue
+                self.counters["quic_datagrams"] += 1
+                out += self._datagram(st, ref, entry, clock, dg, geo, now)
+            if i < len(msg.packets):
+                pkt, pgeo = msg.packets[i]
+                if pkt.ts > limit:
+                    errors.append(AheadOfClock(f"packet at {pkt.ts:.3f} is more than {self.max_ahead_s:g} s "
+                                               f"ahead of this worker's clock (edge {msg.edge!r})"))
+                    continue
+                self.counters["packets"] += 1
+                out += self._packet(st, ref, entry, clock, pkt, pgeo, now)
+        return out
+
+    def _datagram(self, st: PartitionState, ref: int, entry: _Entry, clock: EdgeClock, dg: QuicDatagram,
+                  geo: EdgeGeo | None, now: float) -> list[Record]:
+        """One QUIC datagram: as ``_packet``, with the QUIC attempt table (holds, pins, the same clock)."""
+        qt = st.qtable
+        ts = dg.recs[0].ts
+        if ts > clock.watermark:
+            clock.watermark = ts
+        out = self._advance(st, now) if ts > qt.watermark else []
+        window = int(window_of(ts, qt.size))
+        if window < qt.current_window:
+            clock.late += 1  # the table counts it too (late); here: which edge it came from
+        key = dg.recs[0].packed_key
+        before = qt.open.get(key) or qt.sealed.get(key)
+        first = before is None or before.window_start != window  # the tuple has no state in this window
+        entry.holds += 1  # the attempt may keep it (released when the attempt is finished)
+        done = qt.add(dg.recs, dg.hello, ref)
+        att = qt.last
+        if att is None:
+            entry.holds -= 1  # dropped by the table
+        else:
+            if geo is not None:
+                att.meta = geo
+            if first:  # it opened the tuple's first attempt of the window: pinned until the window closes
+                entry.holds += 1
+                st.pinned.setdefault(window, []).append(entry)
+        if done:
+            out += self._finish_quic(st, done)
+        return out
+
+    def _finish_quic(self, st: PartitionState, done: list[QuicFinished]) -> list[Record]:
+        """Records of the finished QUIC attempts; their datagrams' messages are released."""
+        if not done:
+            return []
+        out: list[Record] = []
+        for f in done:
+            for r in f.attempt.refs:
+                st.release(r)
+            if f.excluded:
+                self.counters[f"quic_excluded:{f.excluded}"] += 1
+                continue
+            edge_geo = f.attempt.meta
+            if isinstance(edge_geo, EdgeGeo):
+                country, asn, as_name = edge_geo.country, edge_geo.asn, ""
+            else:
+                g = self.geo.lookup(f.attempt.key[0])
+                country, asn, as_name = g.country, g.asn, g.as_name
+            out.append(record_of(f, country, asn, as_name))
+        self.counters["quic_records"] += len(out)
+        return out
+
+    def _finish(self, st: PartitionState, done: list[Finished]) -> list[Record]:
         """Records of the finalized connections; their packets' messages are released."""
         if not done:
             return []
-        out = []
+        out: list[Record] = []
         w = self.topology.window
         for f in done:
             for r in f.conn.refs:
@@ -257,11 +366,11 @@ class ConnectionStage:
         self.counters["records"] += len(out)
         return out
 
-    def tick(self) -> list[ConnectionRecord]:
+    def tick(self) -> list[Record]:
         """Wall-clock housekeeping (the flush timer calls it): edges silent for idle_s go idle, which may
         let event time advance, or end the input, on partitions that get no messages any more."""
         now = self.clock()
-        out: list[ConnectionRecord] = []
+        out: list[Record] = []
         for p, st in self.parts.items():
             gone = st.clocks.check_idle(now)
             if gone:
@@ -322,7 +431,7 @@ def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, roll
     pending: dict[int, list[bytes]] = {}  # bucket -> record bodies not yet sent to the rollup input
     out = TopicBatches(connections.get_topic_name(), role_spec(stage.topology, "connections").partitions)
 
-    def emit(records: list[ConnectionRecord]) -> None:
+    def emit(records: list[Record]) -> None:
         for rec in records:
             body = dumps(rec)
             pending.setdefault(bucket_of(rec, bucket_s), []).append(body)

@@ -38,6 +38,8 @@ class EdgeClock:
     eof: bool = False  # it sent its end-of-input watermark
     idle: bool = False  # silent for idle_s: not holding windows back
     late: int = 0  # its packets for windows already closed
+    run: int = -1  # the run id and number of its last batch taken on this partition (-1: none yet)
+    seq: int = -1
 
 
 class EdgeClocks:
@@ -113,6 +115,22 @@ class EdgeClocks:
             c.eof = False
             c.watermark = NEVER
         self.ending = 0
+
+    @staticmethod
+    def number(clock: EdgeClock, run: int, seq: int) -> int:
+        """Take a batch numbered (``run``, ``seq``) from ``clock``'s edge: -1 if it was taken already (the
+        transport wrote it twice: an idempotent producer still duplicates around a whole-cluster outage,
+        librdkafka issue 4953), else how many of that run's batches are missing before it (lost in
+        delivery; the edge counts why). A new run (a restarted edge) starts afresh. Per partition and
+        in memory: a replay rebuilds it with the table, from where no connection had state."""
+        if clock.run == run:
+            if seq <= clock.seq:
+                return -1
+            missing = seq - clock.seq - 1
+        else:
+            missing = 0
+        clock.run, clock.seq = run, seq
+        return missing
 
     def status(self, partition: int) -> list[EdgeStatus]:
         return [EdgeStatus(partition, name, c.watermark, c.eof, c.idle, c.late) for name, c in self.edges.items()]

@@ -52,6 +52,12 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                        "table was closed at the cutoff."),
     "rstscope_edges_idled_total": (
         "counter", (), "Times an edge went idle on a partition (silent for edges.idle_s of wall clock)."),
+    "rstscope_duplicate_batches_total": (
+        "counter", (), "Packet batches dropped because this partition already took them from their edge (the "
+                       "transport wrote them twice); their packets were not counted again."),
+    "rstscope_batches_missing_total": (
+        "counter", (), "Packet batches an edge numbered that never arrived before a later one (lost in "
+                       "delivery; the edge's own summary says why)."),
     "rstscope_connections_revoked_open_total": (
         "counter", (), "Open connections dropped when their partition was revoked (the new owner replays them)."),
     "rstscope_table_packets_total": (
@@ -111,7 +117,9 @@ _PLAIN = {
     CONNECTIONS: {"packets": "rstscope_packets_in_total", "watermarks": "rstscope_watermarks_in_total",
                   "records": "rstscope_connections_emitted_total",
                   "revoked_open": "rstscope_connections_revoked_open_total",
-                  "inputs_ended": "rstscope_inputs_ended_total", "edges_idle": "rstscope_edges_idled_total"},
+                  "inputs_ended": "rstscope_inputs_ended_total", "edges_idle": "rstscope_edges_idled_total",
+                  "duplicate_batches": "rstscope_duplicate_batches_total",
+                  "batches_missing": "rstscope_batches_missing_total"},
     ROLLUP: {"counted": "rstscope_rollup_records_counted_total", "duplicates": "rstscope_rollup_duplicates_total",
              "upserts": "rstscope_rollup_rows_emitted_total", "rebuilds": "rstscope_rollup_rebuilds_total"},
 }

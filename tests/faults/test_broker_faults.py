@@ -20,7 +20,15 @@ import pytest
 from rstscope.kafka import local
 
 from . import synth
-from .harness import READY, Run, check_synth_counts, end_offsets, records_on_topic
+from .harness import (
+    READY,
+    Run,
+    check_synth_counts,
+    counter_from_logs,
+    end_offsets,
+    records_on_topic,
+    worker_bugs,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 
@@ -64,6 +72,7 @@ def test_one_broker_killed_and_restarted(kafka_cluster3: Any, work: Path, captur
         v = run.verdict(capture)
         figures.update(**v)  # a failing run still counts in the report
         assert v["rows_equal"] and v["lost"] == 0 and v["double_counted"] == 0, (v, run.logs())
+        assert not worker_bugs(run), worker_bugs(run)
         assert v["ids_missing"] == 0 and v["ids_unexpected"] == 0, v
         run.wait_committed_at_end()
         assert w1.popen.poll() is None and w2.popen.poll() is None, "a worker died with the broker"
@@ -135,8 +144,11 @@ def test_cluster_down_30s_under_load(kafka_cluster3: Any, work: Path, capture: P
             restarted += 1
             a.start_worker()
         v = a.verdict(capture, timeout=240)
-        figures.update(**v)
+        figures.update(**v, duplicate_batches=sum(counter_from_logs(p.log.read_text(errors="replace"),
+                                                                      "duplicate_batches")
+                                                    for p in a.procs if p.name.startswith("worker")))
         assert v["rows_equal"] and v["lost"] == 0 and v["double_counted"] == 0, (v, a.logs())
+        assert not worker_bugs(a), worker_bugs(a)
         assert v["ids_missing"] == 0 and v["ids_unexpected"] == 0, v
         a.wait_committed_at_end(120)
         # B: the losses are counted, the edge went on, the exit code says so, the topic agrees
