@@ -12,6 +12,7 @@
 3. In-process: ConnectionStage.feed without Kafka (the core's own cost), on the same batches.
 
     python bench/bench_pipeline.py [--bootstrap B] [--connections 25000]
+    python bench/bench_pipeline.py --only edge [--rounds 5]   # 1. alone: edge and raw in turn, N rounds, medians
 
 Without --bootstrap (and $KAFKA_BOOTSTRAP_SERVERS) a local broker is started in a temp dir.
 """
@@ -264,12 +265,62 @@ def main() -> int:
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     ap.add_argument("--connections", type=int, default=25000)
     ap.add_argument("--profile", type=Path, default=None, metavar="FILE",
-                    help="record the worker with py-spy into FILE (collapsed stacks)")
+                    help="record the worker (with --only edge: this process during the edge's runs) with py-spy "
+                         "into FILE (collapsed stacks)")
+    ap.add_argument("--only", choices=["edge"], default=None,
+                    help="edge: only the edge vs the raw producer (no worker, trivial agent or in-process stage)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="with --only edge: rounds of edge then raw, each on the same broker; medians printed")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rstscope-bench-"))
     with local_broker(args.bootstrap, tmp) as bootstrap:
-        run(bootstrap, args.connections, tmp, args.profile)
+        if args.only == "edge":
+            run_edge(bootstrap, args.connections, tmp, args.rounds, args.profile)
+        else:
+            run(bootstrap, args.connections, tmp, args.profile)
     return 0
+
+
+def run_edge(bootstrap: str, n: int, tmp: Path, rounds: int, profile: Path | None = None) -> dict[str, float]:
+    """The edge vs the raw producer alone, ``rounds`` times in turn (same topics: each round appends);
+    print each round and the medians; return the medians (records/s) and their ratio."""
+    import statistics
+
+    tag = f"bench{uuid.uuid4().hex[:6]}"
+    topo = config.load(topology_file(tmp, tag))
+    apply(bootstrap, all_specs(topo, f"{tag}-app"))
+    raw_topic = f"{tag}.raw"
+    from confluent_kafka.admin import NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(raw_topic, 8, 1)])[raw_topic].result(30)
+    pcap = tmp / "synth.pcap"
+    frames = synth_pcap(pcap, n)
+    print(f"input: {frames} frames, {n} connections; broker {bootstrap}; {REPO}")
+    warm = Producer({**DEFAULT_CONF, "bootstrap.servers": bootstrap})
+    warm.produce(raw_topic, b"warm-up")
+    warm.flush(60)
+    edge_r, raw_r, ratios = [], [], []
+    for i in range(rounds):
+        spy = None
+        if profile is not None:  # this process, during the edge's run only (one file per round)
+            spy = subprocess.Popen(["py-spy", "record", "-r", "250", "-f", "raw", "--pid", str(os.getpid()), "-o",
+                                    f"{profile}.{i + 1}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)  # py-spy attaches
+        edge_s, edge_n = bench_edge(bootstrap, topo, pcap)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            spy.wait(60)
+        raw_s, raw_n = bench_raw(bootstrap, raw_topic, pcap, topo)
+        edge_r.append(edge_n / edge_s)
+        raw_r.append(raw_n / raw_s)
+        ratios.append(edge_r[-1] / raw_r[-1])
+        print(f"round {i + 1}: edge {edge_r[-1]:,.0f} records/s, raw {raw_r[-1]:,.0f} records/s, "
+              f"{ratios[-1]:.2f} x raw", flush=True)
+    med = {"edge": statistics.median(edge_r), "raw": statistics.median(raw_r), "ratio": statistics.median(ratios)}
+    print(f"median of {rounds}: edge {med['edge']:,.0f} records/s, raw {med['raw']:,.0f} records/s, "
+          f"ratio {med['ratio']:.2f} x raw (median of the rounds' ratios)")
+    return med
 
 
 @contextlib.contextmanager

@@ -24,6 +24,9 @@ class Dir(enum.IntEnum):
     UNKNOWN = 4  # no configuration: decided from handshake state
 
 
+C2S, S2C, OTHER, UNKNOWN = Dir  # module names: an enum member lookup costs ~70 ns a packet in Python 3.11
+
+
 def is_synack(flags: Any) -> Any:
     """A SYN-ACK: it always comes from the server (ints or numpy arrays)."""
     return flags & (TH_SYN | TH_ACK) == (TH_SYN | TH_ACK)
@@ -52,17 +55,19 @@ class Direction:
         return hit
 
     def _is_server(self, ip: bytes, port: int) -> bool:
-        if self.nets and not self._is_server_ip(ip):
-            return False
+        if self.nets:
+            hit = self._cache.get(ip)  # _is_server_ip's cache, read here first: one call less per packet
+            if not (self._is_server_ip(ip) if hit is None else hit):
+                return False
         return not self.ports or port in self.ports
 
     def of(self, pkt: PacketRecord) -> Dir:
         if not self.configured:
             if is_synack(pkt.flags):
-                return Dir.S2C  # a SYN-ACK always comes from the server
-            return Dir.UNKNOWN
+                return S2C  # a SYN-ACK always comes from the server
+            return UNKNOWN
         if self._is_server(pkt.dst, pkt.dport):
-            return Dir.C2S
+            return C2S
         if self._is_server(pkt.src, pkt.sport):
-            return Dir.S2C
-        return Dir.OTHER
+            return S2C
+        return OTHER

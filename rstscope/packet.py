@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from typing import NamedTuple
 
 # TCP flag bits, named as in RFC 9293 section 3.1 (plus ECE/CWR from RFC 3168).
@@ -19,6 +20,7 @@ TH_ACK = 0x10
 TH_URG = 0x20
 TH_ECE = 0x40
 TH_CWR = 0x80
+_KEY4 = struct.Struct(">4sH4sH").pack  # pack_key of an IPv4 tuple
 
 
 class PacketRecord(NamedTuple):
@@ -54,6 +56,8 @@ def pack_key(src: bytes, sport: int, dst: bytes, dport: int) -> bytes:
     """A 4-tuple as client ip, client port, server ip, server port (ports big-endian): 12 bytes for IPv4,
     36 for IPv6. One small object instead of a tuple of four (about 45 bytes instead of 220 per held
     connection), and the same bytes the edge keys Kafka messages with."""
+    if len(src) == 4 and len(dst) == 4:  # IPv4: the same bytes in one call (the edge packs one per packet)
+        return _KEY4(src, sport, dst, dport)
     return src + sport.to_bytes(2, "big") + dst + dport.to_bytes(2, "big")
 
 

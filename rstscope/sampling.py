@@ -17,8 +17,8 @@ import os
 from collections import Counter
 
 from rstscope.config import WindowParams
-from rstscope.core.table import LATE, Step, Track, is_syn, track, window_of
-from rstscope.direction import Dir, Direction
+from rstscope.core.table import LATE, STEP_DROP, Track, is_syn, track, window_of
+from rstscope.direction import OTHER, S2C, UNKNOWN, Direction
 from rstscope.packet import PacketRecord
 from rstscope.quic.offline import ServerSide
 from rstscope.quic.packet import QuicDatagram
@@ -86,26 +86,25 @@ class Gate:
         """True when this packet is one of the first N client packets of a sampled connection."""
         d = self.direction.of(pkt)
         c = self.counters
-        if d is Dir.S2C:
+        if d is S2C:
             c["server_to_client"] += 1
             return False
-        if d is Dir.OTHER:
+        if d is OTHER:
             c["other_traffic"] += 1
             return False
         ts = pkt.ts
+        window = int(window_of(ts, self.size))
         if ts > self.watermark:
             self.watermark = ts
-            current = int(window_of(ts, self.size))
-            if current > self.current_window:
-                self.current_window = current
-                self.entries = {k: e for k, e in self.entries.items() if e.window_start >= current}
-        window = int(window_of(ts, self.size))
+            if window > self.current_window:  # the watermark's window is this packet's
+                self.current_window = window
+                self.entries = {k: e for k, e in self.entries.items() if e.window_start >= window}
         if window < self.current_window:
             c[LATE] += 1
             return False
         key = pkt.tuple_key
         e = self.entries.get(key)
-        if (e is None or e.window_start != window) and d is Dir.UNKNOWN and not is_syn(pkt.flags):
+        if (e is None or e.window_start != window) and d is UNKNOWN and not is_syn(pkt.flags):
             r = self.entries.get(_reverse(key))
             if r is not None and r.window_start == window:
                 c["server_to_client"] += 1  # learnt: the reverse tuple's client sent a SYN in this window
@@ -116,7 +115,7 @@ class Gate:
         o, after = track(e, ts, pkt.flags, pkt.seq, window, self.params)
         if after is not None and after is not e:
             self.entries[key] = after
-        if o.step is Step.DROP:
+        if o.step is STEP_DROP:
             c[o.counter] += 1
             return False
         # OPEN, JOIN, FINISH_OPEN and FINISH_DROP leave the edge: a packet that decides its connection

@@ -160,26 +160,33 @@ def _read_pcap(buf: _Buffer, path: str, st: FileStats) -> Iterator[Frame]:
     rec = struct.Struct(endian + "IIII")
     unpack = rec.unpack_from
     while True:
-        if not buf.ensure(16):
-            if len(buf.buf) - buf.pos:
-                st.error("truncated_record_header")
-                st.stopped_at = buf.offset
-            return
-        sec, frac, incl, _orig = unpack(buf.buf, buf.pos)
+        # buf.ensure(n) only when the record is not wholly in the buffer already (a 4 MiB chunk holds
+        # thousands): two method calls less per frame
+        chunk, pos = buf.buf, buf.pos
+        if len(chunk) - pos < 16:
+            if not buf.ensure(16):
+                if len(buf.buf) - buf.pos:
+                    st.error("truncated_record_header")
+                    st.stopped_at = buf.offset
+                return
+            chunk, pos = buf.buf, buf.pos
+        sec, frac, incl, _orig = unpack(chunk, pos)
         if incl > MAX_RECORD:
             st.error("absurd_record_length")
             st.stopped_at = buf.offset
             return
-        if not buf.ensure(16 + incl):
-            st.error("truncated_record")
-            st.stopped_at = buf.offset
-            return
-        start = buf.pos + 16
-        data = buf.buf[start:start + incl]
+        if len(chunk) - pos < 16 + incl:
+            if not buf.ensure(16 + incl):
+                st.error("truncated_record")
+                st.stopped_at = buf.offset
+                return
+            chunk, pos = buf.buf, buf.pos
+        start = pos + 16
+        data = chunk[start:start + incl]
         buf.pos = start + incl
         st.frames += 1
         st.bytes_read += 16 + incl
-        yield Frame(sec + frac * tick, linktype, data)
+        yield tuple.__new__(Frame, (sec + frac * tick, linktype, data))  # no namedtuple arg handling: hot
 
 
 @dataclass

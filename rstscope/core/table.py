@@ -94,6 +94,9 @@ class Outcome(NamedTuple):
     counter: str = ""  # what the dropped packet is counted as (*_DROP)
 
 
+# The steps as module names for the per-packet code: ``Step.OPEN`` is a class attribute lookup on the
+# enum (~70 ns in Python 3.11), a module global ~10 ns; the gate and the table test several per packet.
+STEP_OPEN, STEP_JOIN, STEP_FINISH_OPEN, STEP_FINISH_DROP, STEP_DROP = Step
 _OPEN = Outcome(Step.OPEN)
 _JOIN = Outcome(Step.JOIN)
 _NO_SYN = Outcome(Step.DROP, counter=NO_SYN)
@@ -154,10 +157,10 @@ def track(st: Track | None, ts: float, flags: int, seq: int, window: int,
     """``step`` for a tuple kept as a ``Track``: the outcome, and the tuple's state after it."""
     o = step(st, ts, flags, seq, window, params)
     s = o.step
-    if s is Step.OPEN or s is Step.FINISH_OPEN:
-        return o, Track(window, seq, ts, ended=bool(flags & TH_FIN))  # a SYN+FIN has ended already
-    assert st is not None or s is Step.DROP
-    if s is Step.JOIN and st is not None:
+    if s is STEP_OPEN or s is STEP_FINISH_OPEN:
+        return o, Track(window, seq, ts, 1, bool(flags & TH_FIN))  # a SYN+FIN has ended already
+    assert st is not None or s is STEP_DROP
+    if s is STEP_JOIN and st is not None:
         st.count += 1
         if ts > st.last_ts:
             st.last_ts = ts
@@ -165,7 +168,7 @@ def track(st: Track | None, ts: float, flags: int, seq: int, window: int,
             st.ended = True
         if st.count >= params.max_packets:
             st.sealed = END_MAX_PACKETS
-    elif s is Step.FINISH_DROP and st is not None:
+    elif s is STEP_FINISH_DROP and st is not None:
         st.sealed = o.end
     return o, st
 
@@ -374,22 +377,22 @@ class ConnectionTable:
         st: Connection | Marker | None = conn if conn is not None else self.closed.get(key)
         o = step(st, ts, pkt.flags, pkt.seq, window, self.params)
         s = o.step
-        if s is Step.JOIN:
+        if s is STEP_JOIN:
             assert conn is not None
             self._update(conn, pkt, ref)
             self.last = conn
             if conn.count >= self.max_packets:
                 out.append(self._finalize(conn, END_MAX_PACKETS))
             return out
-        if s is Step.OPEN:
+        if s is STEP_OPEN:
             if conn is not None:  # an open connection of an older window (late close): decide it first
                 out.append(self._finalize(conn, END_WINDOW, conn.window_start + self.size))
             self.last = self._open(key, pkt, window, ref)
             return out
-        if s is Step.FINISH_OPEN or s is Step.FINISH_DROP:
+        if s is STEP_FINISH_OPEN or s is STEP_FINISH_DROP:
             assert conn is not None
             out.append(self._finalize(conn, o.end))
-            if s is Step.FINISH_OPEN:
+            if s is STEP_FINISH_OPEN:
                 self.last = self._open(key, pkt, window, ref)
                 return out
         self.counters[o.counter] += 1

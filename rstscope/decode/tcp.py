@@ -58,12 +58,26 @@ class IpHeader(NamedTuple):
     l4_len: int  # transport header and payload, from the IP length fields
 
 
+# What ``ip_walk`` returns: ``IpHeader``'s fields as a plain tuple (no class to build on the TCP hot path).
+IpFields = tuple[int, bytes, bytes, int, int | None, int, int]
+
+
 def decode_ip(data: bytes, off: int, version: int, proto: int, other: str) -> IpHeader | str:
     """The IPv4 or IPv6 header (extension headers walked) of a packet of transport ``proto`` starting
     at ``off``; a reason string when it is not one (``other``: another transport protocol).
 
-    Why one function: TCP (``decode_ip_tcp``) and UDP (QUIC, ``rstscope.quic.udp``) walk the same headers
-    and must drop the same fragments, truncations and malformed lengths."""
+    Why one walk: TCP (``decode_ip_tcp``) and UDP (QUIC, ``rstscope.quic.udp``) walk the same headers
+    and must drop the same fragments, truncations and malformed lengths. The walk is ``ip_walk``; the
+    TCP path (every frame of the edge and of the per-packet ``analyze``) calls it directly and unpacks
+    its plain tuple: building an ``IpHeader`` per frame, and this second call, cost the edge's loop ~5%."""
+    ip = ip_walk(data, off, version, proto, other)
+    if isinstance(ip, str):
+        return ip
+    return tuple.__new__(IpHeader, ip)
+
+
+def ip_walk(data: bytes, off: int, version: int, proto: int, other: str) -> IpFields | str:
+    """``decode_ip``'s walk, returning ``IpHeader``'s fields as a plain tuple (the TCP hot path)."""
     n = len(data)
     if n <= off:
         return "truncated_ip"
@@ -87,7 +101,7 @@ def decode_ip(data: bytes, off: int, version: int, proto: int, other: str) -> Ip
         l4_len = total - ihl if total else n - l4
         if l4_len < 0:
             return "bad_ip_total_length"
-        return tuple.__new__(IpHeader, (4, src, dst, ttl, ipid, l4, l4_len))  # no namedtuple arg handling: hot
+        return 4, src, dst, ttl, ipid, l4, l4_len
     if version == 6:
         if n < off + 40:
             return "truncated_ip"
@@ -120,18 +134,17 @@ def decode_ip(data: bytes, off: int, version: int, proto: int, other: str) -> Ip
             l4_len -= hlen
             if l4_len < 0:
                 return "bad_ip_total_length"
-        return tuple.__new__(IpHeader, (6, src, dst, ttl, None, l4, l4_len))
+        return 6, src, dst, ttl, None, l4, l4_len
     return "bad_ip_version"
 
 
 def decode_ip_tcp(ts: float, data: bytes, off: int, version: int) -> PacketRecord | str:
     """Decode the IP packet that starts at ``off``; a reason string when it is not usable TCP."""
-    ip = decode_ip(data, off, version, IPPROTO_TCP, "non_tcp")
+    ip = ip_walk(data, off, version, IPPROTO_TCP, "non_tcp")
     if isinstance(ip, str):
         return ip
     version, src, dst, ttl, ipid_v, l4, l4_len = ip
-    n = len(data)
-    if n < l4 + 20:
+    if len(data) < l4 + 20:
         return "truncated_tcp"
     sport, dport, seq, ack, off_x2, flags, win, _tsum, _urp = _TCP.unpack_from(data, l4)
     thl = (off_x2 >> 4) * 4
@@ -140,4 +153,6 @@ def decode_ip_tcp(ts: float, data: bytes, off: int, version: int) -> PacketRecor
     payload = l4_len - thl
     if payload < 0:
         return "bad_tcp_header_length"
-    return PacketRecord(ts, version, src, dst, sport, dport, flags, seq, ack, ipid_v, ttl, win, payload, thl - 20)
+    # tuple.__new__: PacketRecord(...) without the namedtuple's argument handling (every frame comes here)
+    return tuple.__new__(PacketRecord, (ts, version, src, dst, sport, dport, flags, seq, ack, ipid_v, ttl, win,
+                                        payload, thl - 20))

@@ -339,7 +339,9 @@ class Edge:
                 if admit(rec):
                     s.sampled += 1
                     self._publish(rec)
-                    if not s.sent & 0xFF:
+                    # delivery reports every 256 records; not counted on ``sent``, which grows by whole
+                    # batches: a multiple of 256 there held until the next batch, polling on every record
+                    if not s.sampled & 0xFF:
                         poll(0)
             if live:
                 self.flush(stale_only=True)

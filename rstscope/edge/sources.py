@@ -17,6 +17,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,16 +52,11 @@ class PcapFiles:
     def batches(self) -> Iterator[list[Frame]]:
         for path in self.paths:
             st = FileStats(str(path))
-            batch: list[Frame] = []
-            for f in read_frames(path, st):
-                batch.append((f[0], f[1], f[2]))
-                if len(batch) >= BATCH:
-                    yield batch
-                    batch = []
-                    if self.stopped:
-                        return
-            if batch:
+            frames: Iterator[Frame] = read_frames(path, st)
+            while batch := list(islice(frames, BATCH)):  # islice: the frames are gathered in C
                 yield batch
+                if self.stopped and len(batch) == BATCH:  # a short one ended the file: count it below
+                    return
             self.malformed.update(st.errors)
             if self.stopped:
                 return
