@@ -281,13 +281,12 @@ def main() -> int:
     return 0
 
 
-def run_edge(bootstrap: str, n: int, tmp: Path, rounds: int, profile: Path | None = None) -> dict[str, float]:
-    """The edge vs the raw producer alone, ``rounds`` times in turn (same topics: each round appends);
-    print each round and the medians; return the medians (records/s) and their ratio."""
-    import statistics
-
+def _prepare(bootstrap: str, n: int, tmp: Path) -> tuple[str, Path, config.Topology, str, Path]:
+    """Topics for one bench run (the pipeline's and a raw one), the synthetic capture, and a warmed-up
+    broker (its first idempotent producer waits for its coordinator: not part of any timing)."""
     tag = f"bench{uuid.uuid4().hex[:6]}"
-    topo = config.load(topology_file(tmp, tag))
+    topo_path = topology_file(tmp, tag)
+    topo = config.load(topo_path)
     apply(bootstrap, all_specs(topo, f"{tag}-app"))
     raw_topic = f"{tag}.raw"
     from confluent_kafka.admin import NewTopic
@@ -296,10 +295,19 @@ def run_edge(bootstrap: str, n: int, tmp: Path, rounds: int, profile: Path | Non
     admin.create_topics([NewTopic(raw_topic, 8, 1)])[raw_topic].result(30)
     pcap = tmp / "synth.pcap"
     frames = synth_pcap(pcap, n)
-    print(f"input: {frames} frames, {n} connections; broker {bootstrap}; {REPO}")
+    print(f"input: {frames} frames, {n} connections, {pcap.stat().st_size / 1e6:.1f} MB; broker {bootstrap}")
     warm = Producer({**DEFAULT_CONF, "bootstrap.servers": bootstrap})
     warm.produce(raw_topic, b"warm-up")
     warm.flush(60)
+    return tag, topo_path, topo, raw_topic, pcap
+
+
+def run_edge(bootstrap: str, n: int, tmp: Path, rounds: int, profile: Path | None = None) -> dict[str, float]:
+    """The edge vs the raw producer alone, ``rounds`` times in turn (same topics: each round appends);
+    print each round and the medians; return the medians (records/s) and their ratio."""
+    import statistics
+
+    _tag, _topo_path, topo, raw_topic, pcap = _prepare(bootstrap, n, tmp)
     edge_r, raw_r, ratios = [], [], []
     for i in range(rounds):
         spy = None
@@ -340,22 +348,7 @@ def local_broker(bootstrap: str | None, tmp: Path) -> Iterator[str]:
 
 def run(bootstrap: str, n: int, tmp: Path, profile: Path | None = None) -> dict[str, float]:
     """Run the three benches; print their table; return the figures (records/s) for bench_all.py."""
-    tag = f"bench{uuid.uuid4().hex[:6]}"
-    topo_path = topology_file(tmp, tag)
-    topo = config.load(topo_path)
-    apply(bootstrap, all_specs(topo, f"{tag}-app"))
-    raw_topic = f"{tag}.raw"
-    from confluent_kafka.admin import NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(raw_topic, 8, 1)])[raw_topic].result(30)
-    pcap = tmp / "synth.pcap"
-    frames = synth_pcap(pcap, n)
-    print(f"input: {frames} frames, {n} connections, {pcap.stat().st_size / 1e6:.1f} MB; broker {bootstrap}")
-
-    warm = Producer({**DEFAULT_CONF, "bootstrap.servers": bootstrap})  # the broker's first idempotent
-    warm.produce(raw_topic, b"warm-up")  # producer waits for its coordinator: not part of any timing
-    warm.flush(60)
+    tag, topo_path, topo, raw_topic, pcap = _prepare(bootstrap, n, tmp)
     edge_s, edge_n = bench_edge(bootstrap, topo, pcap)
     raw_s, raw_n = bench_raw(bootstrap, raw_topic, pcap, topo)
     stage_s, stage_n = bench_stage(topo, pcap)

@@ -286,12 +286,7 @@ def _key_filter(inc: set[str], exc: set[str], name: str) -> KeyFilter:
 
 def parse_transport(raw: str | None) -> str:
     """`tcp` (the default) or `quic`, case-insensitive."""
-    if raw is None:
-        return TCP
-    value = raw.strip().lower()
-    if value not in TRANSPORTS:
-        raise QueryError(f"transport: {raw!r} is not one of {', '.join(TRANSPORTS)}")
-    return value
+    return _choice(raw, "transport", TRANSPORTS) or TCP
 
 
 def parse_datetime(raw: str, name: str) -> datetime:

@@ -101,33 +101,30 @@ def _prob_text(p: float) -> str:
     return f"{p:.10f}".rstrip("0").rstrip(".")
 
 
+def _iptables_pair(spec: RuleSpec, proto: str, ports: list[str], syn: list[str], snaplen: int) -> list[list[str]]:
+    """The two rules of one protocol: mark a sampled share of new connections, then log their first
+    ``max_packets`` client packets."""
+    mark = ["-p", proto, *ports, *syn, "-m", "conntrack", "--ctstate", "NEW"]
+    if spec.probability < 1.0:
+        mark += ["-m", "statistic", "--mode", "random", "--probability", _prob_text(spec.probability)]
+    mark += ["-m", "connlabel", "--label", str(spec.label), "--set"]
+    log = ["-p", proto, *ports, "-m", "conntrack", "--ctdir", "ORIGINAL",
+           "-m", "connlabel", "--label", str(spec.label),
+           "-m", "connbytes", "!", "--connbytes", str(spec.max_packets + 1),
+           "--connbytes-dir", "original", "--connbytes-mode", "packets",
+           "-j", "NFLOG", "--nflog-group", str(spec.group), "--nflog-prefix", spec.prefix,
+           "--nflog-size", str(snaplen)]
+    return [mark, log]
+
+
 def iptables_rules(spec: RuleSpec) -> list[list[str]]:
-    """The arguments (after ``iptables -t mangle -A CHAIN``) of rule 1 and rule 2."""
+    """The arguments (after ``iptables -t mangle -A CHAIN``): TCP's two rules, then UDP's (QUIC) two."""
     ports = ["-m", "multiport", "--dports", ",".join(map(str, spec.ports))] if spec.ports else []
-    rule1 = ["-p", "tcp", *ports, "--syn", "-m", "conntrack", "--ctstate", "NEW"]
-    if spec.probability < 1.0:
-        rule1 += ["-m", "statistic", "--mode", "random", "--probability", _prob_text(spec.probability)]
-    rule1 += ["-m", "connlabel", "--label", str(spec.label), "--set"]
-    rule2 = ["-p", "tcp", *ports, "-m", "conntrack", "--ctdir", "ORIGINAL",
-             "-m", "connlabel", "--label", str(spec.label),
-             "-m", "connbytes", "!", "--connbytes", str(spec.max_packets + 1),
-             "--connbytes-dir", "original", "--connbytes-mode", "packets",
-             "-j", "NFLOG", "--nflog-group", str(spec.group), "--nflog-prefix", spec.prefix,
-             "--nflog-size", str(spec.snaplen)]
-    if not spec.udp_ports:
-        return [rule1, rule2]
-    udp = ["-m", "multiport", "--dports", ",".join(map(str, spec.udp_ports))]
-    rule3 = ["-p", "udp", *udp, "-m", "conntrack", "--ctstate", "NEW"]
-    if spec.probability < 1.0:
-        rule3 += ["-m", "statistic", "--mode", "random", "--probability", _prob_text(spec.probability)]
-    rule3 += ["-m", "connlabel", "--label", str(spec.label), "--set"]
-    rule4 = ["-p", "udp", *udp, "-m", "conntrack", "--ctdir", "ORIGINAL",
-             "-m", "connlabel", "--label", str(spec.label),
-             "-m", "connbytes", "!", "--connbytes", str(spec.max_packets + 1),
-             "--connbytes-dir", "original", "--connbytes-mode", "packets",
-             "-j", "NFLOG", "--nflog-group", str(spec.group), "--nflog-prefix", spec.prefix,
-             "--nflog-size", str(spec.udp_snaplen)]
-    return [rule1, rule2, rule3, rule4]
+    rules = _iptables_pair(spec, "tcp", ports, ["--syn"], spec.snaplen)
+    if spec.udp_ports:
+        udp = ["-m", "multiport", "--dports", ",".join(map(str, spec.udp_ports))]
+        rules += _iptables_pair(spec, "udp", udp, [], spec.udp_snaplen)
+    return rules
 
 
 def jump_rule(spec: RuleSpec) -> list[str]:

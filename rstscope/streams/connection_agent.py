@@ -323,6 +323,14 @@ class ConnectionStage:
             out += self._finish_quic(st, done)
         return out
 
+    def _place(self, meta: object, client: bytes) -> tuple[str, int, str]:
+        """(country, asn, as_name) of a connection's client: the edge's geolocation when it hid the
+        address (no AS name travels), else this worker's lookup."""
+        if isinstance(meta, EdgeGeo):
+            return meta.country, meta.asn, ""
+        g = self.geo.lookup(client)
+        return g.country, g.asn, g.as_name
+
     def _finish_quic(self, st: PartitionState, done: list[QuicFinished]) -> list[Record]:
         """Records of the finished QUIC attempts; their datagrams' messages are released."""
         if not done:
@@ -334,13 +342,7 @@ class ConnectionStage:
             if f.excluded:
                 self.counters[f"quic_excluded:{f.excluded}"] += 1
                 continue
-            edge_geo = f.attempt.meta
-            if isinstance(edge_geo, EdgeGeo):
-                country, asn, as_name = edge_geo.country, edge_geo.asn, ""
-            else:
-                g = self.geo.lookup(f.attempt.key[0])
-                country, asn, as_name = g.country, g.asn, g.as_name
-            out.append(record_of(f, country, asn, as_name))
+            out.append(record_of(f, *self._place(f.attempt.meta, f.attempt.key[0])))
         self.counters["quic_records"] += len(out)
         return out
 
@@ -356,13 +358,8 @@ class ConnectionStage:
             if f.excluded:
                 self.counters[f"excluded:{f.excluded}"] += 1
                 continue
-            edge_geo = f.conn.meta
-            if isinstance(edge_geo, EdgeGeo):
-                country, asn, as_name = edge_geo.country, edge_geo.asn, ""
-            else:
-                g = self.geo.lookup(f.conn.key[0])
-                country, asn, as_name = g.country, g.asn, g.as_name
-            out.append(make_record(f.conn, w.max_packets, self.topology.evidence, w.mode, country, asn, as_name))
+            out.append(make_record(f.conn, w.max_packets, self.topology.evidence, w.mode,
+                                   *self._place(f.conn.meta, f.conn.key[0])))
         self.counters["records"] += len(out)
         return out
 
