@@ -53,7 +53,9 @@ def check_counts(pcap: Path) -> None:
     """What the client did, by its own packets (no end marker: every connection ended): 12 POSTs with
     two data packets each, closed with a FIN or, when the server's response was not read yet, an RST
     (None or Later); 12 single sends closed before the server's answer came, which the client then
-    resets (FIN and RST after one data packet: Post-PSH). None is incomplete."""
+    resets (FIN and RST after one data packet: Post-PSH). A POST can also lose a race: http.server answers
+    501 after the headers and closes, the body then meets its RST, and the client, reset, sends nothing
+    more: that connection ends at the cutoff, within seconds of the capture's end (incomplete; seen in CI)."""
     from rstscope.config import load
     from rstscope.offline import Analyzer, Options
 
@@ -62,8 +64,9 @@ def check_counts(pcap: Path) -> None:
     s = Analyzer(load(), Options([SERVER_IP], [80])).run([pcap]).to_dict()
     st = s["stages"]
     assert (st["post_syn"], st["post_ack"], st["post_psh"]) == (0, 0, 12), s
-    assert st["later_in_flow"] + st["no_match"] == 12 and s["tags"]["timeout"] == 0, s
-    assert s["excluded"]["incomplete"] == 0 and s["excluded"]["multi_syn"] == 0, s
+    raced = s["excluded"]["incomplete"]
+    assert st["later_in_flow"] + st["no_match"] + raced == 12 and s["tags"]["timeout"] == 0, s
+    assert raced <= 2 and s["excluded"]["multi_syn"] == 0, s
 
 
 def _topic_bytes(conf: dict[str, Any], topics: list[str]) -> tuple[bytes, int]:
