@@ -225,6 +225,32 @@ def _check(cmd: list[str], run: Runner) -> None:
         raise RulesError(f"{' '.join(cmd)}: {explain(r.stderr or r.stdout)}")
 
 
+_IPT_LABEL_SET = re.compile(r"-A RSTSCOPE-(\d+) .*--label \"?(\d+)\"? --set")  # iptables -S quotes it
+_NFT_LABEL_SET = re.compile(r"table inet rstscope_(\d+) \{.*?ct label set (\d+)", re.S)
+
+
+def label_users(listing: str) -> dict[int, set[int]]:
+    """NFLOG group -> conntrack labels its rstscope rules set, from ``iptables -S`` or ``nft list
+    ruleset`` output (both may be given, concatenated)."""
+    out: dict[int, set[int]] = {}
+    for rx in (_IPT_LABEL_SET, _NFT_LABEL_SET):
+        for group, label in rx.findall(listing):
+            out.setdefault(int(group), set()).add(int(label))
+    return out
+
+
+def label_conflict(spec: RuleSpec, listing: str) -> list[int]:
+    """Other rstscope rule sets (their NFLOG groups) that set this spec's conntrack label: the label is
+    per connection, so two sets with one label would log each other's connections."""
+    return sorted(g for g, labels in label_users(listing).items() if g != spec.group and spec.label in labels)
+
+
+def current_listing(nft: bool, tools: Sequence[str], run: Runner = _run) -> str:
+    """What the kernel holds now, as text ``label_users`` reads (empty when a tool cannot list)."""
+    cmds = [["nft", "list", "ruleset"]] if nft else [[t, "-w", "-t", "mangle", "-S"] for t in tools]
+    return "\n".join(r.stdout for r in map(run, cmds) if r.returncode == 0)
+
+
 def apply_iptables(spec: RuleSpec, tools: Sequence[str], run: Runner = _run) -> None:
     """Create or refill the dedicated chain, then add the jump unless ``-C`` finds it already."""
     for tool in tools:
@@ -351,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rstscope edge rules: kernel modules missing: {', '.join(missing)} "
                   f"(modprobe them; connlabel needs nf_conntrack loaded)", file=sys.stderr)
             return 2
+        others = label_conflict(spec, current_listing(args.nft, tools))
+        if others:
+            raise RulesError(f"conntrack label {spec.label} is set by the rstscope rules of NFLOG group(s) "
+                             f"{', '.join(map(str, others))}: two rule sets with one label log each other's "
+                             f"connections; pass another --label")
         if args.nft:
             apply_nft(spec)
         else:

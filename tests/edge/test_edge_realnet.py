@@ -216,6 +216,16 @@ def test_rules_apply_idempotent_and_remove(pair: Pair, groups: list[int]) -> Non
     assert _ours(pair, 31) == ""
 
 
+def test_a_second_rule_set_needs_its_own_label(pair: Pair, groups: list[int]) -> None:
+    groups.extend([33, 34])
+    assert pair.rstscope_s("edge", "rules", "--nflog-group", "33", "--apply").returncode == 0
+    r = pair.rstscope_s("edge", "rules", "--nflog-group", "34", "--apply")
+    assert r.returncode == 2 and "label 42 is set by the rstscope rules of NFLOG group(s) 33" in r.stderr, r.stderr
+    assert _ours(pair, 34) == ""  # nothing installed
+    r = pair.rstscope_s("edge", "rules", "--nflog-group", "34", "--label", "43", "--apply")
+    assert r.returncode == 0, r.stderr
+
+
 def test_nft_rules_apply_idempotent_and_remove(pair: Pair, groups: list[int]) -> None:
     if not shutil.which("nft"):
         pytest.skip("needs nft")

@@ -326,3 +326,15 @@ def test_a_batch_waits_at_most_linger() -> None:
     assert b.add(0, [2], 10) is False and Batches(1, max_bytes=15).add(0, [3], 16) is True
     with pytest.raises(ValueError):
         Batches(1, max_records=0)
+
+
+def test_label_conflict_reads_both_listings() -> None:
+    """Two rule sets with one conntrack label log each other's connections: --apply refuses."""
+    from rstscope.edge.rules import RuleSpec, iptables_text, label_conflict, label_users, nft_script
+
+    five = RuleSpec(0.5, 5, 42, (443,))
+    kernel = iptables_text(five, ("iptables",)).replace("--label 42", '--label "42"')  # as iptables -S spells it
+    assert label_users(kernel) == {5: {42}} and label_users(nft_script(five)) == {5: {42}}
+    assert label_conflict(RuleSpec(0.5, 6, 42, (443,)), kernel + nft_script(five)) == [5]
+    assert label_conflict(RuleSpec(0.5, 6, 43, (443,)), kernel) == []
+    assert label_conflict(RuleSpec(0.1, 5, 42, (80,)), kernel) == []  # the same set again: a refill
