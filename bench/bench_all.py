@@ -48,8 +48,7 @@ def main() -> int:
     import bench_worker_live
 
     an = analyze(args.capture, args.runs)
-    tmp = Path(tempfile.mkdtemp(prefix="rstscope-bench-all-"))
-    with bench_pipeline.local_broker(None, tmp) as bootstrap:
+    with bench_pipeline.bench_dir("rstscope-bench-all-") as tmp, bench_pipeline.local_broker(None, tmp) as bootstrap:
         pipe = bench_pipeline.run(bootstrap, args.connections, tmp)
         mem = bench_worker_live.memory(bootstrap, tmp, args.held, 1)
 

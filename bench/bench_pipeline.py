@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -272,8 +273,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="with --only edge: rounds of edge then raw, each on the same broker; medians printed")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="rstscope-bench-"))
-    with local_broker(args.bootstrap, tmp) as bootstrap:
+    with bench_dir() as tmp, local_broker(args.bootstrap, tmp) as bootstrap:
         if args.only == "edge":
             run_edge(bootstrap, args.connections, tmp, args.rounds, args.profile)
         else:
@@ -332,6 +332,24 @@ def run_edge(bootstrap: str, n: int, tmp: Path, rounds: int, profile: Path | Non
 
 
 @contextlib.contextmanager
+def bench_dir(prefix: str = "rstscope-bench-") -> contextlib.AbstractContextManager[Path]:
+    """A temp dir for one bench run (broker data, logs, the capture), removed afterwards: a bench's
+    broker writes gigabytes. RSTSCOPE_KEEP_WORK=1 keeps it (its path is printed)."""
+
+    @contextlib.contextmanager
+    def scoped() -> Iterator[Path]:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix))
+        try:
+            yield tmp
+        finally:
+            if os.environ.get("RSTSCOPE_KEEP_WORK"):
+                print(f"bench: kept {tmp}")
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    return scoped()
+
+
 def local_broker(bootstrap: str | None, tmp: Path) -> Iterator[str]:
     """``bootstrap`` if given, else a one-node local broker in ``tmp`` for the duration."""
     if bootstrap:

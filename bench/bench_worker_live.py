@@ -31,7 +31,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tracemalloc
@@ -61,7 +60,7 @@ from rstscope.streams.connection_agent import ConnectionStage  # noqa: E402
 from rstscope.streams.topics import all_specs, apply  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import local_broker, topology_file  # noqa: E402
+from bench_pipeline import bench_dir, local_broker, topology_file  # noqa: E402
 
 SERVER = bytes([192, 0, 2, 1])
 
@@ -303,8 +302,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--mode", choices=config.MODES, default=config.MODE_WINDOW, help="latency: the window mode")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="rstscope-bench-"))
-    with local_broker(args.bootstrap, tmp) as bootstrap:
+    with bench_dir() as tmp, local_broker(args.bootstrap, tmp) as bootstrap:
         if args.what == "memory":
             memory(bootstrap, tmp, args.connections, args.packets)
         else:
