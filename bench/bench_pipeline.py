@@ -332,24 +332,20 @@ def run_edge(bootstrap: str, n: int, tmp: Path, rounds: int, profile: Path | Non
 
 
 @contextlib.contextmanager
-def bench_dir(prefix: str = "rstscope-bench-") -> contextlib.AbstractContextManager[Path]:
+def bench_dir(prefix: str = "rstscope-bench-") -> Iterator[Path]:
     """A temp dir for one bench run (broker data, logs, the capture), removed afterwards: a bench's
     broker writes gigabytes. RSTSCOPE_KEEP_WORK=1 keeps it (its path is printed)."""
-
-    @contextlib.contextmanager
-    def scoped() -> Iterator[Path]:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix))
-        try:
-            yield tmp
-        finally:
-            if os.environ.get("RSTSCOPE_KEEP_WORK"):
-                print(f"bench: kept {tmp}")
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-
-    return scoped()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+    finally:
+        if os.environ.get("RSTSCOPE_KEEP_WORK"):
+            print(f"bench: kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
 def local_broker(bootstrap: str | None, tmp: Path) -> Iterator[str]:
     """``bootstrap`` if given, else a one-node local broker in ``tmp`` for the duration."""
     if bootstrap:
