@@ -17,6 +17,7 @@ from rstscope.quic.packet import (
     BY_ATTEMPT,
     BY_OWN_DCID,
     DCID_TAG_LEN,
+    MAX_ALPN,
     NOT_DECRYPTED,
     ONE_RTT,
     UNKNOWN,
@@ -30,7 +31,6 @@ PTYPES = ("initial", "zero_rtt", "handshake", "retry", "version_negotiation", ON
 _PTYPE_CODE = {p: i for i, p in enumerate(PTYPES)}
 F_TOKEN, F_HELLO, F_CLOSE, F_BY_ATTEMPT, F_BY_OWN = 1, 2, 4, 8, 16
 MAX_PACKETS = 64  # QUIC packets in one datagram (each is at least ~20 bytes of a <= 1500-byte datagram)
-MAX_ALPN = 32
 _FIELDS = 11  # with the leading 17, without the optional country, asn
 _U32 = 1 << 32
 

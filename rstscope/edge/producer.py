@@ -185,6 +185,11 @@ class Edge:
         self.stats = EdgeStats()
         self.end_ts = float("-inf")  # latest frame of any kind
         self.next_wm = float("-inf")
+        # a batch never holds two windows: the worker closes a window while it processes the batch that
+        # starts the next one, and a replay from that batch (its committed offset may pass the closed
+        # window's pinned openers) would take the closed window's packets without their tuples' state
+        self.window_s = gate.size
+        self.window_end = float("-inf")  # the end of end_ts's window: the batches are cut there
         self.stop = False
         self.input: Source | None = None
 
@@ -325,6 +330,9 @@ class Edge:
                     self._keep_up()  # a paced replay is slow like a live source
                 if ts > self.end_ts:
                     self.end_ts = ts
+                if ts >= self.window_end:  # a new window: what waits belongs to the ones before
+                    self.flush()
+                    self.window_end = (ts // self.window_s + 1) * self.window_s
                 rec = decode_frame(ts, linktype, data)
                 if isinstance(rec, str):
                     if rec == "non_tcp" and self.quic is not None and self._udp(ts, linktype, data):

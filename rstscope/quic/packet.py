@@ -76,6 +76,9 @@ def dcid_tag(dcid: bytes) -> bytes:
     return hashlib.blake2b(dcid, digest_size=DCID_TAG_LEN, key=_DCID_KEY).digest()
 
 
+MAX_ALPN = 32  # ALPN protocols a record carries: the first ones the ClientHello offers (a worker refuses more)
+
+
 class Hello(NamedTuple):
     """What an attempt's ClientHello said, once per attempt: SNI after the SNI policy, ALPN."""
 

@@ -32,6 +32,7 @@ from rstscope.packet import pack_key
 from rstscope.quic.packet import (
     BY_ATTEMPT,
     BY_OWN_DCID,
+    MAX_ALPN,
     UNKNOWN,
     Hello,
     QuicDatagram,
@@ -165,7 +166,7 @@ class QuicReader:
             if raw is None:
                 return None
             ch = parse_client_hello(raw)
-            hello: Hello | None = Hello(sni_value(ch.server_name, self.sni_policy), tuple(ch.alpn))
+            hello: Hello | None = Hello(sni_value(ch.server_name, self.sni_policy), tuple(ch.alpn[:MAX_ALPN]))
         except QuicDecodeError:
             self.counters["client_hello_error"] += 1
             hello = None
