@@ -38,6 +38,7 @@ from rstscope.quic.packet import (
 from rstscope.streams.connection_agent import ConnectionStage
 from tests.quic_mix import mixed_capture
 from tests.test_quic_stage import FAR, _edge
+from tests.test_worker_equivalence import _replays_from_every_commit
 
 TOPOLOGIES = (
     Topology(),
@@ -67,30 +68,9 @@ def _run(stage: ConnectionStage, messages: list[bytes], start: int = 0) -> list[
 def _from_every_commit(messages: list[bytes], topo: Topology) -> tuple[int, int]:
     """Crash right after each commit the partition could make; returns (commits, QUIC records)."""
     ref = _run(_stage(topo), messages)
-    want = {r["id"]: _key(r) for r in ref}
-    assert len(want) == len(ref)
-    stage = _stage(topo)
-    emitted: set[str] = set()
-    checkpoints: list[tuple[int, set[str]]] = []
-    frontier = 0
-    for off, value in enumerate(messages):
-        recs, errs = stage.feed(0, value, off)
-        assert errs == []
-        emitted.update(r["id"] for r in recs)
-        acked = stage.ackable(0)
-        assert acked == list(range(frontier, frontier + len(acked)))
-        if acked:
-            frontier += len(acked)
-            checkpoints.append((frontier, set(emitted)))
-    assert frontier == len(messages), "every message is acked at the end of the input"
-    for committed, before in checkpoints[:-1]:
-        again = _run(_stage(topo), messages, committed)
-        got = before | {r["id"] for r in again}
-        assert got == set(want), (f"replay from offset {committed}: lost {sorted(set(want) - got)}, "
-                                  f"added {sorted(got - set(want))}")
-        for r in again:
-            assert _key(r) == want[r["id"]], f"replay from offset {committed} changed {r['id']}"
-    return len(checkpoints) - 1, sum(r.get("transport") == "quic" for r in ref)
+    assert len({r["id"] for r in ref}) == len(ref)
+    commits = _replays_from_every_commit(messages, topo, ref, lambda: _stage(topo))
+    return commits, sum(r.get("transport") == "quic" for r in ref)
 
 
 def _crashing(messages: list[bytes], topo: Topology, rng: random.Random, crashes: int) -> None:

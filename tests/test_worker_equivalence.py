@@ -26,6 +26,7 @@ import dataclasses
 import json
 import random
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,9 @@ def _messages(admitted: list[bytes], end_ts: float) -> list[bytes]:
     return [*admitted, encode_watermark(Watermark(end_ts, "edge", True))]
 
 
-def _feed(stage: ConnectionStage, messages: list[bytes], partition: int = 0) -> list[dict[str, Any]]:
+def _feed(stage: ConnectionStage, messages: list[bytes], partition: int = 0, start: int = 0) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for offset, value in enumerate(messages):
+    for offset, value in enumerate(messages, start):
         recs, err = stage.feed(partition, value, offset)
         assert err == [], err
         out.extend(recs)  # type: ignore[arg-type]
@@ -216,12 +217,15 @@ def _crashing_run(messages: list[bytes], topo: Topology, rng: random.Random, cra
     return out, replays
 
 
-def _replays_from_every_commit(messages: list[bytes], topo: Topology, ref: list[dict[str, Any]]) -> int:
+def _replays_from_every_commit(messages: list[bytes], topo: Topology, ref: list[dict[str, Any]],
+                               make_stage: Callable[[], ConnectionStage] | None = None) -> int:
     """Crash right after each commit the partition could make (each step of its ack frontier): the
     records emitted until then plus those of a fresh stage replaying from the committed offset are
-    exactly the uninterrupted run's ids, and every copy equals the original. Returns the replays."""
+    exactly the uninterrupted run's ids, and every copy equals the original. Returns the replays.
+    (tests/test_quic_replay.py runs it on QUIC with its own stage clock.)"""
+    new_stage = make_stage or (lambda: ConnectionStage(topo, warmup_s=0))
     want = {r["id"]: _key(r) for r in ref}
-    stage = ConnectionStage(topo, warmup_s=0)
+    stage = new_stage()
     emitted: set[str] = set()
     checkpoints: list[tuple[int, set[str]]] = []
     frontier = 0
@@ -234,10 +238,12 @@ def _replays_from_every_commit(messages: list[bytes], topo: Topology, ref: list[
             checkpoints.append((frontier, set(emitted)))
     assert frontier == len(messages), "every message is acked at the end of the input"
     for committed, before in checkpoints[:-1]:
-        again = _feed(ConnectionStage(topo, warmup_s=0), messages[committed:])
-        assert before | {r["id"] for r in again} == set(want), "a crash lost or added a connection"
+        again = _feed(new_stage(), messages[committed:], start=committed)
+        got = before | {r["id"] for r in again}
+        assert got == set(want), (f"replay from offset {committed}: lost {sorted(set(want) - got)}, "
+                                  f"added {sorted(got - set(want))}")
         for r in again:
-            assert _key(r) == want[r["id"]]
+            assert _key(r) == want[r["id"]], f"replay from offset {committed} changed {r['id']}"
     return len(checkpoints) - 1
 
 

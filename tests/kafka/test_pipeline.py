@@ -294,11 +294,15 @@ def _check_exact(kafka_bootstrap: str, topo: config.Topology, pcap: Path, worker
     got_ids = {loads(v)["id"] for _k, v, _p, _o in read_topic(kafka_bootstrap, topo.topics["connections"].name)}
     assert got_ids == ids
     # every packet is acked once its connection is decided: offsets reach the end of the topic
-    packets = topo.topics["packets"].name
-    ends = end_offsets(kafka_bootstrap, packets)
-    deadline = time.monotonic() + 20
-    while committed(kafka_bootstrap, app_id, packets) != ends:
-        assert time.monotonic() < deadline, (committed(kafka_bootstrap, app_id, packets), ends)
+    wait_committed_at_end(kafka_bootstrap, app_id, topo.topics["packets"].name)
+
+
+def wait_committed_at_end(bootstrap: str, app_id: str, topic: str, timeout: float = 20) -> None:
+    """Every message of ``topic`` acked and committed by ``app_id``: offsets at the end of the topic."""
+    ends = end_offsets(bootstrap, topic)
+    deadline = time.monotonic() + timeout
+    while committed(bootstrap, app_id, topic) != ends:
+        assert time.monotonic() < deadline, (committed(bootstrap, app_id, topic), ends)
         time.sleep(0.5)
 
 

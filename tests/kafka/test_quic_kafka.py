@@ -17,7 +17,7 @@ from rstscope.codecs.jsonl import loads
 from rstscope.offline import Analyzer, Options
 from rstscope.quic.offline import classify_files
 from tests.kafka import test_pipeline
-from tests.kafka.test_pipeline import READY, committed, end_offsets, read_topic, rstscope
+from tests.kafka.test_pipeline import READY, read_topic, rstscope, wait_committed_at_end
 from tests.quic_mix import SERVERS, TCP_PORTS, mixed_capture
 
 pytestmark = pytest.mark.kafka
@@ -60,9 +60,4 @@ def test_quic_and_tcp_through_kafka_equal_offline(pipeline: Any, kafka_bootstrap
     assert sorted(map(_key, tcp_got)) == sorted(map(_key, tcp_ref)), workers.logs()
     # keyed by id like TCP records, and every packets message acked once its records were out
     assert {k.decode() for k, _v, _p, _o in read_topic(kafka_bootstrap, conns) if k} == {g["id"] for g in got}
-    packets = topo.topics["packets"].name
-    ends = end_offsets(kafka_bootstrap, packets)
-    deadline = time.monotonic() + 20
-    while committed(kafka_bootstrap, app_id, packets) != ends:
-        assert time.monotonic() < deadline, (committed(kafka_bootstrap, app_id, packets), ends)
-        time.sleep(0.5)
+    wait_committed_at_end(kafka_bootstrap, app_id, topo.topics["packets"].name)
