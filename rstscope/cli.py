@@ -9,33 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from rstscope import __version__
-
-
-def _csv(values: list[str] | None) -> list[str]:
-    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+from rstscope.options import csv_values, port_list, probability
 
 
 def _ports(values: list[str] | None) -> list[int]:
-    out = []
-    for v in _csv(values):
-        if not v.isdigit() or not 0 < int(v) < 65536:
-            raise SystemExit(f"rstscope: --server-port {v!r} is not a port number (1..65535)")
-        out.append(int(v))
-    return out
-
-
-def _probability(text: str) -> float:
     try:
-        if "/" in text:
-            a, b = text.split("/", 1)
-            p = float(a) / float(b)
-        else:
-            p = float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a probability (e.g. 0.0001 or 1/10000)") from None
-    if not 0.0 < p <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not in (0, 1]")
-    return p
+        return port_list(values)
+    except ValueError as e:
+        raise SystemExit(f"rstscope: {e}") from None
 
 
 def add_analyze(sub: Any) -> None:
@@ -45,7 +26,7 @@ def add_analyze(sub: Any) -> None:
     p.add_argument("--server-ip", action="append", metavar="IP|CIDR",
                    help="server addresses or networks (repeatable, comma lists); default: the SYN's receiver")
     p.add_argument("--server-port", action="append", metavar="PORT", help="server ports (repeatable, comma lists)")
-    p.add_argument("--sample", type=_probability, default=1.0, metavar="P",
+    p.add_argument("--sample", type=probability, default=1.0, metavar="P",
                    help="probability of keeping a new connection (default 1: every connection)")
     p.add_argument("--sample-mode", choices=("random", "hash"), default=None,
                    help="random (secret key per run) or hash (same decision for a tuple on every host)")
@@ -88,7 +69,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         if not f.is_file():
             print(f"rstscope: {f}: no such file", file=sys.stderr)
             return 2
-    opts = Options(_csv(args.server_ip), _ports(args.server_port), args.sample,
+    opts = Options(csv_values(args.server_ip), _ports(args.server_port), args.sample,
                    args.sample_mode or topo.sampling.mode, topo.sampling.hash_key, engine=args.engine)
     geo = GeoDB.open(args.geo) if args.geo else GeoDB.empty()
     with contextlib.ExitStack() as stack:

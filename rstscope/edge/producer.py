@@ -59,6 +59,7 @@ from rstscope.edge.queue import BoundedSender
 from rstscope.edge.sources import LiveCapture, LiveError, PcapFiles, Source
 from rstscope.geo import GeoDB, GeoError
 from rstscope.kafka.roles import default_bootstrap, role_spec
+from rstscope.options import csv_values, port_list, probability
 from rstscope.packet import PacketRecord, pack_key
 from rstscope.quic.packet import QuicDatagram
 from rstscope.quic.record import SNI_POLICIES
@@ -378,21 +379,6 @@ class Edge:
         self.watermark(True)
 
 
-def _csv(values: list[str] | None) -> list[str]:
-    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
-
-
-def _probability(text: str) -> float:
-    try:
-        a, _, b = text.partition("/")
-        p = float(a) / float(b) if b else float(a)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a probability (e.g. 0.0001 or 1/10000)") from None
-    if not 0.0 < p <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not in (0, 1]")
-    return p
-
-
 def _conf_pair(text: str) -> tuple[str, str]:
     k, sep, v = text.partition("=")
     if not sep or not k:
@@ -424,7 +410,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sni", choices=SNI_POLICIES, default="hash",
                    help="what leaves the edge of a QUIC ClientHello's SNI: a pseudonym (hash, default), the name "
                         "(keep), nothing (none)")
-    p.add_argument("--sample", type=_probability, default=None, metavar="P",
+    p.add_argument("--sample", type=probability, default=None, metavar="P",
                    help="probability of keeping a new connection (default: topology sampling.probability; "
                         "1 with --nflog-group)")
     p.add_argument("--sample-mode", choices=("random", "hash"), default=None)
@@ -481,11 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     for f in args.pcap or []:
         if not f.is_file():
             return _fail(f"{f}: no such file")
-    ports = []
-    for v in _csv(args.server_port):
-        if not v.isdigit() or not 0 < int(v) < 65536:
-            return _fail(f"--server-port {v!r} is not a port number")
-        ports.append(int(v))
+    try:
+        ports = port_list(args.server_port)
+        quic_ports = port_list(args.quic_port, "--quic-port") or [443]
+    except ValueError as e:
+        return _fail(str(e))
     client_ip = None
     if args.client_ip:
         from rstscope.edge.privacy import parse
@@ -536,13 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         probability = args.sample if args.sample is not None else sampling.probability
     sampler = Sampler(probability, args.sample_mode or sampling.mode, sampling.hash_key)
-    gate = Gate(Direction(_csv(args.server_ip), ports), sampler, topo.window)
-    quic_ports = []
-    for v in _csv(args.quic_port) or ["443"]:
-        if not v.isdigit() or not 0 < int(v) < 65536:
-            return _fail(f"--quic-port {v!r} is not a port number")
-        quic_ports.append(int(v))
-    quic = None if args.no_quic else QuicGate(_csv(args.server_ip), quic_ports, sampler, topo.window, args.sni)
+    server_ips = csv_values(args.server_ip)
+    gate = Gate(Direction(server_ips, ports), sampler, topo.window)
+    quic = None if args.no_quic else QuicGate(server_ips, quic_ports, sampler, topo.window, args.sni)
     max_wait = args.max_wait if args.max_wait is not None else (None if args.pcap else 0.5)
     try:
         geo = GeoDB.open(args.geo) if args.geo else None

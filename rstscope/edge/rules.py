@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rstscope.options import port_list
+
 DEFAULT_LABEL = 42
 DEFAULT_PREFIX = "rstscope"
 DEFAULT_SNAPLEN = 128
@@ -310,17 +312,8 @@ def installed_iptables(spec: RuleSpec, tools: Sequence[str], run: Runner = _run)
 # -- command line -------------------------------------------------------------------------------------
 
 
-def _port_list(values: list[str] | None) -> tuple[int, ...]:
-    out = []
-    for item in values or []:
-        for v in item.split(","):
-            v = v.strip()
-            if not v:
-                continue
-            if not v.isdigit() or not 0 < int(v) < 65536:
-                raise ValueError(f"--server-port {v!r} is not a port number")
-            out.append(int(v))
-    return tuple(dict.fromkeys(out))
+def _port_list(values: list[str] | None, flag: str = "--server-port") -> tuple[int, ...]:
+    return tuple(dict.fromkeys(port_list(values, flag)))  # a port once: multiport takes at most 15
 
 
 def parser() -> argparse.ArgumentParser:
@@ -352,7 +345,7 @@ def tools_for(family: str) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        udp = () if args.no_quic else _port_list(args.quic_port) or (443,)
+        udp = () if args.no_quic else _port_list(args.quic_port, "--quic-port") or (443,)
         spec = RuleSpec(args.probability, args.nflog_group, args.label, _port_list(args.server_port),
                         args.prefix, args.nflog_size, udp_ports=udp, udp_snaplen=args.quic_size)
     except ValueError as e:

@@ -20,6 +20,7 @@ from rstscope.capture.files import CaptureError
 from rstscope.core.classify import STAGES
 from rstscope.core.rollup import Rollup
 from rstscope.geo import GeoDB, GeoError
+from rstscope.options import csv_values
 from rstscope.outputs import MissingExtra, rollup_writer
 from rstscope.quic.offline import classify_files
 from rstscope.report import STAGE_LABELS
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="write QUIC rollup rows (transport quic): JSON lines, or CSV / Parquet by extension")
     ap.add_argument("--format", choices=("table", "json"), default="table")
     args = ap.parse_args(argv)
-    ips = [p.strip() for v in args.server_ip for p in v.split(",") if p.strip()]
+    ips = csv_values(args.server_ip)
     for f in args.files:
         if not f.is_file():
             print(f"rstscope quic: {f}: no such file", file=sys.stderr)
