@@ -249,13 +249,19 @@ class Edge:
         for p in b.stale(time.monotonic()) if stale_only else b.waiting():
             self._send(p)
 
-    def _publish(self, rec: PacketRecord) -> None:
+    def _client(self, src: bytes) -> tuple[EdgeGeo | None, bytes]:
+        """The client's geolocation (looked up on the raw address, when configured) and its address as
+        it may leave the edge (``--client-ip``): the one place a client address is prepared to leave."""
         geo = None
         if self.geo is not None:
-            g = self.geo.lookup(rec.src)
+            g = self.geo.lookup(src)
             geo = EdgeGeo(g.country, g.asn)
-        if self.client_ip is not None:
-            rec = rec._replace(src=self.client_ip(rec.src))  # the raw tuple keyed the gate; this one Kafka
+        return geo, src if self.client_ip is None else self.client_ip(src)
+
+    def _publish(self, rec: PacketRecord) -> None:
+        geo, src = self._client(rec.src)
+        if src is not rec.src:
+            rec = rec._replace(src=src)  # the raw tuple keyed the gate; this one Kafka
         p = partition_of(rec.packed_key, self.partitions)
         if self.batches.add(p, packet_fields(rec, geo), 40 + 2 * len(rec.src)):
             self._send(p)
@@ -282,11 +288,7 @@ class Edge:
 
     def _publish_quic(self, dg: QuicDatagram) -> None:
         r0 = dg.recs[0]
-        geo = None
-        if self.geo is not None:
-            g = self.geo.lookup(r0.src)
-            geo = (g.country, g.asn)
-        src = self.client_ip(r0.src) if self.client_ip is not None else r0.src
+        geo, src = self._client(r0.src)
         p = partition_of(pack_key(src, r0.sport, r0.dst, r0.dport), self.partitions)
         self.batches.mixed[p] = True
         if self.batches.add(p, quic_fields(dg, src, geo), 40 + 2 * len(src) + 24 * len(dg.recs)):
