@@ -161,6 +161,3 @@ class QuicGate:
             return None
         c["sampled"] += 1
         return got
-
-    def all_counters(self) -> Counter[str]:
-        return self.counters + self.reader.counters

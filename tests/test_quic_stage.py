@@ -300,3 +300,21 @@ def test_quic_sampling_is_per_tuple_and_counted() -> None:
     assert all(len(v) == 1 for v in kept.values())
     assert 0 < c["unsampled"] < n and c["sampled"] + c["unsampled"] + c["no_initial"] == n
     assert c["server_to_client"] == 200
+
+
+def test_a_datagram_too_far_ahead_is_refused_alone() -> None:
+    """In a mixed batch a QUIC datagram ahead of the worker's clock is an error of its own: the TCP
+    packets before and after it, and the datagrams in time, are taken."""
+    from rstscope.packet import PacketRecord
+
+    dgs = _bed_datagrams()[:2]
+    ts = dgs[0].recs[0].ts
+    ahead = QuicDatagram(tuple(r._replace(ts=ts + 1e6) for r in dgs[1].recs), dgs[1].hello)
+    tcp = PacketRecord(ts, 4, b"\x01\x02\x03\x04", b"\x05\x06\x07\x08", 1234, 80, 2, 7, 0, 1, 64, 1000, 0, 0)
+    entries: list[Any] = [packet_fields(tcp), quic_fields(dgs[0], dgs[0].recs[0].src),
+                          quic_fields(ahead, ahead.recs[0].src), packet_fields(tcp._replace(sport=1235))]
+    stage = ConnectionStage(Topology(), clock=lambda: ts, warmup_s=0)
+    _out, errors = stage.feed(0, encode_batch("e1", entries, mixed=True), 0)
+    assert [e.reason for e in errors] == ["ahead_of_clock"] and "QUIC datagram" in str(errors[0])
+    assert stage.counters["quic_datagrams"] == 1 and stage.counters["packets"] == 2
+    assert stage.counters["dead:ahead_of_clock"] == 1

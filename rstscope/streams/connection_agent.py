@@ -45,7 +45,7 @@ from typing import Any
 
 from rstscope.codecs.errors import CodecError, MalformedRecord
 from rstscope.codecs.jsonl import dumps
-from rstscope.codecs.packet import Batch, EdgeGeo, Watermark, decode_message
+from rstscope.codecs.packet import EdgeGeo, Watermark, decode_message
 from rstscope.config import Topology
 from rstscope.core.record import ConnectionRecord, make_record
 from rstscope.core.rollup import bucket_of
@@ -190,16 +190,19 @@ class ConnectionStage:
                         self.counters["batches_missing"] += missing
                 for i, e in msg.errors:
                     errors.append(MalformedRecord(f"record {i} of the batch: {e}"))
-                if msg.quic:  # a mixed batch: its TCP packets and QUIC datagrams, in capture order
-                    out += self._mixed(st, ref, entry, clock, msg, now, errors)
-                    msg = msg._replace(packets=[])
-                for pkt, geo in msg.packets:
+                # TCP packets and (a mixed batch's) QUIC datagrams, in the order the edge read them
+                quic, qi, nq = msg.quic, 0, len(msg.quic)
+                for i, (pkt, geo) in enumerate(msg.packets):
+                    while qi < nq and quic[qi][0] <= i:
+                        out += self._take_datagram(st, ref, entry, clock, quic[qi], now, limit, msg.edge, errors)
+                        qi += 1
                     if pkt.ts > limit:
-                        errors.append(AheadOfClock(f"packet at {pkt.ts:.3f} is more than {self.max_ahead_s:g} s "
-                                                   f"ahead of this worker's clock (edge {msg.edge!r})"))
+                        errors.append(self._ahead("packet", pkt.ts, msg.edge))
                         continue
                     n += 1
                     out += self._packet(st, ref, entry, clock, pkt, geo, now)
+                for item in quic[qi:]:  # datagrams after the batch's last TCP packet
+                    out += self._take_datagram(st, ref, entry, clock, item, now, limit, msg.edge, errors)
                 self.counters["packets"] += n
         except CodecError as e:
             errors.append(e)
@@ -267,32 +270,20 @@ class ConnectionStage:
             out += self._finish(st, done)
         return out
 
-    def _mixed(self, st: PartitionState, ref: int, entry: _Entry, clock: EdgeClock, msg: Batch, now: float,
-               errors: list[CodecError]) -> list[Record]:
-        """A mixed batch's TCP packets and QUIC datagrams, in the order the edge read them."""
-        out: list[Record] = []
-        limit = now + self.max_ahead_s
-        quic, qi = msg.quic, 0
-        for i in range(len(msg.packets) + 1):
-            while qi < len(quic) and quic[qi][0] <= i:
-                _, dg, geo = quic[qi]
-                qi += 1
-                if dg.recs[0].ts > limit:
-                    errors.append(AheadOfClock(f"QUIC datagram at {dg.recs[0].ts:.3f} is more than "
-                                               f"{self.max_ahead_s:g} s ahead of this worker's clock "
-                                               f"(edge {msg.edge!r})"))
-                    continue
-                self.counters["quic_datagrams"] += 1
-                out += self._datagram(st, ref, entry, clock, dg, geo, now)
-            if i < len(msg.packets):
-                pkt, pgeo = msg.packets[i]
-                if pkt.ts > limit:
-                    errors.append(AheadOfClock(f"packet at {pkt.ts:.3f} is more than {self.max_ahead_s:g} s "
-                                               f"ahead of this worker's clock (edge {msg.edge!r})"))
-                    continue
-                self.counters["packets"] += 1
-                out += self._packet(st, ref, entry, clock, pkt, pgeo, now)
-        return out
+    def _ahead(self, what: str, ts: float, edge: str) -> AheadOfClock:
+        return AheadOfClock(f"{what} at {ts:.3f} is more than {self.max_ahead_s:g} s ahead of this worker's "
+                            f"clock (edge {edge!r})")
+
+    def _take_datagram(self, st: PartitionState, ref: int, entry: _Entry, clock: EdgeClock,
+                       item: tuple[int, QuicDatagram, EdgeGeo | None], now: float, limit: float, edge: str,
+                       errors: list[CodecError]) -> list[Record]:
+        """A mixed batch's QUIC datagram, unless it is too far ahead of this worker's clock (an error)."""
+        _, dg, geo = item
+        if dg.recs[0].ts > limit:
+            errors.append(self._ahead("QUIC datagram", dg.recs[0].ts, edge))
+            return []
+        self.counters["quic_datagrams"] += 1
+        return self._datagram(st, ref, entry, clock, dg, geo, now)
 
     def _datagram(self, st: PartitionState, ref: int, entry: _Entry, clock: EdgeClock, dg: QuicDatagram,
                   geo: EdgeGeo | None, now: float) -> list[Record]:
