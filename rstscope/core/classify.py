@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -301,6 +302,7 @@ def scanner_mark(syn: PacketRecord) -> str | None:
     return SCANNERS[code - 1] if code else None
 
 
+@cache  # at most 5 stages x 2 x 6 marks; most connections end here, and a Verdict is immutable
 def plain_verdict(stage: str, timed_out: bool, mark: str | None) -> Verdict:
     """The verdict of a connection without RSTs: a timeout or nothing, and the scanner's mark."""
     tags = ["timeout"] if timed_out else []

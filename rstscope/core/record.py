@@ -10,6 +10,7 @@ path), so consumers of the connections topic can de-duplicate on it.
 from __future__ import annotations
 
 import hashlib
+import struct
 from typing import TypedDict
 
 from rstscope.config import EvidenceParams
@@ -49,12 +50,14 @@ class ConnectionRecord(TypedDict):
     mode: str  # the method that decided it: window (the blog's) | idle (labelled, not comparable)
 
 
-def connection_id(key: Key, syn_seq: int, first_ts: float) -> str:
-    """16 hex digits from the 5-tuple, the SYN's sequence number and the first packet's microsecond."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(pack_key(*key))
-    h.update(syn_seq.to_bytes(4, "big") + round(first_ts * 1e6).to_bytes(8, "big", signed=True))
-    return h.hexdigest()
+_ID_TAIL = struct.Struct("!Iq")  # the SYN's sequence number, the first packet's microsecond
+
+
+def connection_id(key: Key | bytes, syn_seq: int, first_ts: float) -> str:
+    """16 hex digits from the 5-tuple (or its ``pack_key`` bytes), the SYN's sequence number and the
+    first packet's microsecond."""
+    packed = key if isinstance(key, bytes) else pack_key(*key)
+    return hashlib.blake2b(packed + _ID_TAIL.pack(syn_seq, round(first_ts * 1e6)), digest_size=8).hexdigest()
 
 
 class Endpoints(TypedDict):
@@ -75,11 +78,13 @@ def endpoint_fields(key: Key) -> Endpoints:
 
 
 def build_record(key: Key, window_start: int, syn_seq: int, first_ts: float, last_ts: float, packets: int,
-                 v: Verdict, mode: str, country: str = "XX", asn: int = 0, as_name: str = "") -> ConnectionRecord:
-    """The record of a classified connection: the one place its fields are filled."""
+                 v: Verdict, mode: str, country: str = "XX", asn: int = 0, as_name: str = "",
+                 packed_key: bytes | None = None) -> ConnectionRecord:
+    """The record of a classified connection: the one place its fields are filled. ``packed_key``:
+    ``key`` as ``pack_key`` bytes, if the caller holds them already."""
     return {
         "v": RECORD_VERSION,
-        "id": connection_id(key, syn_seq, first_ts),
+        "id": connection_id(key if packed_key is None else packed_key, syn_seq, first_ts),
         "window_start": window_start,
         **endpoint_fields(key),
         "first_ts": round(first_ts, 6),
@@ -105,7 +110,8 @@ def build_record(key: Key, window_start: int, syn_seq: int, first_ts: float, las
 def make_record(conn: Connection, max_packets: int, evidence: EvidenceParams, mode: str,
                 country: str = "XX", asn: int = 0, as_name: str = "") -> ConnectionRecord:
     """Classify a finished connection and describe it as a record."""
-    packets = conn.packets
+    key = conn.key
+    packets = conn.records(key)
     v = classify(packets, max_packets, evidence)
-    return build_record(conn.key, conn.window_start, conn.syn_seq, conn.first_ts, conn.last_ts,
-                        len(packets), v, mode, country, asn, as_name)
+    return build_record(key, conn.window_start, conn.syn_seq, conn.first_ts, conn.last_ts,
+                        len(packets), v, mode, country, asn, as_name, conn.pkey)

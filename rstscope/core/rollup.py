@@ -152,6 +152,28 @@ class Rollup:
                 self._note_as_name(k, record)
         return keys
 
+    def add_many(self, records: Iterable[Mapping[str, Any]]) -> set[RowKey]:
+        """Count many records; returns the row keys they changed. The same counts as ``add`` per
+        record, in one ``add`` per group of records the rollup cannot tell apart (a rollup-input
+        message of 500 connections holds a few dozen such groups): of each group, the record with the
+        latest time names an asn row, as ``add`` would have it."""
+        groups: dict[tuple[Any, ...], list[Any]] = {}
+        for r in records:
+            g = (bucket_of(r, self.bucket_s), r.get("country"), r.get("asn"), r["stage"],
+                 tuple(r.get("tags") or ()), r.get("signature"), r.get("as_name"), r.get("transport"))
+            rank = float(r.get("last_ts") or r["window_start"])
+            e = groups.get(g)
+            if e is None:
+                groups[g] = [1, rank, r]
+            else:
+                e[0] += 1
+                if rank > e[1]:
+                    e[1], e[2] = rank, r
+        changed: set[RowKey] = set()
+        for n, _rank, r in groups.values():
+            changed.update(self.add(r, n))
+        return changed
+
     def _note_as_name(self, key: RowKey, record: Mapping[str, Any]) -> None:
         name = record.get("as_name")
         if not name or not isinstance(name, str):

@@ -240,7 +240,11 @@ class Connection:
     @property
     def packets(self) -> list[PacketRecord]:
         """Its packets as records, in the order they were added."""
-        src, sport, dst, dport = unpack_key(self.pkey)
+        return self.records(unpack_key(self.pkey))
+
+    def records(self, key: Key) -> list[PacketRecord]:
+        """``packets``, given its ``key`` (a caller that needs both unpacks the key once)."""
+        src, sport, dst, dport = key
         version = 4 if len(src) == 4 else 6
         new = tuple.__new__  # PacketRecord(...) without the namedtuple's argument handling: a worker's hot path
         return [new(PacketRecord, (ts, version, src, dst, sport, dport, flags, seq, ack,
@@ -310,6 +314,9 @@ class ConnectionTable:
         self.current_window = -1  # windows before this one are closed
         self._due: list[tuple[float, int, Connection]] = []  # (emit at, tiebreak, conn)
         self._tiebreak = 0
+        # below this event time, advance() only moves the watermark: nothing is due and the window is
+        # the same (a worker advances per packet, and almost every advance is one of these)
+        self.quiet_until = float("-inf")
 
     # -- the three hooks -------------------------------------------------------------------------
 
@@ -355,6 +362,13 @@ class ConnectionTable:
     def _schedule(self, conn: Connection, at: float) -> None:
         self._tiebreak += 1
         heapq.heappush(self._due, (at, self._tiebreak, conn))
+        if at < self.quiet_until:
+            self.quiet_until = at
+
+    def _quiet(self) -> None:
+        """Recompute ``quiet_until``: the next entry due, or the end of the current window."""
+        end = self.current_window + self.size if self.current_window >= 0 else float("-inf")
+        self.quiet_until = min(self._due[0][0], end) if self._due else end
 
     # -- input -----------------------------------------------------------------------------------
 
@@ -404,11 +418,14 @@ class ConnectionTable:
         if watermark <= self.watermark:
             return []
         self.watermark = watermark
+        if watermark < self.quiet_until:
+            return []
         out = self._emit_due(watermark)
         current = int(window_of(watermark, self.size))
         if current > self.current_window:
             self.current_window = current
             out.extend(self._close_windows(current, END_WINDOW, float("inf")))
+        self._quiet()
         return out
 
     def _emit_due(self, watermark: float) -> list[Finished]:
@@ -451,6 +468,7 @@ class ConnectionTable:
         out.extend(self._close_windows(2**62, END_INPUT, end_ts))
         self._due.clear()
         self.closed.clear()
+        self._quiet()
         return out
 
     def feed(self, packets: Iterable[PacketRecord], end_ts: float | None = None) -> list[Finished]:

@@ -229,6 +229,8 @@ class QuicTable:
         if watermark <= self.watermark:
             return []
         self.watermark = watermark
+        if self.current_window >= 0 and watermark < self.current_window + self.size:
+            return []  # the same window (a worker advances per packet: the common case)
         current = int(window_of(watermark, self.size))
         if current <= self.current_window:
             return []

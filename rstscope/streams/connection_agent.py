@@ -235,7 +235,9 @@ class ConnectionStage:
             self.counters["inputs_ended"] += 1
         elif st.closed_before() != st.window:
             st.unpin(st.closed_before())
-        return self._finish(st, done) + self._finish_quic(st, qdone)
+        if qdone:
+            return self._finish(st, done) + self._finish_quic(st, qdone)
+        return self._finish(st, done) if done else []
 
     def _watermark(self, st: PartitionState, wm: Watermark, now: float) -> list[Record]:
         self.counters["watermarks"] += 1

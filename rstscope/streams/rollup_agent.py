@@ -117,6 +117,7 @@ class RollupStage:
         r = self.rollup(partition, records)
         seen = self.seen[partition]
         new: list[list[Any]] = []
+        fresh: list[Mapping[str, Any]] = []
         dirty = self.dirty.setdefault(partition, set())
         for rec in recs:  # the whole message is refused before anything of it is counted
             if not isinstance(rec, dict):
@@ -141,8 +142,9 @@ class RollupStage:
                 continue
             ids.add(rid)
             new.append(compact(rec))
-            dirty.update(r.add(rec))
+            fresh.append(rec)
             newest = max(newest, b)
+        dirty.update(r.add_many(fresh))
         if new:
             key = f"{partition}:{offset}"
             records[key] = orjson.dumps({"p": partition, "r": new})
