@@ -130,6 +130,24 @@ def records_at(bootstrap: str, topic: str) -> dict[int, list[int]]:
     return cum
 
 
+def read_through(bootstrap: str, topic: str) -> int:
+    """Read a topic to its end once (librdkafka, nothing decoded), so that the timed consumer after it
+    meets a warm broker (fetch path compiled by the JVM, segments in the page cache) whichever runs
+    first. Returns the messages read."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-warm-{uuid.uuid4().hex[:6]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    ends = end_offsets(bootstrap, topic)
+    c.assign([TopicPartition(topic, p, 0) for p in ends])
+    seen = dict.fromkeys(ends, 0)
+    deadline = time.monotonic() + 120
+    while any(seen[p] < ends[p] for p in ends) and time.monotonic() < deadline:
+        for m in c.consume(1000, 1.0):
+            if m.error() is None:
+                seen[m.partition()] = m.offset() + 1
+    c.close()
+    return sum(seen.values())
+
+
 def bench_raw(bootstrap: str, topic: str, pcap: Path, topo: config.Topology) -> tuple[float, int]:
     g = gate(topo)
     msgs = []
@@ -287,20 +305,6 @@ def time_consumer(cmd: list[str], bootstrap: str, group: str, topic: str, log: P
         proc.wait(60)
 
 
-def time_trivial(bootstrap: str, topic: str, tag: str, tmp: Path, tries: int = 3) -> tuple[float, int, float]:
-    """``time_consumer`` for the trivial Faust agent. Now and then (more often the more Faust apps ran on
-    one broker before) it stops committing every partition but one, idle, with no error in its log; a
-    Faust fault, not a cost of decoding. Such a run is reported and run again as a new consumer group."""
-    for i in range(tries):
-        group = f"{tag}-trivial{i or ''}"
-        cmd = [sys.executable, "-c", TRIVIAL, bootstrap, topic, group, "8"]
-        try:
-            return time_consumer(cmd, bootstrap, group, topic, tmp / f"{group}.log")
-        except Stalled as e:
-            print(f"trivial agent stalled, run again as a new group: {e}", file=sys.stderr)
-    raise Stalled(f"the trivial agent stalled {tries} times")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
@@ -412,10 +416,17 @@ def run(bootstrap: str, n: int, tmp: Path, profile: Path | None = None) -> dict[
                   "--session-timeout", "6", "--commit-interval", "0.5", "--loglevel", "warning"]
     if profile is not None:
         worker_cmd = ["py-spy", "record", "-r", "250", "-f", "raw", "-o", str(profile), "--", *worker_cmd]
+    # The trivial agent first: Faust's default consumer (auto acks) here sometimes stops committing all
+    # partitions but one, idle and without an error, when other Faust apps consumed from the broker
+    # before it (seen with 400,000 messages after one app, 100,000 after three); it never did as the
+    # broker's first. rstscope's worker (manual acks) has not shown it, here or in the Kafka tests.
+    trivial_cmd = [sys.executable, "-c", TRIVIAL, bootstrap, raw_topic, f"{tag}-trivial", "8"]
+    read_through(bootstrap, raw_topic)  # (records_at below reads the packets topic through likewise)
+    trivial_s, trivial_n, trivial_cpu = time_consumer(trivial_cmd, bootstrap, f"{tag}-trivial", raw_topic,
+                                                      tmp / "trivial.log")
     cum = records_at(bootstrap, packets)
     worker_s, worker_n, worker_cpu = time_consumer(worker_cmd, bootstrap, f"{tag}-app", packets,
                                                    tmp / "worker.log", cum)
-    trivial_s, trivial_n, trivial_cpu = time_trivial(bootstrap, raw_topic, tag, tmp)
     total = sum(end_offsets(bootstrap, packets).values())  # batches + watermarks
     worker_rate, trivial_rate = worker_n / worker_s, trivial_n / trivial_s
 

@@ -140,7 +140,7 @@ def check_record(f: Any) -> tuple[PacketRecord, EdgeGeo | None]:
     """One packet record's fields, checked (types, ranges, address lengths); raises MalformedRecord."""
     if not isinstance(f, list):
         raise MalformedRecord("a packet record is not an array")
-    geo = _check_geo(f)
+    geo = None if len(f) == _FIELDS else _check_geo(f)
     (ts, ver, src, dst, sport, dport, flags, seq, ack, ipid, ttl, win, plen, olen) = f[:_FIELDS]
     if not isinstance(ts, (int, float)) or isinstance(ts, bool):
         raise MalformedRecord("ts is not a number")

@@ -309,6 +309,7 @@ class ConnectionTable:
         self.open: dict[bytes, Connection] = {}  # keyed by packed 4-tuple (``pack_key``)
         self.closed: dict[bytes, Marker] = {}
         self.last: Connection | None = None  # the connection the last added packet joined or opened
+        self.fresh = False  # ... and its tuple had no state (connection or marker) in its window before it
         self.counters: Counter[str] = Counter()
         self.watermark = float("-inf")
         self.current_window = -1  # windows before this one are closed
@@ -389,6 +390,7 @@ class ConnectionTable:
             key = pkt.packed_key
         conn = self.open.get(key)
         st: Connection | Marker | None = conn if conn is not None else self.closed.get(key)
+        self.fresh = st is None or st.window_start != window
         o = step(st, ts, pkt.flags, pkt.seq, window, self.params)
         s = o.step
         if s is STEP_JOIN:

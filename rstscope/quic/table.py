@@ -146,6 +146,7 @@ class QuicTable:
         self.watermark = float("-inf")
         self.current_window = -1
         self.last: Attempt | None = None  # the attempt the last datagram joined or opened
+        self.fresh = False  # ... and its tuple had no attempt (open or sealed) in its window before it
 
     # -- the three hooks -------------------------------------------------------------------------
 
@@ -203,6 +204,7 @@ class QuicTable:
         pkey = recs[0].packed_key
         att = self.open.get(pkey)
         st = att if att is not None else self.sealed.get(pkey)
+        self.fresh = st is None or st.window_start != window
         o = step(st, recs, window)
         if o.step is Step.DROP:
             self.counters[o.counter] += 1

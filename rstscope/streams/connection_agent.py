@@ -254,18 +254,15 @@ class ConnectionStage:
         window = int(window_of(item.ts, table.size))
         if window < table.current_window:
             clock.late += 1  # the table counts it too (late); here: which edge it came from
-        key = item.packed_key
-        before = table.open.get(key) or table.closed.get(key)
-        first = before is None or before.window_start != window  # the tuple has no state in this window
         entry.holds += 1  # the table may keep it (released when its connection is finalized)
-        done = table.add(item, ref, key)
+        done = table.add(item, ref, item.packed_key)
         conn = table.last
         if conn is None:
             entry.holds -= 1  # dropped by the table
         else:
             if geo is not None:
                 conn.meta = geo  # the edge hid the client address; it geolocated it first
-            if first:  # with no state in its window before, it opened the tuple's first connection there
+            if table.fresh:  # with no state in its window before, it opened the tuple's first connection there
                 entry.holds += 1
                 st.pinned.setdefault(window, []).append(entry)
         if done:
@@ -298,9 +295,6 @@ class ConnectionStage:
         window = int(window_of(ts, qt.size))
         if window < qt.current_window:
             clock.late += 1  # the table counts it too (late); here: which edge it came from
-        key = dg.recs[0].packed_key
-        before = qt.open.get(key) or qt.sealed.get(key)
-        first = before is None or before.window_start != window  # the tuple has no state in this window
         entry.holds += 1  # the attempt may keep it (released when the attempt is finished)
         done = qt.add(dg.recs, dg.hello, ref)
         att = qt.last
@@ -309,7 +303,7 @@ class ConnectionStage:
         else:
             if geo is not None:
                 att.meta = geo
-            if first:  # it opened the tuple's first attempt of the window: pinned until the window closes
+            if qt.fresh:  # it opened the tuple's first attempt of the window: pinned until the window closes
                 entry.holds += 1
                 st.pinned.setdefault(window, []).append(entry)
         if done:
