@@ -42,12 +42,15 @@ from confluent_kafka.admin import AdminClient  # noqa: E402
 
 from rstscope import config  # noqa: E402
 from rstscope.capture.files import FileStats, read_frames  # noqa: E402
+from rstscope.codecs.jsonl import dumps  # noqa: E402
 from rstscope.codecs.packet import Watermark, decode_message, encode_packet, packet_key  # noqa: E402
+from rstscope.core.rollup import bucket_of  # noqa: E402
 from rstscope.decode import decode_frame  # noqa: E402
 from rstscope.direction import Direction  # noqa: E402
 from rstscope.edge.producer import DEFAULT_CONF, Edge  # noqa: E402
 from rstscope.sampling import Gate, Sampler  # noqa: E402
-from rstscope.streams.connection_agent import ConnectionStage  # noqa: E402
+from rstscope.streams.connection_agent import ConnectionStage, rollup_batches  # noqa: E402
+from rstscope.streams.rollup_agent import RollupStage  # noqa: E402
 from rstscope.streams.topics import all_specs, apply  # noqa: E402
 
 SERVER = bytes([192, 0, 2, 1])
@@ -187,16 +190,31 @@ class _Keep:
         return 0
 
 
-def bench_stage(topo: config.Topology, pcap: Path) -> tuple[float, int]:
+def bench_stage(topo: config.Topology, pcap: Path) -> tuple[float, int, float, int]:
+    """The two agents' cores without Kafka or Faust, on the edge's batches: ConnectionStage.feed
+    (seconds, packet records), then RollupStage.add_batch on the rollup-input messages the connection
+    agent would send of its records (seconds, connection records)."""
     keep = _Keep()
     edge = Edge(keep, "packets", 8, gate(topo), "bench")
     edge.run([pcap])
     stage = ConnectionStage(topo, warmup_s=0)
+    records: list[Any] = []
     t0 = time.perf_counter()
     for p, v in keep.messages:
-        stage.feed(p, v, None)
+        records += stage.feed(p, v, None)[0]
         stage.ackable(p)
-    return time.perf_counter() - t0, edge.stats.sent
+    stage_s = time.perf_counter() - t0
+    bucket_s = topo.window.size_s
+    pending: dict[int, list[bytes]] = {}
+    for rec in records:
+        pending.setdefault(bucket_of(rec, bucket_s), []).append(dumps(rec))
+    inputs = list(rollup_batches(pending))
+    rollup, table = RollupStage(bucket_s), {}  # a dict for the Faust table
+    t0 = time.perf_counter()
+    for offset, (_key, value) in enumerate(inputs):
+        rollup.add_batch(0, value, table, offset)
+        rollup.take_dirty()
+    return stage_s, edge.stats.sent, time.perf_counter() - t0, len(records)
 
 
 TRIVIAL = '''
@@ -409,7 +427,7 @@ def run(bootstrap: str, n: int, tmp: Path, profile: Path | None = None) -> dict[
     tag, topo_path, topo, raw_topic, pcap = _prepare(bootstrap, n, tmp)
     edge_s, edge_n = bench_edge(bootstrap, topo, pcap)
     raw_s, raw_n = bench_raw(bootstrap, raw_topic, pcap, topo)
-    stage_s, stage_n = bench_stage(topo, pcap)
+    stage_s, stage_n, rollup_s, rollup_n = bench_stage(topo, pcap)
     packets = topo.topics["packets"].name
     worker_cmd = [sys.executable, "-m", "rstscope.cli", "worker", "--bootstrap", bootstrap, "--topology",
                   str(topo_path), "--app-id", f"{tag}-app", "--workers-dir", str(tmp / "w"),
@@ -436,6 +454,7 @@ def run(bootstrap: str, n: int, tmp: Path, profile: Path | None = None) -> dict[
         ("worker (rstscope worker, 2 agents)", worker_rate, f"{worker_rate / trivial_rate:.2f} x trivial"),
         ("trivial Faust agent (1 record/message)", trivial_rate, "1.00"),
         ("ConnectionStage.feed in-process", stage_n / stage_s, "(no Kafka)"),
+        ("RollupStage.add_batch in-process", rollup_n / rollup_s, "(connection records/s, no Kafka)"),
     ]
     print(f"\n{'path':40} {'records/s':>12}  ratio")
     for name, rate, ratio in rows:
@@ -448,7 +467,8 @@ def run(bootstrap: str, n: int, tmp: Path, profile: Path | None = None) -> dict[
     print(f"CPU per packet record over the same spans: worker {worker_us:.1f} us, trivial agent {trivial_us:.1f} us "
           f"({trivial_us / worker_us:.2f} x; the worker at full CPU: {1e6 / worker_us:,.0f} records/s)")
     return {"edge": edge_n / edge_s, "raw": raw_n / raw_s, "worker": worker_rate, "trivial": trivial_rate,
-            "stage": stage_n / stage_s, "worker_cpu_us": worker_us, "trivial_cpu_us": trivial_us}
+            "stage": stage_n / stage_s, "rollup": rollup_n / rollup_s, "worker_cpu_us": worker_us,
+            "trivial_cpu_us": trivial_us}
 
 
 if __name__ == "__main__":
