@@ -107,6 +107,11 @@ def bucket_of(record: Mapping[str, Any], bucket_s: int) -> int:
     return int(record["window_start"]) // bucket_s * bucket_s
 
 
+def _named_at(record: Mapping[str, Any]) -> float:
+    """When a record names its asn row: its last packet (its window, without one); the latest name wins."""
+    return float(record.get("last_ts") or record["window_start"])
+
+
 def row_keys(record: Mapping[str, Any], bucket_s: int) -> list[RowKey]:
     """The rows a connection record counts in: its bucket, each of its dimensions, its transport."""
     bucket = bucket_of(record, bucket_s)
@@ -161,7 +166,7 @@ class Rollup:
         for r in records:
             g = (bucket_of(r, self.bucket_s), r.get("country"), r.get("asn"), r["stage"],
                  tuple(r.get("tags") or ()), r.get("signature"), r.get("as_name"), r.get("transport"))
-            rank = float(r.get("last_ts") or r["window_start"])
+            rank = _named_at(r)
             e = groups.get(g)
             if e is None:
                 groups[g] = [1, rank, r]
@@ -178,7 +183,7 @@ class Rollup:
         name = record.get("as_name")
         if not name or not isinstance(name, str):
             return
-        rank = (float(record.get("last_ts") or record["window_start"]), name)
+        rank = (_named_at(record), name)
         old = self.as_names.get(key)
         if old is None or rank > old:
             self.as_names[key] = rank

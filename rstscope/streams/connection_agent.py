@@ -49,13 +49,13 @@ from rstscope.codecs.packet import EdgeGeo, Watermark, decode_message
 from rstscope.config import Topology
 from rstscope.core.record import ConnectionRecord, make_record
 from rstscope.core.rollup import bucket_of
-from rstscope.core.table import ConnectionTable, Finished, window_of
+from rstscope.core.table import Connection, ConnectionTable, Finished, window_of
 from rstscope.geo import GeoDB
 from rstscope.kafka.roles import role_spec
 from rstscope.packet import PacketRecord
 from rstscope.quic.packet import QuicDatagram
 from rstscope.quic.record import QuicRecord, record_of
-from rstscope.quic.table import QuicFinished, QuicTable
+from rstscope.quic.table import Attempt, QuicFinished, QuicTable
 from rstscope.streams.checkpoint import Checkpoint
 from rstscope.streams.edges import NEVER, EdgeClock, EdgeClocks
 from rstscope.streams.faust_internals import AckRef, TopicBatches
@@ -235,9 +235,7 @@ class ConnectionStage:
             self.counters["inputs_ended"] += 1
         elif st.closed_before() != st.window:
             st.unpin(st.closed_before())
-        if qdone:
-            return self._finish(st, done) + self._finish_quic(st, qdone)
-        return self._finish(st, done) if done else []
+        return self._finish(st, done) + self._finish_quic(st, qdone)
 
     def _watermark(self, st: PartitionState, wm: Watermark, now: float) -> list[Record]:
         self.counters["watermarks"] += 1
@@ -248,26 +246,39 @@ class ConnectionStage:
                 geo: EdgeGeo | None, now: float) -> list[Record]:
         """One packet of a batch from the edge whose ``clock`` it moves."""
         table = st.table
-        if item.ts > clock.watermark:
-            clock.watermark = item.ts
-        out = self._advance(st, now) if item.ts > table.watermark else []
-        window = int(window_of(item.ts, table.size))
-        if window < table.current_window:
-            clock.late += 1  # the table counts it too (late); here: which edge it came from
-        entry.holds += 1  # the table may keep it (released when its connection is finalized)
+        out, window = self._arrive(st, table, clock, item.ts, now)
         done = table.add(item, ref, item.packed_key)
-        conn = table.last
-        if conn is None:
-            entry.holds -= 1  # dropped by the table
-        else:
-            if geo is not None:
-                conn.meta = geo  # the edge hid the client address; it geolocated it first
-            if table.fresh:  # with no state in its window before, it opened the tuple's first connection there
-                entry.holds += 1
-                st.pinned.setdefault(window, []).append(entry)
+        self._taken(st, entry, table.last, table.fresh, window, geo)
         if done:
             out += self._finish(st, done)
         return out
+
+    def _arrive(self, st: PartitionState, table: ConnectionTable | QuicTable, clock: EdgeClock, ts: float,
+                now: float) -> tuple[list[Record], int]:
+        """What a packet or datagram at ``ts`` does before ``table`` takes it: it moves its edge's clock, and
+        with it the partition's event time (the records that finished), and falls in a window (returned;
+        one already closed is counted per edge, the table counts it too)."""
+        if ts > clock.watermark:
+            clock.watermark = ts
+        out = self._advance(st, now) if ts > table.watermark else []
+        window = int(window_of(ts, table.size))
+        if window < table.current_window:
+            clock.late += 1
+        return out, window
+
+    def _taken(self, st: PartitionState, entry: _Entry, unit: Connection | Attempt | None, fresh: bool, window: int,
+               geo: EdgeGeo | None) -> None:
+        """After a table took a packet or datagram into ``unit`` (None: dropped it): its message is held
+        until the unit is finished, and pinned until ``window`` closes if the unit is its tuple's first
+        there (``fresh``: no state in the window before it)."""
+        if unit is None:
+            return
+        entry.holds += 1  # released when the unit is finished
+        if geo is not None:
+            unit.meta = geo  # the edge hid the client address; it geolocated it first
+        if fresh:
+            entry.holds += 1
+            st.pinned.setdefault(window, []).append(entry)
 
     def _ahead(self, what: str, ts: float, edge: str) -> AheadOfClock:
         return AheadOfClock(f"{what} at {ts:.3f} is more than {self.max_ahead_s:g} s ahead of this worker's "
@@ -288,24 +299,9 @@ class ConnectionStage:
                   geo: EdgeGeo | None, now: float) -> list[Record]:
         """One QUIC datagram: as ``_packet``, with the QUIC attempt table (holds, pins, the same clock)."""
         qt = st.qtable
-        ts = dg.recs[0].ts
-        if ts > clock.watermark:
-            clock.watermark = ts
-        out = self._advance(st, now) if ts > qt.watermark else []
-        window = int(window_of(ts, qt.size))
-        if window < qt.current_window:
-            clock.late += 1  # the table counts it too (late); here: which edge it came from
-        entry.holds += 1  # the attempt may keep it (released when the attempt is finished)
+        out, window = self._arrive(st, qt, clock, dg.recs[0].ts, now)
         done = qt.add(dg.recs, dg.hello, ref)
-        att = qt.last
-        if att is None:
-            entry.holds -= 1  # dropped by the table
-        else:
-            if geo is not None:
-                att.meta = geo
-            if qt.fresh:  # it opened the tuple's first attempt of the window: pinned until the window closes
-                entry.holds += 1
-                st.pinned.setdefault(window, []).append(entry)
+        self._taken(st, entry, qt.last, qt.fresh, window, geo)
         if done:
             out += self._finish_quic(st, done)
         return out
@@ -318,18 +314,22 @@ class ConnectionStage:
         g = self.geo.lookup(client)
         return g.country, g.asn, g.as_name
 
+    def _settled(self, st: PartitionState, refs: Iterable[int], excluded: str | None, counter: str) -> bool:
+        """A finished connection or attempt releases its messages; True if it is classified, else its
+        exclusion is counted (under ``counter:<why>``)."""
+        for r in refs:
+            st.release(r)
+        if excluded:
+            self.counters[f"{counter}:{excluded}"] += 1
+            return False
+        return True
+
     def _finish_quic(self, st: PartitionState, done: list[QuicFinished]) -> list[Record]:
         """Records of the finished QUIC attempts; their datagrams' messages are released."""
         if not done:
             return []
-        out: list[Record] = []
-        for f in done:
-            for r in f.attempt.refs:
-                st.release(r)
-            if f.excluded:
-                self.counters[f"quic_excluded:{f.excluded}"] += 1
-                continue
-            out.append(record_of(f, *self._place(f.attempt.meta, f.attempt.key[0])))
+        out: list[Record] = [record_of(f, *self._place(f.attempt.meta, f.attempt.key[0])) for f in done
+                              if self._settled(st, f.attempt.refs, f.excluded, "quic_excluded")]
         self.counters["quic_records"] += len(out)
         return out
 
@@ -337,16 +337,10 @@ class ConnectionStage:
         """Records of the finalized connections; their packets' messages are released."""
         if not done:
             return []
-        out: list[Record] = []
         w = self.topology.window
-        for f in done:
-            for r in f.conn.refs:
-                st.release(r)
-            if f.excluded:
-                self.counters[f"excluded:{f.excluded}"] += 1
-                continue
-            out.append(make_record(f.conn, w.max_packets, self.topology.evidence, w.mode,
-                                   *self._place(f.conn.meta, f.conn.key[0])))
+        out: list[Record] = [make_record(f.conn, w.max_packets, self.topology.evidence, w.mode,
+                                         *self._place(f.conn.meta, f.conn.key[0])) for f in done
+                             if self._settled(st, f.conn.refs, f.excluded, "excluded")]
         self.counters["records"] += len(out)
         return out
 
