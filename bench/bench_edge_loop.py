@@ -1,12 +1,13 @@
 """The edge's loop without Kafka: read, decode, gate, batch, encode; the producer discards.
 
-    python bench/bench_edge_loop.py [--connections 25000] [--runs 5] [--pcap FILE] [--profile FILE]
+    python bench/bench_edge_loop.py [--connections 25000] [--runs 5] [--pcap FILE] [--profile FILE] [--frames]
 
 Times ``Edge(<discarding producer>, ...).run([pcap])`` on bench_pipeline.py's synthetic capture (or
-``--pcap``) and prints each run's records/s and the median. It times the tree it is run from (``REPO``
-below): to compare two commits, run it from both worktrees alternately and compare medians (the
-machine's load moves between runs; interleaving spreads it over both). ``--profile FILE`` writes a
-cProfile of one more run (``python -m pstats FILE``).
+``--pcap``) and prints each run's records/s and the median; ``--frames`` also times the frame-by-frame
+path (live sources take it) in alternate runs, and checks that both send the same messages. It times
+the tree it is run from (``REPO`` below): to compare two commits, run it from both worktrees
+alternately and compare medians (the machine's load moves between runs; interleaving spreads it over
+both). ``--profile FILE`` writes a cProfile of one more run (``python -m pstats FILE``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bench_pipeline import gate, synth_pcap  # noqa: E402
 
 from rstscope import config  # noqa: E402
 from rstscope.edge.producer import Edge  # noqa: E402
+from rstscope.edge.sources import PcapFiles  # noqa: E402
 
 
 class Discard:
@@ -52,11 +54,15 @@ class Discard:
         return 0
 
 
-def once(topo: config.Topology, pcap: Path) -> tuple[float, int, Discard]:
+def once(topo: config.Topology, pcap: Path, frames: bool = False) -> tuple[float, int, Discard]:
+    """One run of the edge on ``pcap``: through the columns (``Edge.run([pcap])``, what a file replay
+    takes), or ``frames``: frame by frame (``Edge.run(PcapFiles([pcap]))``, the reference, what live
+    sources take). The run id is fixed, so equal digests mean equal messages."""
     sink = Discard()
     edge = Edge(sink, "packets", topo.topics["packets"].partitions, gate(topo), "bench")
+    edge.run_id = 0
     t0 = time.perf_counter()
-    edge.run([pcap])
+    edge.run(PcapFiles([pcap]) if frames else [pcap])
     return time.perf_counter() - t0, edge.stats.sent, sink
 
 
@@ -66,6 +72,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--pcap", type=Path, default=None, help="a capture instead of the synthetic one")
     ap.add_argument("--profile", type=Path, default=None, metavar="FILE", help="cProfile one more run into FILE")
+    ap.add_argument("--frames", action="store_true",
+                    help="also time the frame-by-frame path, alternating with the columns; print both and the ratio")
     args = ap.parse_args()
     topo = config.load(config.DEFAULT_PATH)
     pcap = args.pcap
@@ -73,13 +81,24 @@ def main() -> int:
         pcap = Path(tempfile.mkdtemp(prefix="rstscope-edge-loop-")) / "synth.pcap"
         synth_pcap(pcap, args.connections)
     once(topo, pcap)  # warm-up: imports, page cache
-    rates = []
+    paths = (False, True) if args.frames else (False,)
+    rates: dict[bool, list[float]] = {f: [] for f in paths}
+    digests: dict[bool, str] = {}
     for _ in range(args.runs):
-        dt, n, sink = once(topo, pcap)
-        rates.append(n / dt)
-    print(f"{REPO}: edge loop without Kafka, {n} records, {sink.messages} messages, {sink.bytes} bytes, sha256 "
-          f"{sink.digest.hexdigest()[:16]}; records/s runs {' '.join(f'{r:,.0f}' for r in rates)}; "
-          f"median {statistics.median(rates):,.0f}")
+        for frames in paths:
+            dt, n, sink = once(topo, pcap, frames)
+            rates[frames].append(n / dt)
+            digests[frames] = sink.digest.hexdigest()[:16]
+    for frames in paths:
+        print(f"{REPO}: edge loop without Kafka ({'frame by frame' if frames else 'columns'}), {n} records, "
+              f"{sink.messages} messages, {sink.bytes} bytes, sha256 {digests[frames]}; records/s runs "
+              f"{' '.join(f'{r:,.0f}' for r in rates[frames])}; median {statistics.median(rates[frames]):,.0f}")
+    if args.frames:
+        ratio = statistics.median(rates[False]) / statistics.median(rates[True])
+        same = "the same messages" if digests[False] == digests[True] else "DIFFERENT MESSAGES"
+        print(f"columns / frame by frame: {ratio:.2f}x (medians); {same}")
+        if digests[False] != digests[True]:
+            return 1
     if args.profile is not None:
         import cProfile
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
+from rstscope.fastpath.reader import V6_BASE
 from rstscope.packet import TH_ACK, TH_SYN, PacketRecord
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -71,3 +75,33 @@ class Direction:
         if self._is_server(pkt.src, pkt.sport):
             return S2C
         return OTHER
+
+    def codes(self, flags: Any, src: Any, sport: Any, dst: Any, dport: Any,
+              packed: Callable[[int], bytes]) -> npt.NDArray[np.int8]:
+        """``of`` for columns of packets (numpy arrays; addresses as ids that ``packed`` turns into
+        bytes): each packet's ``Dir`` as an int8."""
+        if not self.configured:
+            return np.where(is_synack(flags), np.int8(S2C), np.int8(UNKNOWN)).astype(np.int8)
+        to = self._server_mask(dst, dport, packed)
+        back = self._server_mask(src, sport, packed)
+        out: npt.NDArray[np.int8] = np.where(to, np.int8(C2S), np.where(back, np.int8(S2C), np.int8(OTHER)))
+        return out.astype(np.int8, copy=False)
+
+    def _server_mask(self, ips: Any, ports: Any, packed: Callable[[int], bytes]) -> npt.NDArray[np.bool_]:
+        """``_is_server`` for columns of address ids (``fastpath.reader.AddressTable``)."""
+        ok = np.ones(len(ips), dtype=bool)
+        if self.nets:
+            v4 = ips < V6_BASE  # an IPv4 address's id is its value: ``addr in net`` is a mask and a compare
+            hit = np.zeros(len(ips), dtype=bool)
+            for n in self.nets:
+                if n.version == 4:
+                    hit |= v4 & ((ips & int(n.netmask)) == int(n.network_address))
+            if not bool(v4.all()):
+                rest = np.flatnonzero(~v4)
+                uniq, inv = np.unique(ips[rest], return_inverse=True)
+                each = np.fromiter((self._is_server_ip(packed(int(u))) for u in uniq), bool, len(uniq))
+                hit[rest] = each[inv.ravel()]
+            ok &= hit
+        if self.ports:
+            ok &= np.isin(ports, np.fromiter(self.ports, np.int64, len(self.ports)))
+        return ok

@@ -67,6 +67,12 @@ def unpack_key(key: bytes) -> tuple[bytes, int, bytes, int]:
     return key[:a], int.from_bytes(key[a:a + 2], "big"), key[a + 2:2 * a + 2], int.from_bytes(key[2 * a + 2:], "big")
 
 
+def reverse_key(key: bytes) -> bytes:
+    """The packed tuple of the other direction (server ip, server port, client ip, client port)."""
+    half = len(key) // 2
+    return key[half:] + key[:half]
+
+
 def ip_text(packed: bytes) -> str:
     """Packed address to its usual text form."""
     if len(packed) == 4:

@@ -19,7 +19,7 @@ from collections import Counter
 from rstscope.config import WindowParams
 from rstscope.core.table import LATE, STEP_DROP, Track, is_syn, track, window_of
 from rstscope.direction import OTHER, S2C, UNKNOWN, Direction
-from rstscope.packet import PacketRecord
+from rstscope.packet import PacketRecord, pack_key, reverse_key
 from rstscope.quic.offline import ServerSide
 from rstscope.quic.packet import QuicDatagram
 from rstscope.quic.reader import QuicReader
@@ -49,17 +49,18 @@ class Sampler:
 
     def keep(self, key: Key) -> bool:
         """Whether the connection on this 4-tuple is sampled (the same answer for both directions)."""
+        return self.keep_all or self.keep_packed(pack_key(*key))
+
+    def keep_packed(self, key: bytes) -> bool:
+        """``keep`` for a tuple packed by ``packet.pack_key``: its halves are the two endpoints (address,
+        port big-endian), so ordering them as bytes orders them as ``keep``'s (address, port) pairs."""
         if self.keep_all:
             return True
-        a, b = (key[0], key[1]), (key[2], key[3])
-        lo, hi = (a, b) if a <= b else (b, a)
-        data = lo[0] + lo[1].to_bytes(2, "big") + hi[0] + hi[1].to_bytes(2, "big")
+        half = len(key) // 2
+        a, b = key[:half], key[half:]
+        data = a + b if a <= b else b + a
         h = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=self._key).digest(), "big")
         return h < self._threshold
-
-
-def _reverse(key: Key) -> Key:
-    return (key[2], key[3], key[0], key[1])
 
 
 class Gate:
@@ -77,7 +78,7 @@ class Gate:
         self.params = params or WindowParams()
         self.max_packets = self.params.max_packets
         self.size = self.params.size_s
-        self.entries: dict[Key, Track] = {}
+        self.entries: dict[bytes, Track] = {}  # packed tuple -> its connection's Track
         self.counters: Counter[str] = Counter()
         self.watermark = float("-inf")
         self.current_window = -1
@@ -85,34 +86,42 @@ class Gate:
     def admit(self, pkt: PacketRecord) -> bool:
         """True when this packet is one of the first N client packets of a sampled connection."""
         d = self.direction.of(pkt)
-        c = self.counters
         if d is S2C:
-            c["server_to_client"] += 1
+            self.counters["server_to_client"] += 1
             return False
         if d is OTHER:
-            c["other_traffic"] += 1
+            self.counters["other_traffic"] += 1
             return False
-        ts = pkt.ts
-        window = int(window_of(ts, self.size))
+        return self.take(pkt.packed_key, pkt.ts, pkt.flags, pkt.seq, int(window_of(pkt.ts, self.size)), d is UNKNOWN)
+
+    def take(self, key: bytes, ts: float, flags: int, seq: int, window: int, unknown: bool) -> bool:
+        """``admit`` after direction, for a packet that is not known to be the server's: ``key`` is its
+        packed tuple (``PacketRecord.packed_key``), ``window`` its ``window_of``, ``unknown`` whether no
+        server is configured (it may still turn out to be the server's answer)."""
         if ts > self.watermark:
             self.watermark = ts
             if window > self.current_window:  # the watermark's window is this packet's
                 self.current_window = window
                 self.entries = {k: e for k, e in self.entries.items() if e.window_start >= window}
         if window < self.current_window:
-            c[LATE] += 1
+            self.counters[LATE] += 1
             return False
-        key = pkt.tuple_key
+        return self.take_in_time(key, ts, flags, seq, window, unknown)
+
+    def take_in_time(self, key: bytes, ts: float, flags: int, seq: int, window: int, unknown: bool) -> bool:
+        """``take`` for a packet that is not late, the gate's clock moved by it already (``take``, or
+        ``fastpath.gate`` for columns). Its tuple's earlier packets went through before it."""
+        c = self.counters
         e = self.entries.get(key)
-        if (e is None or e.window_start != window) and d is UNKNOWN and not is_syn(pkt.flags):
-            r = self.entries.get(_reverse(key))
+        if (e is None or e.window_start != window) and unknown and not is_syn(flags):
+            r = self.entries.get(reverse_key(key))
             if r is not None and r.window_start == window:
                 c["server_to_client"] += 1  # learnt: the reverse tuple's client sent a SYN in this window
                 return False
-        if not self.sampler.keep(key):
+        if not (self.sampler.keep_all or self.sampler.keep_packed(key)):
             c["unsampled"] += 1
             return False
-        o, after = track(e, ts, pkt.flags, pkt.seq, window, self.params)
+        o, after = track(e, ts, flags, seq, window, self.params)
         if after is not None and after is not e:
             self.entries[key] = after
         if o.step is STEP_DROP:
@@ -123,7 +132,6 @@ class Gate:
         # on the same packets and so never disagrees with the gate.
         c["sampled"] += 1
         return True
-
 
 class QuicGate:
     """Direction, sampling and the first-N gate for UDP datagrams to the QUIC server ports.

@@ -158,19 +158,39 @@ def track(st: Track | None, ts: float, flags: int, seq: int, window: int,
     o = step(st, ts, flags, seq, window, params)
     s = o.step
     if s is STEP_OPEN or s is STEP_FINISH_OPEN:
-        return o, Track(window, seq, ts, 1, bool(flags & TH_FIN))  # a SYN+FIN has ended already
+        return o, opened(ts, flags, seq, window)
     assert st is not None or s is STEP_DROP
     if s is STEP_JOIN and st is not None:
-        st.count += 1
-        if ts > st.last_ts:
-            st.last_ts = ts
-        if ends(flags):
-            st.ended = True
-        if st.count >= params.max_packets:
-            st.sealed = END_MAX_PACKETS
+        joined(st, 1, ts, bool(ends(flags)), params)
     elif s is STEP_FINISH_DROP and st is not None:
         st.sealed = o.end
     return o, st
+
+
+def opened(ts: float, flags: int, seq: int, window: int) -> Track:
+    """The ``Track`` of a connection its SYN (at ``ts``, with ``flags``, ``seq``) just opened."""
+    return Track(window, seq, ts, 1, bool(flags & TH_FIN))  # a SYN+FIN has ended already
+
+
+def joined(st: Track, packets: int, last_ts: float, ended: bool, params: WindowParams) -> None:
+    """``st`` after ``packets`` more packets joined it (``step``: JOIN, never past ``max_packets``), the
+    latest of them at ``last_ts``; ``ended``: one of them was an RST or a FIN."""
+    st.count += packets
+    if last_ts > st.last_ts:
+        st.last_ts = last_ts
+    if ended:
+        st.ended = True
+    if st.count >= params.max_packets:
+        st.sealed = END_MAX_PACKETS
+
+
+def plain_join(gap: Any, ended: Any, params: WindowParams) -> Any:
+    """``step``'s JOIN for a packet without a SYN of a connection that is open and not sealed (scalars
+    or numpy columns): ``gap`` is its time after the connection's latest packet, ``ended`` whether the
+    connection had ended (RST or FIN) before it. Otherwise ``step`` finishes the connection: grace_s
+    passed since it ended or, in idle mode, idle_s since it was last heard from."""
+    quiet = params.idle_s if params.mode == MODE_IDLE else float("inf")
+    return ((gap < params.grace_s) & ended) | ((gap < quiet) & (ended ^ True))
 
 
 # Exclusion codes (for columns of connections): 0 classified, else 1 + index in EXCLUSIONS.

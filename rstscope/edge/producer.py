@@ -308,6 +308,12 @@ class Edge:
             self.watermark(False)
 
     def run(self, src: list[Path] | Source, rate: float | None = None) -> EdgeStats:
+        """Send everything ``src`` holds. Capture files at full speed (a list of paths, no ``rate``) go
+        through the columns (``edge.columns``: the same messages); a ``Source``, frame by frame."""
+        if isinstance(src, list) and not rate:
+            from rstscope.edge.columns import run_columns
+
+            return run_columns(self, src)
         source: Source = PcapFiles(src) if isinstance(src, list) else src
         self.input = source
         s = self.stats
@@ -551,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     code = 0
     try:
-        edge.run(source, args.rate)
+        edge.run(list(args.pcap) if args.pcap else source, args.rate)
     except CaptureError as e:
         print(f"rstscope edge: {e}", file=sys.stderr)
         code = EXIT_USAGE

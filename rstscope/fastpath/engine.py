@@ -87,11 +87,12 @@ from rstscope.core.table import (
     ends,
     exclusion_code,
     is_syn,
+    plain_join,
     step,
     track,
     window_of,
 )
-from rstscope.direction import is_synack
+from rstscope.direction import OTHER, S2C
 from rstscope.fastpath.reader import (
     DTYPES,
     AddressTable,
@@ -100,6 +101,7 @@ from rstscope.fastpath.reader import (
     empty_columns,
     join_columns,
 )
+from rstscope.fastpath.runs import before, count_before, cummax_runs, reduce_runs, runs_index
 from rstscope.geo import GeoInfo
 from rstscope.packet import TH_FIN, TH_RST, TH_SYN
 
@@ -134,66 +136,6 @@ def _tuple_hash(src: I8, dst: I8, seed: int) -> npt.NDArray[np.uint64]:
 
 class _Fallback(Exception):
     """The batch engine cannot prove its answer equal to the per-packet path's: use that path."""
-
-
-def _runs_index(starts: I8, lens: I8) -> I8:
-    """Positions of the runs [start, start + len) one after another."""
-    total = int(lens.sum())
-    if not total:
-        return np.zeros(0, dtype=np.int64)
-    offs = np.cumsum(lens) - lens
-    return np.repeat(starts - offs, lens) + np.arange(total, dtype=np.int64)
-
-
-def _reduce(ufunc: Any, values: Any, heads: I8) -> Any:
-    """ufunc.reduceat over runs that tile ``values`` (heads: where each run starts)."""
-    if not len(heads):
-        return np.zeros(0, dtype=np.asarray(values).dtype)
-    return ufunc.reduceat(values, heads)
-
-
-def _cummax_runs(values: F8, head_mask: B1) -> F8:
-    """Cumulative max of ``values`` restarting where ``head_mask`` is set (exact for any floats)."""
-    n = len(values)
-    if not n:
-        return values
-    down = np.nonzero((values[1:] < values[:-1]) & ~head_mask[1:])[0] + 1
-    if not len(down):
-        return values  # already non-decreasing within each run (the usual case: time order)
-    # only the runs where time goes back need work: ranks make the max exact and integer
-    run_of = np.cumsum(head_mask) - 1
-    heads = np.nonzero(head_mask)[0]
-    bad_runs = np.unique(run_of[down])
-    ends_ = np.r_[heads[1:], n]
-    lens = ends_[bad_runs] - heads[bad_runs]
-    idx = _runs_index(heads[bad_runs], lens)
-    sub = values[idx]
-    sub_run = np.repeat(np.arange(len(bad_runs), dtype=np.int64), lens)
-    m = len(sub)
-    order = np.argsort(sub, kind="stable")
-    rank = np.empty(m, dtype=np.int64)
-    rank[order] = np.arange(m, dtype=np.int64)
-    best = np.maximum.accumulate(sub_run * m + rank) - sub_run * m  # the rank of each run's running max
-    out = values.copy()
-    out[idx] = sub[order[best]]
-    return out
-
-
-def _before(acc: Any, head_mask: B1, fill: Any) -> Any:
-    """A running value (inclusive) shifted by one within runs: the value over the earlier elements."""
-    out = np.empty_like(acc)
-    if len(acc):
-        out[1:] = acc[:-1]
-        out[head_mask] = fill
-    return out
-
-
-def _count_before(flag: B1, head_mask: B1) -> I8:
-    """Per element: how many earlier elements of its run have ``flag``."""
-    cnt = np.cumsum(flag.astype(np.int64))
-    run_start = np.maximum.accumulate(np.where(head_mask, np.arange(len(flag)), 0))
-    base = np.where(run_start > 0, cnt[np.maximum(run_start - 1, 0)], 0)
-    return cnt - flag - base
 
 
 _STATE_FIELDS = ("src", "dst", "win", "seq", "last", "count", "ended", "sealed", "open", "wm", "row0")
@@ -244,7 +186,7 @@ class _Conns:
     def __init__(self, heads: I8, lens: I8, gi_s: I8, ts_s: F8, fl_s: Any, seq_s: I8, win_s: I8) -> None:
         self.heads = heads
         self.lens = lens
-        self.pk = _runs_index(heads, lens)  # sorted positions of the joined packets
+        self.pk = runs_index(heads, lens)  # sorted positions of the joined packets
         self.heads_local = np.cumsum(lens) - lens
         self.run_of = np.repeat(np.arange(len(heads), dtype=np.int64), lens)
         self.k = np.arange(len(self.pk), dtype=np.int64) - self.heads_local[self.run_of]
@@ -259,7 +201,7 @@ class _Conns:
         out = _Conns.__new__(_Conns)
         out.heads = self.heads[sel]
         out.lens = self.lens[sel]
-        idx = _runs_index(self.heads_local[sel], out.lens)
+        idx = runs_index(self.heads_local[sel], out.lens)
         out.pk = self.pk[idx]
         out.heads_local = np.cumsum(out.lens) - out.lens
         out.run_of = np.repeat(np.arange(len(out.lens), dtype=np.int64), out.lens)
@@ -371,17 +313,6 @@ class BatchRun:
             g = self.geo_cache[addr] = self.a.geo.lookup(cols.addresses.packed(addr))
         return g
 
-    def _server_mask(self, cols: Columns, ips: I8, ports: npt.NDArray[Any]) -> B1:
-        d = self.a.gate.direction
-        ok = np.ones(len(ips), dtype=bool)
-        if d.nets:
-            uniq, inv = np.unique(ips, return_inverse=True)
-            hit = np.fromiter((d._is_server_ip(cols.addresses.packed(int(u))) for u in uniq), bool, len(uniq))
-            ok &= hit[inv.ravel()]
-        if d.ports:
-            ok &= np.isin(ports, np.fromiter(d.ports, np.int64, len(d.ports)))
-        return ok
-
     def _windows(self, ts: F8) -> I8:
         """window_of for each time: once when the earliest and the latest share a window (the rule is
         monotonic in time), else per packet."""
@@ -437,21 +368,12 @@ class BatchRun:
     def _slice(self, box: list[Columns], final: bool) -> None:
         """One slice: its packets after the carried ones they meet; decide what the table emits by its end."""
         new = box.pop()
-        d = self.a.gate.direction
         n = len(new)
-        if d.configured:
-            c2s = self._server_mask(new, new.dst, new.dport)
-            s2c = ~c2s & self._server_mask(new, new.src, new.sport)
-            n_other = int((~c2s & ~s2c).sum())
-            gate_new = c2s
-        else:
-            s2c = is_synack(new.flags)  # Direction.of's rule without servers
-            n_other = 0
-            gate_new = ~s2c
-        n_s2c = int(s2c.sum())
-        del s2c
-        gidx_new = np.nonzero(gate_new)[0]
-        del gate_new
+        dirs = self.a.gate.direction.codes(new.flags, new.src, new.sport, new.dst, new.dport, new.addresses.packed)
+        n_s2c = int(np.count_nonzero(dirs == S2C))
+        n_other = int(np.count_nonzero(dirs == OTHER))
+        gidx_new = np.flatnonzero((dirs != S2C) & (dirs != OTHER))
+        del dirs
         ts_new = new.ts[gidx_new]
         win_new = self._windows(ts_new)
         back = 0.0
@@ -553,7 +475,7 @@ class BatchRun:
         t_open, u_open = s_hit[is_open], u_hit[is_open]
         t_virt, u_virt = s_hit[~is_open], u_hit[~is_open]
         cnt = stt.count[t_open]
-        rows_idx = _runs_index(stt.row0[t_open], cnt)
+        rows_idx = runs_index(stt.row0[t_open], cnt)
         np_, nv = len(rows_idx), len(t_virt)
         nu = len(uh)
         extra = np.zeros(nu, dtype=np.int64)
@@ -567,7 +489,7 @@ class BatchRun:
         order[pos_n] = np_ + nv + order_n
         del pos_n, order_n
         start = heads_n + shift - extra  # where each run starts in the merged order
-        order[_runs_index(start[u_open], cnt)] = np.arange(np_, dtype=np.int64)
+        order[runs_index(start[u_open], cnt)] = np.arange(np_, dtype=np.int64)
         order[start[u_virt]] = np_ + np.arange(nv, dtype=np.int64)
         first = np.zeros(mg, dtype=bool)
         first[start] = True
@@ -656,17 +578,15 @@ class BatchRun:
         joined = conn_pk & (k < self.max_packets)
         end_pk = ends(fl_s)
         # ended before each packet (its segment's first RST/FIN came earlier), and the gap it closes
-        first_end = _reduce(np.minimum, np.where(end_pk & joined, pos, mg), heads)
+        first_end = reduce_runs(np.minimum, np.where(end_pk & joined, pos, mg), heads)
         ended_before = first_end[seg_of] < pos
         del first_end, pos
-        gap = ts_s - _before(_cummax_runs(ts_s, seg_head), seg_head, np.inf)
+        gap = ts_s - before(cummax_runs(ts_s, seg_head), seg_head, np.inf)
         # -- tuples the segment view cannot decide: replayed through core.table.track ------------
-        bad = joined & (k > 0) & ended_before & (gap >= self.params.grace_s)
-        if self.idle_mode:
-            bad |= joined & (k > 0) & ~ended_before & (gap >= self.params.idle_s)
+        bad = joined & (k > 0) & ~plain_join(gap, ended_before, self.params)
         bad |= head_virt[seg_of] & ~virt_s  # packets that meet a decided state: its rule decides them
         seg_len = np.diff(np.r_[heads, mg])
-        seg_ended = (_reduce(np.logical_or, end_pk & joined, heads) | (seg_len >= self.max_packets)) & is_conn_seg
+        seg_ended = (reduce_runs(np.logical_or, end_pk & joined, heads) | (seg_len >= self.max_packets)) & is_conn_seg
         hv = np.nonzero(head_virt)[0]
         sv = state_of[heads[hv]]
         seg_ended[hv] = stt.ended[sv] | (stt.sealed[sv] != 0)
@@ -823,8 +743,8 @@ class BatchRun:
         wm_before[1:] = wm[:-1]
         wb = wm_before[order[c.pk]]
         head_mask = c.k == 0
-        last_prev = _before(_cummax_runs(c.ts, head_mask), head_mask, np.inf)
-        ended_before = _count_before(ends(c.fl), head_mask) > 0
+        last_prev = before(cummax_runs(c.ts, head_mask), head_mask, np.inf)
+        ended_before = count_before(ends(c.fl), head_mask) > 0
         limit = np.where(ended_before, self.params.grace_s, self.params.idle_s if self.idle_mode else np.inf)
         if bool(np.any(new_s[c.pk] & (wb >= last_prev + limit))):
             raise _Fallback("the table's watermark passed a connection before its next packet")
@@ -866,7 +786,7 @@ class BatchRun:
             dn, ko = uo[done], uo[~done]
             dc = np.concatenate((dn, lay.t_fin))  # decided now, with the packets they hold
             if len(dc):
-                pk = _runs_index(stt.row0[dc], stt.count[dc])
+                pk = runs_index(stt.row0[dc], stt.count[dc])
                 cc = _Conns(np.cumsum(stt.count[dc]) - stt.count[dc], stt.count[dc], pk, carried.ts[pk],
                             carried.flags[pk], carried.seq[pk], self._windows(carried.ts[pk]))
                 self._decide_and_count(carried, cc, stt.last[dc], tc)
@@ -879,7 +799,7 @@ class BatchRun:
             kept = stt.take(ko)  # their packets stay where they are, unless most of the arena is garbage
             held = int(kept.count.sum())
             if arena.n - held > max(held // 2, 1 << 14):
-                arena.compact(_runs_index(kept.row0, kept.count))
+                arena.compact(runs_index(kept.row0, kept.count))
                 kept.row0 = np.cumsum(kept.count) - kept.count
             parts.append(kept)
         else:
@@ -889,11 +809,11 @@ class BatchRun:
         if c is not None and len(c.lens):
             h = c.heads_local
             nc = len(c.lens)
-            last = _reduce(np.maximum, c.ts, h)
+            last = reduce_runs(np.maximum, c.ts, h)
             t_rank = g.rank[c.heads]
             is_last = np.ones(nc, dtype=bool)
             is_last[:-1] = t_rank[:-1] != t_rank[1:]
-            ended = _reduce(np.logical_or, ends(c.fl), h)
+            ended = reduce_runs(np.logical_or, ends(c.fl), h)
             sealed = c.lens >= self.max_packets
             for j in np.nonzero(is_last)[0].tolist() if g.replayed else ():
                 st = g.replayed.get(int(t_rank[j]))
@@ -926,7 +846,7 @@ class BatchRun:
             op = np.nonzero(~done)[0]
             if len(op):
                 lens = c.lens[op]
-                base = arena.append(cols, c.ti[_runs_index(h[op], lens)])
+                base = arena.append(cols, c.ti[runs_index(h[op], lens)])
                 r = t_rank[op]
                 parts.append(_States(g.tuple_src[r], g.tuple_dst[r], win[op], c.seq[h[op]], last[op], lens,
                                      ended[op], np.zeros(len(op), dtype=np.int64), np.ones(len(op), dtype=bool),
@@ -966,9 +886,9 @@ class BatchRun:
         params = self.params
         h = c.heads_local
         fl = c.fl
-        syns = _reduce(np.add, is_syn(fl).astype(np.int64), h)
-        has_end = _reduce(np.logical_or, ends(fl), h)
-        self.first = _reduce(np.minimum, c.ts, h)
+        syns = reduce_runs(np.add, is_syn(fl).astype(np.int64), h)
+        has_end = reduce_runs(np.logical_or, ends(fl), h)
+        self.first = reduce_runs(np.minimum, c.ts, h)
         window = c.win[h]
         cutoff = np.minimum((window + self.size).astype(np.float64), self.end_ts)
         decided = has_end | (c.lens >= self.max_packets)
@@ -978,7 +898,7 @@ class BatchRun:
         for i, name in enumerate(EXCLUSIONS, 1):
             tc[name] += int((code == i).sum())
         ok = code == X_NONE
-        has_rst = _reduce(np.logical_or, (fl & TH_RST) != 0, h)
+        has_rst = reduce_runs(np.logical_or, (fl & TH_RST) != 0, h)
         self._classify_columns(cols, c, ok & ~has_rst, last)
         for r in np.nonzero(ok & has_rst)[0].tolist():
             self._emit_reference(cols, c, r)
@@ -996,15 +916,16 @@ class BatchRun:
         big = np.int64(1) << 40
         prog = shows_progress(fl, pl)
         data = prog & is_data(fl, pl)
-        n_prog = _reduce(np.add, prog.astype(np.int64), h)
-        n_data_any = _reduce(np.add, data.astype(np.int64), h)
-        d_min = _reduce(np.minimum, np.where(data, seq, big), h)
-        d_max = _reduce(np.maximum, np.where(data, seq, -1), h)
+        n_prog = reduce_runs(np.add, prog.astype(np.int64), h)
+        n_data_any = reduce_runs(np.add, data.astype(np.int64), h)
+        d_min = reduce_runs(np.minimum, np.where(data, seq, big), h)
+        d_max = reduce_runs(np.maximum, np.where(data, seq, -1), h)
         n_data = np.where(n_data_any == 0, 0, np.where(d_min == d_max, 1, 2))  # distinct data segments: 0, 1, more
-        one_ack = _reduce(np.minimum, np.where(prog, ack, big), h) == _reduce(np.maximum, np.where(prog, ack, -1), h)
+        one_ack = (reduce_runs(np.minimum, np.where(prog, ack, big), h)
+                   == reduce_runs(np.maximum, np.where(prog, ack, -1), h))
         after = prog & seq_after(seq, d_min[c.run_of])
-        nothing_after = ~_reduce(np.logical_or, after, h)
-        has_fin = _reduce(np.logical_or, (fl & TH_FIN) != 0, h)
+        nothing_after = ~reduce_runs(np.logical_or, after, h)
+        has_fin = reduce_runs(np.logical_or, (fl & TH_FIN) != 0, h)
         timed = is_timeout(np.zeros(len(h), dtype=bool), has_fin, c.lens, self.max_packets)
         stage = np.where(timed, timeout_stage_code(n_prog, n_data, one_ack, nothing_after), S_NO_MATCH)
         syn = ti[h]  # the opening SYN (the only one: multi_syn connections are excluded)

@@ -39,7 +39,7 @@ from rstscope.decode.link import (
     LINKTYPE_RAW_OLD2,
     VLAN_TYPES,
 )
-from rstscope.packet import PacketRecord
+from rstscope.packet import PacketRecord, pack_key
 
 F8 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int64]
@@ -47,6 +47,7 @@ ROW = 16 + 18 + 20 + 20  # record header, Ethernet + one VLAN tag, IPv4 and TCP 
 BLOCK = 8 << 20  # bytes of a pcap file read at once (holds many MAX_RECORD records)
 CHUNK = 1 << 16  # records decoded per vectorized step (bounds its temporaries)
 V6_BASE = 1 << 32  # address ids: IPv4 addresses are their value, IPv6 ones V6_BASE + an index
+OtherFrame = tuple[int, float, int, bytes]  # frame index in its slice, time, link type, the frame
 
 _RAW_TYPES = (LINKTYPE_RAW, LINKTYPE_RAW_OLD, LINKTYPE_RAW_OLD2, LINKTYPE_IPV4)
 _FAST_LINKTYPES = (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, *_RAW_TYPES)
@@ -82,6 +83,7 @@ DTYPES: dict[str, Any] = {
     "window": np.uint16, "payload": np.int32, "optlen": np.int16,
 }
 _FIELDS = tuple(k for k in DTYPES if k != "ts")
+_KEY4 = np.dtype([("src", ">u4"), ("sport", ">u2"), ("dst", ">u4"), ("dport", ">u2")])  # packet.pack_key, IPv4
 
 
 @dataclass
@@ -112,6 +114,10 @@ class Columns:
     malformed: Counter[str] = field(default_factory=Counter)
     end_ts: float = float("-inf")
     files: list[FileStats] = field(default_factory=list)
+    # ``SliceReader(frame_info=True)`` only (the edge, which needs where each packet was in the capture):
+    frame_ts: F8 | None = None  # every frame's time, TCP or not, in input order
+    at: I8 | None = None  # each packet's frame (index into frame_ts)
+    others: list[OtherFrame] = field(default_factory=list)  # ``keep_non_tcp``: the non-TCP IP frames, raw
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -127,6 +133,20 @@ class Columns:
 
     def arrays(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in DTYPES}
+
+    def packed_keys(self, idx: I8) -> list[bytes]:
+        """``PacketRecord.packed_key`` of the packets at ``idx``: IPv4 tuples packed all at once."""
+        src, dst, sport, dport = self.src[idx], self.dst[idx], self.sport[idx], self.dport[idx]
+        v4 = (src < V6_BASE) & (dst < V6_BASE)
+        rows = np.empty(len(idx), dtype=_KEY4)
+        rows["src"], rows["sport"], rows["dst"], rows["dport"] = src, sport, dst, dport
+        raw = rows.tobytes()
+        keys = [raw[i:i + 12] for i in range(0, len(raw), 12)]
+        if not bool(v4.all()):
+            a = self.addresses
+            for i in np.flatnonzero(~v4).tolist():
+                keys[i] = pack_key(a.packed(int(src[i])), int(sport[i]), a.packed(int(dst[i])), int(dport[i]))
+        return keys
 
     def take(self, idx: Any) -> Columns:
         """The packets at ``idx`` (an index array or mask), in that order."""
@@ -227,9 +247,14 @@ class SliceReader:
     """The input as slices of at most ``slice_frames`` frames (iterate once), and the totals so far:
     frames, non-TCP and malformed counts, the latest frame's time (``end_ts``) and ``FileStats``."""
 
-    def __init__(self, paths: list[Path], slice_frames: int) -> None:
+    def __init__(self, paths: list[Path], slice_frames: int, frame_info: bool = False,
+                 keep_non_tcp: bool = False) -> None:
+        """``frame_info``: each slice also has ``frame_ts`` and ``at``; ``keep_non_tcp``: IP frames that are
+        not TCP (decode reason ``non_tcp``) are handed over in ``others`` instead of counted."""
         self.paths = [Path(p) for p in paths]
         self.slice_frames = max(1, int(slice_frames))
+        self.frame_info = frame_info or keep_non_tcp
+        self.keep_non_tcp = keep_non_tcp
         self.addresses = AddressTable()
         self.files: list[FileStats] = []
         self.frames = 0
@@ -254,8 +279,10 @@ class SliceReader:
             for reason, count in st.errors.items():
                 self.malformed[reason] += count
 
-    def _count_reason(self, reason: str) -> None:
-        if reason in NON_TCP_REASONS:
+    def _count_reason(self, reason: str, frame: OtherFrame, others: list[OtherFrame]) -> None:
+        if reason == "non_tcp" and self.keep_non_tcp:
+            others.append(frame)
+        elif reason in NON_TCP_REASONS:
             self.non_tcp += 1
         else:
             self.malformed[reason] += 1
@@ -263,6 +290,10 @@ class SliceReader:
     def _slice(self, parts: list[dict[str, Any]], frames: int) -> Columns:
         """The pieces as one slice; ``parts`` is emptied, so that the slice is the only copy."""
         cols = join_columns(parts, self.addresses)
+        if self.frame_info:
+            cols.frame_ts = np.concatenate([p["_frame_ts"] for p in parts]) if parts else np.zeros(0)
+            cols.at = np.concatenate([p["_at"] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+            cols.others = [f for p in parts for f in p["_others"]]
         parts.clear()
         cols.frames = frames
         cols.end_ts = self.end_ts
@@ -274,27 +305,43 @@ class SliceReader:
         recs: list[PacketRecord] = []
         parts: list[dict[str, Any]] = []
         frames = 0
+        info = self.frame_info
+        times: list[float] = []  # frame_info: every frame's time, each record's frame, the kept others
+        at: list[int] = []
+        others: list[OtherFrame] = []
+
+        def part() -> None:
+            got = _records_to_arrays(recs, self.addresses)
+            if info:
+                got.update(_frame_ts=np.asarray(times, dtype=np.float64), _at=np.asarray(at, dtype=np.int64),
+                           _others=others[:])
+                times.clear()
+                at.clear()
+                others.clear()
+            parts.append(got)
+            recs.clear()
+
         for ts, linktype, data in read_frames(path, st):
-            frames += 1
             if ts > self.end_ts:
                 self.end_ts = ts
+            if info:
+                times.append(ts)
             rec = decode_frame(ts, linktype, data)
             if isinstance(rec, str):
-                self._count_reason(rec)
+                self._count_reason(rec, (frames, ts, linktype, data), others)
             else:
                 recs.append(rec)
+                if info:
+                    at.append(frames)
                 if len(recs) == CHUNK:  # few records as objects at a time
-                    parts.append(_records_to_arrays(recs, self.addresses))
-                    recs.clear()
+                    part()
+            frames += 1
             if frames == self.slice_frames:
-                if recs:
-                    parts.append(_records_to_arrays(recs, self.addresses))
-                    recs.clear()
+                part()
                 yield self._slice(parts, frames)
                 frames = 0
         if frames:
-            if recs:
-                parts.append(_records_to_arrays(recs, self.addresses))
+            part()
             yield self._slice(parts, frames)
 
     def _pcap(self, path: Path, st: FileStats, endian: str, tick: float, linktype: int) -> Iterator[Columns]:
@@ -318,7 +365,7 @@ class SliceReader:
                     have += got or 0
                 o, end, absurd = _scan(buf, pos, have, min(self.slice_frames - frames, CHUNK), unpack)
                 if len(o):
-                    parts.append(self._decode_chunk(buf, arr, o, endian, tick, linktype))
+                    parts.append(self._decode_chunk(buf, arr, o, endian, tick, linktype, frames))
                     frames += len(o)
                     st.frames += len(o)
                     st.bytes_read += end - pos
@@ -353,9 +400,11 @@ class SliceReader:
             yield self._slice(parts, frames)
 
     def _decode_chunk(self, buf: bytearray, arr: npt.NDArray[np.uint8], offs: I8, endian: str, tick: float,
-                      linktype: int) -> dict[str, Any]:
-        """The TCP packets among the records at ``offs`` as column arrays (counting the other frames)."""
+                      linktype: int, base: int) -> dict[str, Any]:
+        """The TCP packets among the records at ``offs`` (frames ``base``... of the slice) as column
+        arrays, counting the other frames (or keeping them: ``keep_non_tcp``)."""
         m = len(offs)
+        others: list[OtherFrame] = []
         rows = np.lib.stride_tricks.sliding_window_view(arr, ROW)[offs]
         e = "<" if endian == "<" else ">"
         hdr = rows.view(np.dtype({"names": ["sec", "frac", "incl"], "formats": [e + "u4"] * 3,
@@ -396,7 +445,12 @@ class SliceReader:
             proto = v["proto"]
             other = ok & (proto != 6)
             done |= other
-            self.non_tcp += int(other.sum())
+            if self.keep_non_tcp:
+                for i in np.flatnonzero(other).tolist():
+                    o = int(offs[i])
+                    others.append((base + i, float(ts[i]), linktype, bytes(buf[o + 16:o + 16 + int(incl[i])])))
+            else:
+                self.non_tcp += int(other.sum())
             tot = v["tot"].astype(np.int64)
             l4 = ip + 20
             l4_len = np.where(tot != 0, tot - 20, incl - l4)
@@ -430,9 +484,10 @@ class SliceReader:
             where: list[int] = []
             for i, t, o, k in zip(rest.tolist(), ts[rest].tolist(), offs[rest].tolist(), incl[rest].tolist(),
                                   strict=True):
-                rec = decode_frame(t, linktype, bytes(buf[o + 16:o + 16 + k]))
+                data = bytes(buf[o + 16:o + 16 + k])
+                rec = decode_frame(t, linktype, data)
                 if isinstance(rec, str):
-                    self._count_reason(rec)
+                    self._count_reason(rec, (base + i, t, linktype, data), others)
                 else:
                     recs.append(rec)
                     where.append(i)
@@ -444,11 +499,16 @@ class SliceReader:
                         cols[k][idx] = arrv
         if bool(tcp.all()):
             cols["ts"] = ts
-            return cols
-        keep = np.nonzero(tcp)[0]
-        out: dict[str, Any] = {"ts": ts[keep]}
-        for k in _FIELDS:
-            out[k] = cols[k][keep]
+            out = cols
+            keep = np.arange(m, dtype=np.int64)
+        else:
+            keep = np.nonzero(tcp)[0]
+            out = {"ts": ts[keep]}
+            for k in _FIELDS:
+                out[k] = cols[k][keep]
+        if self.frame_info:
+            others.sort()  # the fast path's and the reference decoder's, in frame order
+            out.update(_frame_ts=ts, _at=base + keep, _others=others)
         return out
 
 
