@@ -3,8 +3,9 @@
     python bench/bench_edge_loop.py [--connections 25000] [--runs 5] [--pcap FILE] [--profile FILE] [--frames]
 
 Times ``Edge(<discarding producer>, ...).run([pcap])`` on bench_pipeline.py's synthetic capture (or
-``--pcap``) and prints each run's records/s and the median; ``--frames`` also times the frame-by-frame
-path (live sources take it) in alternate runs, and checks that both send the same messages. It times
+``--pcap``) and prints each run's records/s and the median; ``--frames`` also times the columns a
+512-frame batch at a time (as a live source's batches go) and frame by frame (the reference) in
+alternate runs, and checks that all three send the same messages. It times
 the tree it is run from (``REPO`` below): to compare two commits, run it from both worktrees
 alternately and compare medians (the machine's load moves between runs; interleaving spreads it over
 both). ``--profile FILE`` writes a cProfile of one more run (``python -m pstats FILE``).
@@ -54,15 +55,20 @@ class Discard:
         return 0
 
 
-def once(topo: config.Topology, pcap: Path, frames: bool = False) -> tuple[float, int, Discard]:
-    """One run of the edge on ``pcap``: through the columns (``Edge.run([pcap])``, what a file replay
-    takes), or ``frames``: frame by frame (``Edge.run(PcapFiles([pcap]))``, the reference, what live
-    sources take). The run id is fixed, so equal digests mean equal messages."""
+MODES = {"slices": "columns, file slices", "batches": "columns, 512-frame batches as live", "frames": "frame by frame"}
+
+
+def once(topo: config.Topology, pcap: Path, mode: str = "slices") -> tuple[float, int, Discard]:
+    """One run of the edge on ``pcap``: through the columns in file slices (``Edge.run([pcap])``, what a
+    file replay takes), through the columns a 512-frame batch at a time (``Edge.run(PcapFiles(...))``,
+    what a live source takes), or frame by frame (the reference, ``--rate`` replays). The run id is fixed,
+    so equal digests mean equal messages."""
     sink = Discard()
     edge = Edge(sink, "packets", topo.topics["packets"].partitions, gate(topo), "bench")
     edge.run_id = 0
+    edge.columns = mode != "frames"
     t0 = time.perf_counter()
-    edge.run(PcapFiles([pcap]) if frames else [pcap])
+    edge.run([pcap] if mode == "slices" else PcapFiles([pcap]))
     return time.perf_counter() - t0, edge.stats.sent, sink
 
 
@@ -73,7 +79,8 @@ def main() -> int:
     ap.add_argument("--pcap", type=Path, default=None, help="a capture instead of the synthetic one")
     ap.add_argument("--profile", type=Path, default=None, metavar="FILE", help="cProfile one more run into FILE")
     ap.add_argument("--frames", action="store_true",
-                    help="also time the frame-by-frame path, alternating with the columns; print both and the ratio")
+                    help="also time the columns a batch at a time and frame by frame, alternating with the file "
+                         "slices; print each and the ratios, and check that all send the same messages")
     args = ap.parse_args()
     topo = config.load(config.DEFAULT_PATH)
     pcap = args.pcap
@@ -81,23 +88,25 @@ def main() -> int:
         pcap = Path(tempfile.mkdtemp(prefix="rstscope-edge-loop-")) / "synth.pcap"
         synth_pcap(pcap, args.connections)
     once(topo, pcap)  # warm-up: imports, page cache
-    paths = (False, True) if args.frames else (False,)
-    rates: dict[bool, list[float]] = {f: [] for f in paths}
-    digests: dict[bool, str] = {}
+    modes = list(MODES) if args.frames else ["slices"]
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    digests: dict[str, str] = {}
     for _ in range(args.runs):
-        for frames in paths:
-            dt, n, sink = once(topo, pcap, frames)
-            rates[frames].append(n / dt)
-            digests[frames] = sink.digest.hexdigest()[:16]
-    for frames in paths:
-        print(f"{REPO}: edge loop without Kafka ({'frame by frame' if frames else 'columns'}), {n} records, "
-              f"{sink.messages} messages, {sink.bytes} bytes, sha256 {digests[frames]}; records/s runs "
-              f"{' '.join(f'{r:,.0f}' for r in rates[frames])}; median {statistics.median(rates[frames]):,.0f}")
+        for mode in modes:
+            dt, n, sink = once(topo, pcap, mode)
+            rates[mode].append(n / dt)
+            digests[mode] = sink.digest.hexdigest()[:16]
+    for mode in modes:
+        print(f"{REPO}: edge loop without Kafka ({MODES[mode]}), {n} records, {sink.messages} messages, "
+              f"{sink.bytes} bytes, sha256 {digests[mode]}; records/s runs "
+              f"{' '.join(f'{r:,.0f}' for r in rates[mode])}; median {statistics.median(rates[mode]):,.0f}")
     if args.frames:
-        ratio = statistics.median(rates[False]) / statistics.median(rates[True])
-        same = "the same messages" if digests[False] == digests[True] else "DIFFERENT MESSAGES"
-        print(f"columns / frame by frame: {ratio:.2f}x (medians); {same}")
-        if digests[False] != digests[True]:
+        ref = statistics.median(rates["frames"])
+        for mode in ("slices", "batches"):
+            print(f"{MODES[mode]} / frame by frame: {statistics.median(rates[mode]) / ref:.2f}x (medians)")
+        same = len(set(digests.values())) == 1
+        print("the same messages" if same else "DIFFERENT MESSAGES")
+        if not same:
             return 1
     if args.profile is not None:
         import cProfile

@@ -41,22 +41,44 @@ CUT, RECORD, OTHER_FRAME, BATCH_END = 0, 1, 2, 3  # what happens at a frame, in 
 
 def run_columns(edge: Edge, paths: list[Path]) -> EdgeStats:
     """``edge.run(paths)`` for capture files (no pacing): the module docstring."""
-    s = edge.stats
     reader = SliceReader(paths, SLICE_FRAMES, frame_info=True, keep_non_tcp=edge.quic is not None)
     for sl in reader:
         if edge.stop:
             break
         _slice(edge, sl)
+        _drain(edge, reader)
+    _drain(edge, reader)  # a file's framing errors are counted once its last slice is out
+    edge.finish()
+    return edge.stats
+
+
+def decoder(edge: Edge) -> SliceReader:
+    """What decodes a source's batches of frames for ``take_batch`` (a reader without files)."""
+    return SliceReader([], 1, frame_info=True, keep_non_tcp=edge.quic is not None)
+
+
+def take_batch(edge: Edge, reader: SliceReader, batch: list[tuple[float, int, bytes]]) -> None:
+    """A source's batch of frames (a live source's, read by libpcap) through the columns; the caller
+    then does what the reference does after a batch (stale batches, delivery reports, the watermark)."""
+    _slice(edge, reader.decode_batch(batch), check_at_end=False)
+    _drain(edge, reader)
+
+
+def _drain(edge: Edge, reader: SliceReader) -> None:
+    """The reader's counts of frames that were not TCP or were malformed, moved to the edge's."""
+    s = edge.stats
     if reader.non_tcp:
         s.dropped["non_tcp"] += reader.non_tcp
+        reader.non_tcp = 0
     for reason, k in reader.malformed.items():
         s.dropped["malformed"] += k
         s.dropped[f"malformed:{reason}"] += k
-    edge.finish()
-    return s
+    reader.malformed.clear()
 
 
-def _slice(edge: Edge, sl: Columns) -> None:
+def _slice(edge: Edge, sl: Columns, check_at_end: bool = True) -> None:
+    """A slice's frames through the gate and the batches; ``check_at_end``: its last frame ends a batch
+    of the reference's (the watermark check), else the caller checks after it."""
     s, gate = edge.stats, edge.gate
     assert sl.frame_ts is not None and sl.at is not None
     s.read += sl.frames
@@ -85,6 +107,8 @@ def _slice(edge: Edge, sl: Columns) -> None:
     window_end[1:] = (latest[:-1] // w + 1) * w
     cuts = np.flatnonzero(ft >= window_end)
     ends = np.flatnonzero((np.arange(frames) % BATCH == BATCH - 1) | (np.arange(frames) == frames - 1))
+    if not check_at_end and len(ends) and ends[-1] == frames - 1:
+        ends = ends[:-1]
     other_at = np.fromiter((f[0] for f in sl.others), np.int64, len(sl.others))
     events = np.concatenate((cuts * 4 + CUT, other_at * 4 + OTHER_FRAME, ends * 4 + BATCH_END))
     events.sort()
@@ -109,7 +133,9 @@ def _slice(edge: Edge, sl: Columns) -> None:
                 s.dropped["non_tcp"] += 1
         elif end_ts >= edge.next_wm:  # BATCH_END
             edge.watermark(False)
-    assert r == len(recs)  # the slice's last frame is a batch end, after its record
+    if r < len(recs):  # records after the last event
+        _publish(edge, recs, parts, sizes, rec_end, r, len(recs))
+    edge.end_ts = float(latest[-1])
 
 
 def _publish(edge: Edge, recs: list[list[Any]], parts: list[int], sizes: list[int], rec_end: list[float], lo: int,

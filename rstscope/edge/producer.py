@@ -193,6 +193,9 @@ class Edge:
         self.window_end = float("-inf")  # the end of end_ts's window: the batches are cut there
         self.stop = False
         self.input: Source | None = None
+        # frames go through the columns (edge/columns.py), unless paced (--rate) or set False: frame by
+        # frame, the reference (the two send the same messages; tests/edge/test_edge_columns.py)
+        self.columns = True
 
     def _on_delivery(self, n: int) -> Callable[[Any, Any], None]:
         """The delivery callback of a message holding ``n`` records (a watermark: 1). The stats count
@@ -308,18 +311,20 @@ class Edge:
             self.watermark(False)
 
     def run(self, src: list[Path] | Source, rate: float | None = None) -> EdgeStats:
-        """Send everything ``src`` holds. Capture files at full speed (a list of paths, no ``rate``) go
-        through the columns (``edge.columns``: the same messages); a ``Source``, frame by frame."""
-        if isinstance(src, list) and not rate:
-            from rstscope.edge.columns import run_columns
+        """Send everything ``src`` holds (capture files, or a ``Source``), through the columns
+        (``edge.columns``: file slices, or each batch a source reads) unless ``rate`` paces the replay or
+        ``self.columns`` is off: then frame by frame, the reference. Both send the same messages."""
+        from rstscope.edge import columns
 
-            return run_columns(self, src)
+        if self.columns and isinstance(src, list) and not rate:
+            return columns.run_columns(self, src)
         source: Source = PcapFiles(src) if isinstance(src, list) else src
         self.input = source
         s = self.stats
         admit = self.gate.admit
         poll = self.producer.poll
         live = source.live
+        decoder = columns.decoder(self) if self.columns and not rate else None
         start = time.monotonic()
         for batch in source.batches():
             if self.stop:
@@ -330,6 +335,9 @@ class Edge:
                     self.end_ts = now
                 self._keep_up()
                 continue
+            if decoder is not None:
+                columns.take_batch(self, decoder, batch)
+                batch = []  # done: what follows a batch below
             for ts, linktype, data in batch:
                 s.read += 1
                 if rate and not s.read & 7:  # every 8 frames: a slow replay sleeps (and speaks) often

@@ -47,6 +47,7 @@ ROW = 16 + 18 + 20 + 20  # record header, Ethernet + one VLAN tag, IPv4 and TCP 
 BLOCK = 8 << 20  # bytes of a pcap file read at once (holds many MAX_RECORD records)
 CHUNK = 1 << 16  # records decoded per vectorized step (bounds its temporaries)
 V6_BASE = 1 << 32  # address ids: IPv4 addresses are their value, IPv6 ones V6_BASE + an index
+_LIVE_HEAD = struct.Struct("<IIII")  # decode_batch's record header: sec, frac (unused), captured, original length
 OtherFrame = tuple[int, float, int, bytes]  # frame index in its slice, time, link type, the frame
 
 _RAW_TYPES = (LINKTYPE_RAW, LINKTYPE_RAW_OLD, LINKTYPE_RAW_OLD2, LINKTYPE_IPV4)
@@ -300,8 +301,27 @@ class SliceReader:
         self.frames += frames
         return cols
 
+    def decode_batch(self, frames: list[tuple[float, int, bytes]]) -> Columns:
+        """Frames read already (a live source's batch) as one slice, decoded as a file's frames are: all
+        at once when they share a link type the columns read, else frame by frame."""
+        kinds = {lt for _t, lt, _d in frames}
+        linktype = kinds.pop() if len(kinds) == 1 else -1
+        if linktype not in _FAST_LINKTYPES:
+            return next(self._frames(iter(frames), len(frames)))
+        # the frames behind 16-byte record headers (only the captured length is read), as in a pcap file
+        buf = bytearray(b"".join(_LIVE_HEAD.pack(0, 0, len(d), len(d)) + d for _t, _lt, d in frames)) + bytes(ROW)
+        lens = np.fromiter((len(d) for _t, _lt, d in frames), np.int64, len(frames))
+        offs = np.cumsum(lens + 16) - (lens + 16)
+        ts = np.fromiter((t for t, _lt, _d in frames), np.float64, len(frames))
+        part = self._decode_chunk(buf, np.frombuffer(buf, dtype=np.uint8), offs, "<", 0.0, linktype, 0, ts)
+        return self._slice([part], len(frames))
+
     def _generic(self, path: Path, st: FileStats) -> Iterator[Columns]:
         """Any capture: the reference framer and decoder, frame by frame."""
+        return self._frames(read_frames(path, st), self.slice_frames)
+
+    def _frames(self, source: Iterator[tuple[float, int, bytes]], slice_frames: int) -> Iterator[Columns]:
+        """Frames from ``source`` through the reference decoder, in slices of ``slice_frames``."""
         recs: list[PacketRecord] = []
         parts: list[dict[str, Any]] = []
         frames = 0
@@ -321,7 +341,7 @@ class SliceReader:
             parts.append(got)
             recs.clear()
 
-        for ts, linktype, data in read_frames(path, st):
+        for ts, linktype, data in source:
             if ts > self.end_ts:
                 self.end_ts = ts
             if info:
@@ -336,7 +356,7 @@ class SliceReader:
                 if len(recs) == CHUNK:  # few records as objects at a time
                     part()
             frames += 1
-            if frames == self.slice_frames:
+            if frames == slice_frames:
                 part()
                 yield self._slice(parts, frames)
                 frames = 0
@@ -400,16 +420,17 @@ class SliceReader:
             yield self._slice(parts, frames)
 
     def _decode_chunk(self, buf: bytearray, arr: npt.NDArray[np.uint8], offs: I8, endian: str, tick: float,
-                      linktype: int, base: int) -> dict[str, Any]:
+                      linktype: int, base: int, times: F8 | None = None) -> dict[str, Any]:
         """The TCP packets among the records at ``offs`` (frames ``base``... of the slice) as column
-        arrays, counting the other frames (or keeping them: ``keep_non_tcp``)."""
+        arrays, counting the other frames (or keeping them: ``keep_non_tcp``). ``times``: the frames'
+        times when the caller has them (a live batch), else they are read from the record headers."""
         m = len(offs)
         others: list[OtherFrame] = []
         rows = np.lib.stride_tricks.sliding_window_view(arr, ROW)[offs]
         e = "<" if endian == "<" else ">"
         hdr = rows.view(np.dtype({"names": ["sec", "frac", "incl"], "formats": [e + "u4"] * 3,
                                   "offsets": [0, 4, 8], "itemsize": ROW})).ravel()
-        ts = hdr["sec"].astype(np.float64) + hdr["frac"].astype(np.float64) * tick
+        ts = hdr["sec"].astype(np.float64) + hdr["frac"].astype(np.float64) * tick if times is None else times
         incl = hdr["incl"].astype(np.int64)
         self.end_ts = max(self.end_ts, float(ts.max()))
         done = np.zeros(m, dtype=bool)  # decoded here (as TCP or as a non-TCP reason)

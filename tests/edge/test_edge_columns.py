@@ -12,6 +12,7 @@ fall everywhere; and on the fixtures (QUIC included), with client addresses hidd
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rstscope.capture.files import FileStats, read_frames
 from rstscope.codecs.packet import KIND_BATCH, KIND_MIXED
 from rstscope.config import Topology
 from rstscope.direction import Direction
@@ -62,31 +64,63 @@ class Keep:
 
 
 def _edge(setting: int, topo: Topology, sampler: Sampler, quic: bool, batch: int, interval: float,
-          **kw: Any) -> Edge:
+          linger_s: float, **kw: Any) -> Edge:
     ips, ports, _p, _m = SETTINGS[setting]
     gate = Gate(Direction(ips, ports), sampler, topo.window)
     qg = QuicGate(ips, [443], sampler, topo.window, "keep") if quic else None
-    edge = Edge(Keep(), "packets", PARTITIONS, gate, "edge-a", interval, batches=Batches(PARTITIONS, batch),
-                quic=qg, **kw)
+    edge = Edge(Keep(), "packets", PARTITIONS, gate, "edge-a", interval,
+                batches=Batches(PARTITIONS, batch, linger_s=linger_s), quic=qg, **kw)
     edge.run_id = 7
     return edge
 
 
+class Batched:
+    """A live-like source: a file's frames in batches of the given sizes, in turn (as libpcap hands them over)."""
+
+    live = True
+    name = "batched"
+
+    def __init__(self, paths: list[Path], sizes: list[int]) -> None:
+        self.frames = [f for path in paths for f in read_frames(path, FileStats(str(path)))]
+        self.sizes = sizes
+        self.stopped = False
+
+    def batches(self) -> Iterator[list[tuple[float, int, bytes]]]:
+        i = k = 0
+        while i < len(self.frames):
+            n = self.sizes[k % len(self.sizes)]
+            yield self.frames[i:i + n]
+            i, k = i + n, k + 1
+
+    def kernel_drops(self) -> int:
+        return 0
+
+
 def _same(paths: list[Path], setting: int = 0, topo: Topology | None = None, quic: bool = True, batch: int = 3,
-          interval: float = 0.5, **kw: Any) -> Edge:
-    """Run both ways; assert the same messages and counters; the columns' Edge."""
+          interval: float = 0.5, live: list[int] | None = None, **kw: Any) -> Edge:
+    """Run frame by frame (the reference) and through the columns: in slices (the paths) and a batch at a
+    time (a source: the file's, or a live-like one with ``live`` batch sizes, whose waiting batches are
+    all stale after each read: linger 0); assert the same messages and counters. Returns the last run."""
     topo = topo or Topology()
     _ips, _ports, p, mode = SETTINGS[setting]
-    sampler = Sampler(p, mode, "k")  # one sampler: its random key is the same for both
-    ref = _edge(setting, topo, sampler, quic, batch, interval, **kw)
-    ref.run(PcapFiles(paths))
-    col = _edge(setting, topo, sampler, quic, batch, interval, **kw)
-    col.run(list(paths))
-    assert isinstance(ref.producer, Keep) and isinstance(col.producer, Keep)
-    assert col.producer.messages == ref.producer.messages
-    assert col.producer.polls == ref.producer.polls  # delivery reports as often
-    assert col.stats.to_dict() == ref.stats.to_dict()
-    assert dict(col.gate.counters) == dict(ref.gate.counters)
+    sampler = Sampler(p, mode, "k")  # one sampler: its random key is the same for all
+    linger = 0.0 if live else 1e9
+
+    def source() -> PcapFiles | Batched:
+        return Batched(paths, live) if live else PcapFiles(paths)
+
+    ref = _edge(setting, topo, sampler, quic, batch, interval, linger, **kw)
+    ref.columns = False
+    ref.run(source())
+    col = ref
+    for src in [source()] if live else [list(paths), source()]:
+        col = _edge(setting, topo, sampler, quic, batch, interval, linger, **kw)
+        col.run(src)
+        assert isinstance(ref.producer, Keep) and isinstance(col.producer, Keep)
+        assert col.producer.messages == ref.producer.messages
+        assert col.producer.polls == ref.producer.polls  # delivery reports as often
+        assert col.stats.to_dict() == ref.stats.to_dict()
+        assert dict(col.gate.counters) == dict(ref.gate.counters)
     return col
 
 
@@ -108,6 +142,19 @@ def test_generated_captures_send_the_same(tmp_path_factory: pytest.TempPathFacto
     frames, _monotonic = cap
     paths = _write(tmp_path_factory.mktemp("cap"), frames, fmt)
     _same(paths, setting, TOPOLOGIES[topo], batch=batch, interval=interval)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(capture(), scripted()), st.sampled_from(range(len(SETTINGS))),
+       st.sampled_from(range(len(TOPOLOGIES))), st.lists(st.integers(1, 9), min_size=1, max_size=4),
+       st.sampled_from((1, 3, 500)), st.sampled_from((0.0, 0.5, 60.0)))
+def test_live_batches_send_the_same(tmp_path_factory: pytest.TempPathFactory,
+                                    cap: tuple[list[tuple[float, bytes]], bool], setting: int, topo: int,
+                                    sizes: list[int], batch: int, interval: float) -> None:
+    """A live source's batches (any sizes; stale batches out after each) through the columns, one at a time."""
+    frames, _monotonic = cap
+    paths = _write(tmp_path_factory.mktemp("cap"), frames, "pcap")
+    _same(paths, setting, TOPOLOGIES[topo], batch=batch, interval=interval, live=sizes)
 
 
 @pytest.mark.parametrize("path", ALL_FIXTURES, ids=lambda p: p.name)
