@@ -29,7 +29,7 @@ from rstscope.core.table import window_of
 from rstscope.direction import OTHER, S2C
 from rstscope.edge.sources import BATCH
 from rstscope.fastpath.gate import take_columns
-from rstscope.fastpath.reader import Columns, SliceReader
+from rstscope.fastpath.reader import AddressTable, Columns, SliceReader
 from rstscope.packet import pack_key
 
 if TYPE_CHECKING:
@@ -65,7 +65,10 @@ def take_batch(edge: Edge, reader: SliceReader, batch: list[tuple[float, int, by
 
 
 def _drain(edge: Edge, reader: SliceReader) -> None:
-    """The reader's counts of frames that were not TCP or were malformed, moved to the edge's."""
+    """The reader's counts of frames that were not TCP or were malformed, moved to the edge's; and its
+    IPv6 addresses forgotten (address ids live as long as a slice here), so a live edge stays bounded."""
+    if reader.addresses.v6:
+        reader.addresses = AddressTable()
     s = edge.stats
     if reader.non_tcp:
         s.dropped["non_tcp"] += reader.non_tcp
@@ -83,7 +86,7 @@ def _slice(edge: Edge, sl: Columns, check_at_end: bool = True) -> None:
     assert sl.frame_ts is not None and sl.at is not None
     s.read += sl.frames
     s.tcp += len(sl)
-    # -- the gate: direction over the columns, then its rule packet by packet ------------------------
+    # -- the gate: direction over the columns, then fastpath.gate --------------------------------------
     dirs = gate.direction.codes(sl.flags, sl.src, sl.sport, sl.dst, sl.dport, sl.addresses.packed)
     for name, code in (("server_to_client", S2C), ("other_traffic", OTHER)):
         k = int(np.count_nonzero(dirs == code))
