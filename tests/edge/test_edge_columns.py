@@ -186,3 +186,22 @@ def test_many_slices_of_the_default_size(tmp_path: Path) -> None:
     synth_pcap(pcap, 12_000)
     col = _same([pcap], setting=1, batch=500, interval=1.0)
     assert col.stats.read > 2 * columns.SLICE_FRAMES and col.stats.sent == 48_000
+
+
+def test_a_live_edge_forgets_the_ipv6_addresses_of_each_batch() -> None:
+    """A live edge runs for months: its reader keeps no IPv6 address past the batch that held it."""
+    from rstscope.packet import TH_SYN, PacketRecord
+    from tests.builders import ether, ipv6_tcp
+
+    edge = _edge(0, Topology(), Sampler(1.0), True, 500, 1.0, 1e9)
+    reader = columns.decoder(edge)
+    for b in range(3):
+        frames = []
+        for i in range(20):
+            client = bytes.fromhex("20010db8") + (b * 100 + i).to_bytes(12, "big")
+            p = PacketRecord(1e9 + b + i / 100, 6, client, bytes.fromhex("20010db8" + "00" * 11 + "02"), 40000, 443,
+                             TH_SYN, 1000, 0, None, 64, 64240, 0, 0)
+            frames.append((p.ts, 1, ether(ipv6_tcp(p), 0x86DD)))
+        columns.take_batch(edge, reader, frames)
+        assert not reader.addresses.v6
+    assert edge.stats.tcp == 60 and edge.stats.sampled == 60
