@@ -98,15 +98,20 @@ class Gate:
         """``admit`` after direction, for a packet that is not known to be the server's: ``key`` is its
         packed tuple (``PacketRecord.packed_key``), ``window`` its ``window_of``, ``unknown`` whether no
         server is configured (it may still turn out to be the server's answer)."""
+        self.clock(ts, window)
+        if window < self.current_window:
+            self.counters[LATE] += 1
+            return False
+        return self.take_in_time(key, ts, flags, seq, window, unknown)
+
+    def clock(self, ts: float, window: int) -> None:
+        """Event time reaches ``ts`` (in ``window``) if it is the latest yet; the connections of the
+        windows it closes are forgotten."""
         if ts > self.watermark:
             self.watermark = ts
             if window > self.current_window:  # the watermark's window is this packet's
                 self.current_window = window
                 self.entries = {k: e for k, e in self.entries.items() if e.window_start >= window}
-        if window < self.current_window:
-            self.counters[LATE] += 1
-            return False
-        return self.take_in_time(key, ts, flags, seq, window, unknown)
 
     def take_in_time(self, key: bytes, ts: float, flags: int, seq: int, window: int, unknown: bool) -> bool:
         """``take`` for a packet that is not late, the gate's clock moved by it already (``take``, or
@@ -132,6 +137,7 @@ class Gate:
         # on the same packets and so never disagrees with the gate.
         c["sampled"] += 1
         return True
+
 
 class QuicGate:
     """Direction, sampling and the first-N gate for UDP datagrams to the QUIC server ports.

@@ -54,9 +54,10 @@ from rstscope.config import TopologyError, load
 from rstscope.core.table import AFTER_CLOSE, AFTER_IDLE, BEYOND_MAX, LATE, NO_SYN
 from rstscope.decode import NON_TCP_REASONS, decode_frame
 from rstscope.direction import Direction
+from rstscope.edge import columns
 from rstscope.edge.privacy import AddrTransform
 from rstscope.edge.queue import BoundedSender
-from rstscope.edge.sources import LiveCapture, LiveError, PcapFiles, Source
+from rstscope.edge.sources import Frame, LiveCapture, LiveError, PcapFiles, Source
 from rstscope.geo import GeoDB, GeoError
 from rstscope.kafka.roles import default_bootstrap, role_spec
 from rstscope.options import csv_values, port_list, probability
@@ -314,15 +315,11 @@ class Edge:
         """Send everything ``src`` holds (capture files, or a ``Source``), through the columns
         (``edge.columns``: file slices, or each batch a source reads) unless ``rate`` paces the replay or
         ``self.columns`` is off: then frame by frame, the reference. Both send the same messages."""
-        from rstscope.edge import columns
-
         if self.columns and isinstance(src, list) and not rate:
             return columns.run_columns(self, src)
         source: Source = PcapFiles(src) if isinstance(src, list) else src
         self.input = source
         s = self.stats
-        admit = self.gate.admit
-        poll = self.producer.poll
         live = source.live
         decoder = columns.decoder(self) if self.columns and not rate else None
         start = time.monotonic()
@@ -337,40 +334,11 @@ class Edge:
                 continue
             if decoder is not None:
                 columns.take_batch(self, decoder, batch)
-                batch = []  # done: what follows a batch below
-            for ts, linktype, data in batch:
-                s.read += 1
-                if rate and not s.read & 7:  # every 8 frames: a slow replay sleeps (and speaks) often
-                    ahead = s.read / rate - (time.monotonic() - start)
-                    if ahead > 0:
-                        time.sleep(ahead)
-                    self._keep_up()  # a paced replay is slow like a live source
-                if ts > self.end_ts:
-                    self.end_ts = ts
-                if ts >= self.window_end:  # a new window: what waits belongs to the ones before
-                    self.flush()
-                    self.window_end = (ts // self.window_s + 1) * self.window_s
-                rec = decode_frame(ts, linktype, data)
-                if isinstance(rec, str):
-                    if rec == "non_tcp" and self.quic is not None and self._udp(ts, linktype, data):
-                        continue
-                    if rec in NON_TCP_REASONS:
-                        s.dropped["non_tcp"] += 1
-                    else:
-                        s.dropped["malformed"] += 1
-                        s.dropped[f"malformed:{rec}"] += 1
-                    continue
-                s.tcp += 1
-                if admit(rec):
-                    s.sampled += 1
-                    self._publish(rec)
-                    # delivery reports every 256 records; not counted on ``sent``, which grows by whole
-                    # batches: a multiple of 256 there held until the next batch, polling on every record
-                    if not s.sampled & 0xFF:
-                        poll(0)
+            else:
+                self._frame_by_frame(batch, rate, start)
             if live:
                 self.flush(stale_only=True)
-                poll(0)
+                self.producer.poll(0)
             if self.end_ts >= self.next_wm:
                 self.watermark(False)
         if isinstance(source, PcapFiles):
@@ -379,6 +347,42 @@ class Edge:
                 s.dropped[f"malformed:{reason}"] += k
         self.finish()
         return s
+
+    def _frame_by_frame(self, batch: list[Frame], rate: float | None, start: float) -> None:
+        """A source's batch, one frame after another (the reference; ``rate``: paced since ``start``)."""
+        s = self.stats
+        admit = self.gate.admit
+        poll = self.producer.poll
+        for ts, linktype, data in batch:
+            s.read += 1
+            if rate and not s.read & 7:  # every 8 frames: a slow replay sleeps (and speaks) often
+                ahead = s.read / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+                self._keep_up()  # a paced replay is slow like a live source
+            if ts > self.end_ts:
+                self.end_ts = ts
+            if ts >= self.window_end:  # a new window: what waits belongs to the ones before
+                self.flush()
+                self.window_end = (ts // self.window_s + 1) * self.window_s
+            rec = decode_frame(ts, linktype, data)
+            if isinstance(rec, str):
+                if rec == "non_tcp" and self.quic is not None and self._udp(ts, linktype, data):
+                    continue
+                if rec in NON_TCP_REASONS:
+                    s.dropped["non_tcp"] += 1
+                else:
+                    s.dropped["malformed"] += 1
+                    s.dropped[f"malformed:{rec}"] += 1
+                continue
+            s.tcp += 1
+            if admit(rec):
+                s.sampled += 1
+                self._publish(rec)
+                # delivery reports every 256 records; not counted on ``sent``, which grows by whole
+                # batches: a multiple of 256 there held until the next batch, polling on every record
+                if not s.sampled & 0xFF:
+                    poll(0)
 
     def finish(self) -> None:
         s = self.stats

@@ -52,7 +52,7 @@ def take_columns(gate: Gate, keys: list[bytes], ts: Any, flags: Any, seq: Any, w
     tid = np.fromiter((index.setdefault(k, len(index)) for k in keys), np.int64, n)
     tuples = list(index)
     s = gate.sampler
-    keep = np.fromiter((s.keep_all or s.keep_packed(k) for k in tuples), bool, len(tuples))
+    keep = np.fromiter((s.keep_packed(k) for k in tuples), bool, len(tuples))
     live = ~late
     _count(c, "unsampled", live & ~keep[tid])
     todo = np.flatnonzero(live & keep[tid])
@@ -107,13 +107,7 @@ def take_columns(gate: Gate, keys: list[bytes], ts: Any, flags: Any, seq: Any, w
         out[i] = take(k, t, fl, sq, w, unknown)
     for _f, k, st in opens[o:]:
         entries[k] = st
-    # the clock after the slice (take's own pruning of closed windows, once)
-    top = float(wm[-1])
-    if top > gate.watermark:
-        gate.watermark = top
-        if int(now[-1]) > gate.current_window:
-            gate.current_window = int(now[-1])
-            gate.entries = {k: e for k, e in gate.entries.items() if e.window_start >= gate.current_window}
+    gate.clock(float(wm[-1]), int(now[-1]))  # the clock after the slice: take's own step, once
     return out
 
 
