@@ -67,6 +67,11 @@ def unpack_key(key: bytes) -> tuple[bytes, int, bytes, int]:
     return key[:a], int.from_bytes(key[a:a + 2], "big"), key[a + 2:2 * a + 2], int.from_bytes(key[2 * a + 2:], "big")
 
 
+def client_of(key: bytes) -> bytes:
+    """The client address of a ``pack_key`` tuple (without unpacking the rest)."""
+    return key[:(len(key) - 4) // 2]
+
+
 def reverse_key(key: bytes) -> bytes:
     """The packed tuple of the other direction (server ip, server port, client ip, client port)."""
     half = len(key) // 2

@@ -214,9 +214,22 @@ def exclusion(syns: int, decided: bool, last_ts: float, cutoff: float, params: W
     return EXCLUSIONS[code - 1] if code else None
 
 
-# One packet of a held connection, packed: ts, flags, seq, ack, ipid (-1: none), ttl, window,
-# payload_len, opt_len, and the shell's ref (the streaming worker: which message carried it).
-_ROW = struct.Struct("<dBIIiBHIBq")
+# One packet of a held connection, packed, as (name, struct format) in row order: the struct below
+# and the batch classifier's numpy dtype (fastpath.verdicts) are both made from this one table.
+ROW_FIELDS = (
+    ("ts", "d"),
+    ("flags", "B"),
+    ("seq", "I"),
+    ("ack", "I"),
+    ("ipid", "i"),  # -1: none (IPv6)
+    ("ttl", "B"),
+    ("window", "H"),
+    ("payload_len", "I"),
+    ("opt_len", "B"),
+    ("ref", "q"),  # the shell's ref (the streaming worker: which message carried it)
+)
+_ROW = struct.Struct("<" + "".join(fmt for _, fmt in ROW_FIELDS))
+ROW_SIZE = _ROW.size
 
 
 class Connection:

@@ -3,9 +3,9 @@
 It computes what ``Gate.admit`` + ``ConnectionTable.add`` + ``make_record`` compute packet by packet
 (the reference, which the streaming workers run) by reorganising the work, never by restating a rule:
 every decision calls the core's rule functions and constants (``core.table``: ``is_syn``, ``ends``,
-``window_of``, ``track``, ``exclusion_code``; ``core.classify``: ``shows_progress``, ``is_data``,
-``seq_after``, ``timeout_stage_code``, ``is_timeout``, ``scanner_code``, ``plain_verdict``;
-``core.record.build_record``, ``make_record``), which accept numpy columns as well as scalars.
+``window_of``, ``track``, ``exclusion_code``; ``core.classify``'s stage, timeout and scanner rules
+through ``fastpath.verdicts``; ``core.record.build_record``, ``make_record``), which accept numpy
+columns as well as scalars.
 
 The input is processed in time slices (``SLICE_FRAMES`` frames each, ``fastpath.reader.SliceReader``),
 so memory does not grow with the input: a slice carries over to the next only what it cannot decide,
@@ -60,19 +60,7 @@ import numpy.typing as npt
 
 from rstscope.capture.files import compression
 from rstscope.config import MODE_IDLE
-from rstscope.core.classify import (
-    S_NO_MATCH,
-    SCANNERS,
-    STAGES,
-    Verdict,
-    is_data,
-    is_timeout,
-    plain_verdict,
-    scanner_code,
-    seq_after,
-    shows_progress,
-    timeout_stage_code,
-)
+from rstscope.core.classify import Verdict, scanner_code
 from rstscope.core.record import build_record, make_record
 from rstscope.core.table import (
     END_GRACE,
@@ -102,8 +90,9 @@ from rstscope.fastpath.reader import (
     join_columns,
 )
 from rstscope.fastpath.runs import before, count_before, cummax_runs, reduce_runs, runs_index
+from rstscope.fastpath.verdicts import plain_codes, verdict
 from rstscope.geo import GeoInfo
-from rstscope.packet import TH_FIN, TH_RST, TH_SYN
+from rstscope.packet import TH_RST, TH_SYN
 
 if TYPE_CHECKING:
     from rstscope.offline import Analyzer, Progress
@@ -111,7 +100,6 @@ if TYPE_CHECKING:
 I8 = npt.NDArray[np.int64]
 F8 = npt.NDArray[np.float64]
 B1 = npt.NDArray[np.bool_]
-SCANNER_LIST: tuple[str | None, ...] = (None, *SCANNERS)  # scanner_code 0: none
 SEALED = ("", END_MAX_PACKETS, END_GRACE, END_IDLE)  # Track.sealed values, as codes in the carried states
 
 # Frames per slice (RSTSCOPE_SLICE_FRAMES overrides it; the tests use tiny slices). The engine's peak is
@@ -292,7 +280,6 @@ class BatchRun:
         self.idle_mode = self.params.mode == MODE_IDLE
         self.slice_frames = slice_frames
         self.geo_cache: dict[int, GeoInfo] = {}
-        self.verdicts: dict[int, Verdict] = {}
         self.samples: dict[tuple[int, int], bool] = {}  # endpoint pair -> sampled (bounded cache)
         self.seed = 0  # of the tuple hash (changed if two tuples ever share a hash)
         self.first: F8 = _zeros(np.float64)
@@ -908,34 +895,15 @@ class BatchRun:
         if not sel.any():
             return
         h = c.heads_local
-        fl = c.fl
         ti = c.ti
-        pl = cols.payload[ti].astype(np.int64)
-        ack = cols.ack[ti]
-        seq = c.seq
-        big = np.int64(1) << 40
-        prog = shows_progress(fl, pl)
-        data = prog & is_data(fl, pl)
-        n_prog = reduce_runs(np.add, prog.astype(np.int64), h)
-        n_data_any = reduce_runs(np.add, data.astype(np.int64), h)
-        d_min = reduce_runs(np.minimum, np.where(data, seq, big), h)
-        d_max = reduce_runs(np.maximum, np.where(data, seq, -1), h)
-        n_data = np.where(n_data_any == 0, 0, np.where(d_min == d_max, 1, 2))  # distinct data segments: 0, 1, more
-        one_ack = (reduce_runs(np.minimum, np.where(prog, ack, big), h)
-                   == reduce_runs(np.maximum, np.where(prog, ack, -1), h))
-        after = prog & seq_after(seq, d_min[c.run_of])
-        nothing_after = ~reduce_runs(np.logical_or, after, h)
-        has_fin = reduce_runs(np.logical_or, (fl & TH_FIN) != 0, h)
-        timed = is_timeout(np.zeros(len(h), dtype=bool), has_fin, c.lens, self.max_packets)
-        stage = np.where(timed, timeout_stage_code(n_prog, n_data, one_ack, nothing_after), S_NO_MATCH)
         syn = ti[h]  # the opening SYN (the only one: multi_syn connections are excluded)
         v4 = cols.version[syn] == 4
         scan = scanner_code(cols.window[syn].astype(np.int64), cols.ipid[syn].astype(np.int64),
                             cols.optlen[syn].astype(np.int64), cols.ttl[syn].astype(np.int64),
                             cols.version[syn].astype(np.int64), np.where(v4, cols.dst[syn], -1),
                             cols.dport[syn].astype(np.int64), cols.seq[syn])
-        n_scan = len(SCANNER_LIST)
-        codes = (stage * 2 + timed.astype(np.int64)) * n_scan + scan
+        codes = plain_codes(c.fl, cols.payload[ti].astype(np.int64), cols.ack[ti], c.seq, h, c.run_of, c.lens,
+                            scan, self.max_packets)
         rows = np.nonzero(sel)[0]
         if self.a.on_record is not None:
             self._records(cols, c, rows, codes, last)
@@ -950,17 +918,9 @@ class BatchRun:
         # the latest last_ts of each group: what names an asn row (Rollup: the most recent record's name)
         glast = np.maximum.reduceat(last[rows][grp], gheads).tolist() if len(rows) else []
         for g0, cnt, gl in zip(gheads.tolist(), counts.tolist(), glast, strict=True):
-            v = self._verdict(int(scd[g0]))
+            v = verdict(int(scd[g0]))
             g = self._geo(cols, int(sc[g0]))
             self._count(int(sw[g0]), v, g.country, g.asn, g.as_name, float(gl), cnt)
-
-    def _verdict(self, code: int) -> Verdict:
-        v = self.verdicts.get(code)
-        if v is None:
-            rest, scan = divmod(code, len(SCANNER_LIST))
-            stage_i, timed = divmod(rest, 2)
-            v = self.verdicts[code] = plain_verdict(STAGES[stage_i], bool(timed), SCANNER_LIST[scan])
-        return v
 
     def _count(self, window: int, v: Verdict, country: str, asn: int, as_name: str, last_ts: float,
                cnt: int) -> None:
@@ -981,7 +941,7 @@ class BatchRun:
             key = (packed(int(cols.src[i])), int(cols.sport[i]), packed(int(cols.dst[i])), int(cols.dport[i]))
             g = self._geo(cols, int(cols.src[i]))
             sink(build_record(key, int(c.win[c.heads_local[r]]), int(cols.seq[i]), float(self.first[r]),
-                              float(last[r]), int(c.lens[r]), self._verdict(int(codes[r])), mode,
+                              float(last[r]), int(c.lens[r]), verdict(int(codes[r])), mode,
                               g.country, g.asn, g.as_name))
 
     def _emit_reference(self, cols: Columns, c: _Conns, r: int) -> None:

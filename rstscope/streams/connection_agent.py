@@ -31,6 +31,11 @@ and unpinned by the same event time: a datagram's message is held while its atte
 datagram that opened a tuple's first attempt in a window is pinned until that window closes (an
 ended attempt's state decides later datagrams there too: ``quic.table.step``).
 
+Classification is batched: ``take`` gives the finished connections (``Decided``) and ``records``
+classifies a batch of them in one numpy pass (``fastpath.verdicts.make_records``: what ``make_record``
+gives each). The agent classifies what a checkpoint finished, right before producing it; ``feed`` does
+both for one message.
+
 `ConnectionStage` is transport-free (bytes in, dicts out) so it can be benchmarked and unit-tested;
 `build` wires it into a Faust app.
 """
@@ -41,7 +46,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from rstscope.codecs.errors import CodecError, MalformedRecord
 from rstscope.codecs.jsonl import dumps
@@ -50,9 +55,10 @@ from rstscope.config import Topology
 from rstscope.core.record import ConnectionRecord, make_record
 from rstscope.core.rollup import bucket_of
 from rstscope.core.table import Connection, ConnectionTable, Finished, window_of
+from rstscope.fastpath.verdicts import make_records
 from rstscope.geo import GeoDB
 from rstscope.kafka.roles import role_spec
-from rstscope.packet import PacketRecord
+from rstscope.packet import PacketRecord, client_of
 from rstscope.quic.packet import QuicDatagram
 from rstscope.quic.record import QuicRecord, record_of
 from rstscope.quic.table import Attempt, QuicFinished, QuicTable
@@ -64,6 +70,17 @@ from rstscope.streams.status import EdgeStatus
 
 log = logging.getLogger(__name__)
 Record = ConnectionRecord | QuicRecord  # what the stage emits (a QUIC record carries "transport": "quic")
+
+
+class Decided(NamedTuple):
+    """A finished connection to classify, and where its client is (country, asn, as_name): its record
+    is built with the others of its batch (``ConnectionStage.records``)."""
+
+    conn: Connection
+    place: tuple[str, int, str]
+
+
+Output = Record | Decided  # what ``take`` gives: QUIC records (built at once) and finished connections
 
 
 class ProcessingError(CodecError):
@@ -162,13 +179,19 @@ class ConnectionStage:
              handle: Any) -> tuple[list[Record], list[CodecError]]:
         """Process one message (a batch of packets or a watermark). Returns the finished (classified)
         records and the errors of what could not be used (each one counted; the caller dead-letters them)."""
+        out, errors = self.take(partition, value, handle)
+        return self.records(out), errors
+
+    def take(self, partition: int, value: bytes | None,
+             handle: Any) -> tuple[list[Output], list[CodecError]]:
+        """``feed`` without building the records: the finished connections come out as ``Decided``."""
         st = self.state(partition)
         entry = _Entry(handle)
         st.queue.append(entry)
         ref = st.next_ref
         st.next_ref += 1
         errors: list[CodecError] = []
-        out: list[Record] = []
+        out: list[Output] = []
         try:
             msg = decode_message(value or b"")
             now = self.clock()
@@ -214,7 +237,7 @@ class ConnectionStage:
         entry.holds -= 1
         return out, errors
 
-    def _advance(self, st: PartitionState, now: float) -> list[Record]:
+    def _advance(self, st: PartitionState, now: float) -> list[Output]:
         """Move the table to the event time the partition's edges allow; close it if the input ended."""
         table, qtable = st.table, st.qtable
         done = []
@@ -237,13 +260,13 @@ class ConnectionStage:
             st.unpin(st.closed_before())
         return self._finish(st, done) + self._finish_quic(st, qdone)
 
-    def _watermark(self, st: PartitionState, wm: Watermark, now: float) -> list[Record]:
+    def _watermark(self, st: PartitionState, wm: Watermark, now: float) -> list[Output]:
         self.counters["watermarks"] += 1
         st.clocks.promised(wm.source, wm.ts, wm.eof, now)
         return self._advance(st, now)
 
     def _packet(self, st: PartitionState, ref: int, entry: _Entry, clock: EdgeClock, item: PacketRecord,
-                geo: EdgeGeo | None, now: float) -> list[Record]:
+                geo: EdgeGeo | None, now: float) -> list[Output]:
         """One packet of a batch from the edge whose ``clock`` it moves."""
         table = st.table
         out, window = self._arrive(st, table, clock, item.ts, now)
@@ -254,7 +277,7 @@ class ConnectionStage:
         return out
 
     def _arrive(self, st: PartitionState, table: ConnectionTable | QuicTable, clock: EdgeClock, ts: float,
-                now: float) -> tuple[list[Record], int]:
+                now: float) -> tuple[list[Output], int]:
         """What a packet or datagram at ``ts`` does before ``table`` takes it: it moves its edge's clock, and
         with it the partition's event time (the records that finished), and falls in a window (returned;
         one already closed is counted per edge, the table counts it too)."""
@@ -286,7 +309,7 @@ class ConnectionStage:
 
     def _take_datagram(self, st: PartitionState, ref: int, entry: _Entry, clock: EdgeClock,
                        item: tuple[int, QuicDatagram, EdgeGeo | None], now: float, limit: float, edge: str,
-                       errors: list[CodecError]) -> list[Record]:
+                       errors: list[CodecError]) -> list[Output]:
         """A mixed batch's QUIC datagram, unless it is too far ahead of this worker's clock (an error)."""
         _, dg, geo = item
         if dg.recs[0].ts > limit:
@@ -296,7 +319,7 @@ class ConnectionStage:
         return self._datagram(st, ref, entry, clock, dg, geo, now)
 
     def _datagram(self, st: PartitionState, ref: int, entry: _Entry, clock: EdgeClock, dg: QuicDatagram,
-                  geo: EdgeGeo | None, now: float) -> list[Record]:
+                  geo: EdgeGeo | None, now: float) -> list[Output]:
         """One QUIC datagram: as ``_packet``, with the QUIC attempt table (holds, pins, the same clock)."""
         qt = st.qtable
         out, window = self._arrive(st, qt, clock, dg.recs[0].ts, now)
@@ -324,31 +347,63 @@ class ConnectionStage:
             return False
         return True
 
-    def _finish_quic(self, st: PartitionState, done: list[QuicFinished]) -> list[Record]:
+    def _finish_quic(self, st: PartitionState, done: list[QuicFinished]) -> list[Output]:
         """Records of the finished QUIC attempts; their datagrams' messages are released."""
         if not done:
             return []
-        out: list[Record] = [record_of(f, *self._place(f.attempt.meta, f.attempt.key[0])) for f in done
+        out: list[Output] = [record_of(f, *self._place(f.attempt.meta, f.attempt.key[0])) for f in done
                               if self._settled(st, f.attempt.refs, f.excluded, "quic_excluded")]
         self.counters["quic_records"] += len(out)
         return out
 
-    def _finish(self, st: PartitionState, done: list[Finished]) -> list[Record]:
-        """Records of the finalized connections; their packets' messages are released."""
+    def _finish(self, st: PartitionState, done: list[Finished]) -> list[Output]:
+        """The finalized connections, to classify; their packets' messages are released (the shell
+        produces their records before it acks: streams/checkpoint.py)."""
         if not done:
             return []
+        place = self._place
+        return [Decided(f.conn, place(f.conn.meta, client_of(f.conn.pkey))) for f in done
+                if self._settled(st, f.conn.refs, f.excluded, "excluded")]
+
+    def records(self, outputs: list[Output]) -> list[Record]:
+        """The records of ``outputs`` (of ``take``, ``tick_pending``), in order: the finished connections
+        classified together (``make_records``). Should that raise (a bug), each is tried alone with the
+        reference ``make_record``; one that fails is logged and counted (``records_failed``), not emitted."""
+        decided = [o for o in outputs if type(o) is Decided]
+        if not decided:
+            return outputs  # type: ignore[return-value]  # records only (QUIC)
         w = self.topology.window
-        out: list[Record] = [make_record(f.conn, w.max_packets, self.topology.evidence, w.mode,
-                                         *self._place(f.conn.meta, f.conn.key[0])) for f in done
-                             if self._settled(st, f.conn.refs, f.excluded, "excluded")]
-        self.counters["records"] += len(out)
-        return out
+        try:
+            built = make_records([d.conn for d in decided], [d.place for d in decided], w.max_packets,
+                                 self.topology.evidence, w.mode)
+        except Exception:
+            log.exception("rstscope: a batch of connections could not be classified together; one by one")
+            return [r for r in (self._one(o) if type(o) is Decided else o for o in outputs) if r is not None]  # type: ignore[misc]
+        self.counters["records"] += len(built)
+        it = iter(built)
+        return [next(it) if type(o) is Decided else o for o in outputs]  # type: ignore[misc]
+
+    def _one(self, d: Decided) -> Record | None:
+        """One finished connection's record by the reference (None: it failed, logged and counted)."""
+        w = self.topology.window
+        try:
+            rec = make_record(d.conn, w.max_packets, self.topology.evidence, w.mode, *d.place)
+        except Exception:
+            log.exception("rstscope: connection %r could not be classified (not emitted)", d.conn)
+            self.counters["records_failed"] += 1
+            return None
+        self.counters["records"] += 1
+        return rec
 
     def tick(self) -> list[Record]:
+        """``tick_pending``, with the records built."""
+        return self.records(self.tick_pending())
+
+    def tick_pending(self) -> list[Output]:
         """Wall-clock housekeeping (the flush timer calls it): edges silent for idle_s go idle, which may
         let event time advance, or end the input, on partitions that get no messages any more."""
         now = self.clock()
-        out: list[Record] = []
+        out: list[Output] = []
         for p, st in self.parts.items():
             gone = st.clocks.check_idle(now)
             if gone:
@@ -409,6 +464,8 @@ def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, roll
     pending: dict[int, list[bytes]] = {}  # bucket -> record bodies not yet sent to the rollup input
     out = TopicBatches(connections.get_topic_name(), role_spec(stage.topology, "connections").partitions)
 
+    waiting: list[Output] = []  # finished since the last checkpoint: classified together when it produces
+
     def emit(records: list[Record]) -> None:
         for rec in records:
             body = dumps(rec)
@@ -416,9 +473,12 @@ def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, roll
             out.add(rec["id"].encode(), body, int(rec["last_ts"] * 1000))
 
     async def decide() -> None:
-        emit(stage.tick())
+        waiting.extend(stage.tick_pending())
 
     async def send_records() -> None:
+        if waiting:
+            emit(stage.records(waiting))
+            waiting.clear()
         await out.send(app)
 
     async def send_rollup_input() -> None:
@@ -439,12 +499,12 @@ def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, roll
                 continue
             p = msg.partition
             async with cp.lock:
-                records, errors = stage.feed(p, event.value, AckRef.of(msg))
-                emit(records)
+                outputs, errors = stage.take(p, event.value, AckRef.of(msg))
+                waiting.extend(outputs)
                 for err in errors:
                     await dead_letters.send(key=None, value=dead_letter(err, msg.topic, p, msg.offset, msg.key,
                                                                          event.value), force=True)
-            if len(out) >= FLUSH_RECORDS:
+            if len(waiting) + len(out) >= FLUSH_RECORDS:
                 await cp.commit()
 
     return app.agent(packets, name="connections")(connection_agent)
