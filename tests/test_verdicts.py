@@ -16,11 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rstscope.config import EvidenceParams, load
-from rstscope.core.classify import classify
+from rstscope.core.classify import SCANNERS, classify, scanner_mark
 from rstscope.core.record import make_record
-from rstscope.core.table import ROW_SIZE, Connection
-from rstscope.fastpath.runs import reduce_runs
-from rstscope.fastpath.verdicts import ROW_DTYPE, make_records, plain_codes, verdict
+from rstscope.core.table import Connection
+from rstscope.fastpath.verdicts import Rows, in_columns, make_records, plain_codes, progress, reset_verdicts, verdict
 from rstscope.packet import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, unpack_key
 from rstscope.streams.connection_agent import ConnectionStage, Decided
 
@@ -72,28 +71,70 @@ def test_a_batch_is_classified_as_one_by_one(items, max_packets, mode):
     assert got == [make_record(c, max_packets, EV, mode, *p) for c, p in zip(conns, places, strict=True)]
 
 
+def _columns(conns: list[Connection]) -> tuple[Rows, np.ndarray, list[list]]:
+    """The connections as runs of rows, their SYNs' scanner codes (by the scalar rule), their packets."""
+    r = Rows.held(conns)
+    pkts = [c.packets for c in conns]
+    syns = [next((p for p in ps if p.flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN), None) for ps in pkts]
+    marks = [None if s is None else scanner_mark(s) for s in syns]
+    return r, np.array([0 if m is None else 1 + SCANNERS.index(m) for m in marks], dtype=np.int64), pkts
+
+
+def _one_syn(r: Rows) -> np.ndarray:
+    return r.count((r.fl & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN) == 1
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(connection(), min_size=1, max_size=12))
 def test_the_column_rule_gives_classify_for_every_connection_it_serves(conns):
     """``plain_codes`` itself (not the reference fallback) for the connections without an RST and with
     one SYN: the codes it gives are ``classify``'s verdicts."""
-    lens = np.array([len(c.body) // ROW_SIZE for c in conns], dtype=np.int64)
-    rows = np.frombuffer(b"".join(c.body for c in conns), ROW_DTYPE)
-    heads = np.cumsum(lens) - lens
-    run_of = np.repeat(np.arange(len(conns)), lens)
-    fl = rows["flags"]
-    served = ~reduce_runs(np.logical_or, (fl & TH_RST) != 0, heads) & (
-        reduce_runs(np.add, ((fl & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN).astype(np.int64), heads) == 1)
-    from rstscope.core.classify import scanner_mark
-    pkts = [c.packets for c in conns]
-    syns = [next((p for p in ps if p.flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN), None) for ps in pkts]
-    from rstscope.core.classify import SCANNERS
-    scan = np.array([0 if s is None or scanner_mark(s) is None else 1 + SCANNERS.index(scanner_mark(s))
-                     for s in syns], dtype=np.int64)
-    codes = plain_codes(fl, rows["payload_len"].astype(np.int64), rows["ack"].astype(np.int64),
-                        rows["seq"].astype(np.int64), heads, run_of, lens, scan, 10)
+    r, scan, pkts = _columns(conns)
+    served = ~r.any((r.fl & TH_RST) != 0) & _one_syn(r)
+    codes = plain_codes(r.fl, r.pl, r.ack, r.seq, r.heads, r.run_of, r.lens, scan, 10)
     for i in np.nonzero(served)[0].tolist():
         assert verdict(int(codes[i])) == classify(pkts[i], 10, EV)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(connection(), min_size=1, max_size=12), st.sampled_from([EV, EvidenceParams(injected_ttl_delta=1,
+                                                                                             injected_ipid_delta=1)]))
+def test_the_reset_columns_give_classify_for_every_connection_they_serve(conns, ev):
+    """``reset_verdicts`` itself for the reset connections with one SYN and fewer than three RST+ACKs."""
+    r, scan, pkts = _columns(conns)
+    rst = (r.fl & TH_RST) != 0
+    served = np.nonzero(r.any(rst) & _one_syn(r) & in_columns(r))[0]
+    _, n_prog, n_data, _ = progress(r.fl, r.pl, r.seq, r.heads)
+    got = reset_verdicts(r, served, scan, n_prog, n_data, ev)
+    assert got == [classify(pkts[i], 10, ev) for i in served.tolist()]
+
+
+def test_the_reset_columns_see_every_tag_and_basis():
+    """Hand-made resets that reach each composition, the acknum tags, gfw_type1, both evidence bases and
+    the IP ID delta across the 16-bit wrap, through the columns and through classify."""
+    from builders import ack, psh, rst, rstack
+    cases = [
+        [syn(), ack(), psh(), rst()],  # single_rst, packets
+        [syn(), rst(ack_no=0), rst(ack_no=0)],  # multiple_rsts, acknumsame0, syn_only
+        [syn(), ack(), rst(ack_no=7), rst(ack_no=9)],  # acknumdiff
+        [syn(), ack(), rst(ack_no=0), rst(ack_no=9)],  # acknumdiff0
+        [syn(), ack(), rst(ack_no=5), rst(ack_no=5)],  # acknumsame
+        [syn(), ack(), psh(), rstack(), rstack()],  # multiple_rstacks
+        [syn(), ack(), rst(), rstack()],  # rst_and_rstacks
+        [syn(), ack(), psh(), psh(seq=ISN + 101), rst(ttl=40, window=4321)],  # gfw_type1, later_in_flow
+        [syn(ipid=65530), ack(ipid=65531), rst(ipid=3)],  # ipid delta across the wrap: 8 (65531 -> 3)
+        [syn(window=65535, ipid=54321), rst(ttl=200)],  # a zmap SYN: scanner basis, never injected
+    ]
+    conns = [Connection(ps[0].tuple_key, int(T0 // 900 * 900), ISN, T0, T0, ps) for ps in cases]
+    r, scan, pkts = _columns(conns)
+    _, n_prog, n_data, _ = progress(r.fl, r.pl, r.seq, r.heads)
+    got = reset_verdicts(r, np.arange(len(conns)), scan, n_prog, n_data, EV)
+    assert got == [classify(ps, 10, EV) for ps in pkts]
+    tags = {t for v in got for t in v.tags}
+    assert {"single_rst", "multiple_rsts", "acknumsame0", "acknumdiff", "acknumdiff0", "acknumsame",
+            "multiple_rstacks", "rst_and_rstacks", "gfw_type1", "zmap"} <= tags
+    assert {v.evidence for v in got} == {"packets", "syn_only", "scanner"}
+    assert got[8].ipid_delta == 8 and got[9].injected is False
 
 
 def test_scanner_marks_from_the_key_ipv4_and_ipv6():
@@ -131,3 +172,15 @@ def test_the_stage_counts_a_connection_it_cannot_classify(caplog: pytest.LogCapt
     assert stage.counters["records_failed"] == 1 and stage.counters["records"] == 2
     assert "could not be classified" in caplog.text
     assert unpack_key(good[0].pkey)[1] == 1000
+
+
+def test_gfw_type2_goes_to_the_reference():
+    """Three RST+ACKs at X, X+1460, X+4380 (gfw_type2's set rule, not in columns) in a batch of others."""
+    from builders import ack, psh, rstack
+    x = ISN + 1
+    type2 = [syn(), ack(), psh(), rstack(seq=x), rstack(seq=x + 1460), rstack(seq=x + 4380)]
+    near = [syn(sport=2), ack(sport=2), rstack(seq=x, sport=2), rstack(seq=x + 1460, sport=2)]
+    conns = [Connection(ps[0].tuple_key, int(T0 // 900 * 900), ISN, T0, T0, ps) for ps in (type2, near)]
+    recs = make_records(conns, [("XX", 0, "")] * 2, 10, EV, "window")
+    assert recs == [make_record(c, 10, EV, "window") for c in conns]
+    assert "gfw_type2" in recs[0]["tags"] and "gfw_type2" not in recs[1]["tags"]

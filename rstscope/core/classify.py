@@ -55,7 +55,7 @@ EVIDENCE_PACKETS = "packets"  # the RSTs compared with the client's ordinary pac
 EVIDENCE_SYN_ONLY = "syn_only"  # the only ordinary packet is the SYN: a different stack (a crafted SYN,
 #   a SYN proxy) explains a difference as well as an injector does; a reading, not a verdict
 EVIDENCE_SCANNER = "scanner"  # the SYN is a scanner's: the spread is the scanner's, never "injected"
-EVIDENCE_BASES = ("packets", "syn_only", "scanner")
+EVIDENCE_BASES = (EVIDENCE_PACKETS, EVIDENCE_SYN_ONLY, EVIDENCE_SCANNER)  # basis_code indexes it
 SEQ_HALF = 1 << 31
 SEQ_MOD = 1 << 32
 
@@ -164,6 +164,12 @@ def gfw_type2(rstack_seqs: Sequence[int]) -> bool:
     return any(all((x + d) % SEQ_MOD in seqs for d in GFW_TYPE2_OFFSETS) for x in seqs)
 
 
+def gfw_type1_rst(window: Any, ttl: Any, lo: Any, hi: Any, min_ttl_delta: int) -> Any:
+    """One RST without ACK fits the type-1 injector: a non-zero window, and a TTL ``min_ttl_delta`` or
+    more outside the client's own TTLs [lo, hi] (ints or numpy arrays)."""
+    return (window >= GFW_TYPE1_MIN_WINDOW) & (range_distance(ttl, lo, hi) >= min_ttl_delta)
+
+
 def gfw_type1(plain_rsts: Sequence[PacketRecord], ordinary_ttls: Sequence[int], min_ttl_delta: int) -> bool:
     """An RST without ACK whose window is non-zero and whose TTL lies ``min_ttl_delta`` or more outside
     the client's own TTLs: a random window alone is what some stacks do too, a foreign TTL alone is
@@ -171,8 +177,7 @@ def gfw_type1(plain_rsts: Sequence[PacketRecord], ordinary_ttls: Sequence[int], 
     if not ordinary_ttls:
         return False
     lo, hi = min(ordinary_ttls), max(ordinary_ttls)
-    return any(p.window >= GFW_TYPE1_MIN_WINDOW and _range_distance(p.ttl, lo, hi) >= min_ttl_delta
-               for p in plain_rsts)
+    return any(gfw_type1_rst(p.window, p.ttl, lo, hi, min_ttl_delta) for p in plain_rsts)
 
 
 def middlebox_tags(rsts: Sequence[PacketRecord], ordinary: Sequence[PacketRecord], basis: str | None,
@@ -190,33 +195,62 @@ def middlebox_tags(rsts: Sequence[PacketRecord], ordinary: Sequence[PacketRecord
 
 # The composition of a reset: exactly one of these applies (SPEC section 5).
 RST_COMPOSITIONS = ("single_rst", "multiple_rsts", "single_rstack", "multiple_rstacks", "rst_and_rstacks")
+C_SINGLE_RST, C_MULTIPLE_RSTS, C_SINGLE_RSTACK, C_MULTIPLE_RSTACKS, C_BOTH = range(5)
+# How the ack numbers of several RSTs (without ACK) relate.
+ACKNUM_TAGS = ("acknumsame", "acknumsame0", "acknumdiff", "acknumdiff0")
+
+
+def composition_code(n_plain: Any, n_rstack: Any) -> Any:
+    """The composition (index in RST_COMPOSITIONS) of a reset with ``n_plain`` RSTs without ACK and
+    ``n_rstack`` RST+ACKs (ints or numpy arrays)."""
+    return where((n_plain > 0) & (n_rstack > 0), C_BOTH,
+                 where(n_plain == 1, C_SINGLE_RST, where(n_plain > 1, C_MULTIPLE_RSTS,
+                                                         where(n_rstack == 1, C_SINGLE_RSTACK, C_MULTIPLE_RSTACKS))))
+
+
+def acknum_code(all_same: Any, any_zero: Any) -> Any:
+    """The ack numbers of the RSTs without ACK (index in ACKNUM_TAGS): all the same (``acknumsame``) or
+    not (``acknumdiff``), with a ``0`` suffix when one of them is 0 (ints/bools or numpy arrays)."""
+    return where(all_same, 0, 2) + where(any_zero, 1, 0)
+
+
+@cache  # 2 x 5 x 4 at most
+def reset_tag_list(has_fin: bool, composition: int, acknum: int) -> tuple[str, ...]:
+    """``reset`` and its nested tags, in TAGS order: ``fin``, then the composition; the ``acknum*`` tag
+    applies under ``multiple_rsts`` only."""
+    tags = ("reset", "fin", RST_COMPOSITIONS[composition]) if has_fin else ("reset", RST_COMPOSITIONS[composition])
+    return (*tags, ACKNUM_TAGS[acknum]) if composition == C_MULTIPLE_RSTS else tags
+
+
+@cache  # 2 x 5 x 4 x 2 x 2 x 2 at most
+def reset_verdict_tags(has_fin: bool, composition: int, acknum: int, gfw1: bool, gfw2: bool,
+                       zmap: bool) -> tuple[str, ...]:
+    """All tags of a reset connection, in TAGS order: ``reset_tag_list``, the named middleboxes, ``zmap``."""
+    return (reset_tag_list(has_fin, composition, acknum) + (("gfw_type1",) if gfw1 else ())
+            + (("gfw_type2",) if gfw2 else ()) + (("zmap",) if zmap else ()))
+
+
+def reset_codes(rsts: Sequence[PacketRecord]) -> tuple[int, int]:
+    """The composition and the ``acknum_code`` (0 unless ``multiple_rsts``) of these RSTs."""
+    plain = [p for p in rsts if not p.flags & TH_ACK]
+    comp = int(composition_code(len(plain), len(rsts) - len(plain)))
+    return comp, acknum_tag_code([p.ack for p in plain]) if comp == C_MULTIPLE_RSTS else 0
 
 
 def reset_tags(rsts: Sequence[PacketRecord], has_fin: bool) -> list[str]:
     """``reset`` and its nested tags: ``fin``, then exactly one composition (RSTs, RST+ACKs or both);
     the ``acknum*`` tags read the RSTs without ACK and apply under ``multiple_rsts`` only."""
-    tags = ["reset"]
-    if has_fin:
-        tags.append("fin")
-    plain = [p for p in rsts if not p.flags & TH_ACK]
-    n_rstack = len(rsts) - len(plain)
-    if plain and n_rstack:
-        tags.append("rst_and_rstacks")
-    elif len(plain) == 1:
-        tags.append("single_rst")
-    elif plain:
-        tags.append("multiple_rsts")
-        tags.append(acknum_tag([p.ack for p in plain]))
-    else:
-        tags.append("single_rstack" if n_rstack == 1 else "multiple_rstacks")
-    return tags
+    return list(reset_tag_list(has_fin, *reset_codes(rsts)))
+
+
+def acknum_tag_code(acks: Sequence[int]) -> int:
+    """``acknum_code`` of these ack numbers."""
+    return int(acknum_code(len(set(acks)) == 1, 0 in acks))
 
 
 def acknum_tag(acks: Sequence[int]) -> str:
     """How the ack numbers of several RSTs (without ACK) relate."""
-    if len(set(acks)) == 1:
-        return "acknumsame0" if acks[0] == 0 else "acknumsame"
-    return "acknumdiff0" if 0 in acks else "acknumdiff"
+    return ACKNUM_TAGS[acknum_tag_code(acks)]
 
 
 def signature(stage: str, timed_out: bool, tags: Sequence[str]) -> str | None:
@@ -253,13 +287,15 @@ def signature(stage: str, timed_out: bool, tags: Sequence[str]) -> str | None:
     return None
 
 
-def _range_distance(v: int, lo: int, hi: int) -> int:
-    return lo - v if v < lo else v - hi if v > hi else 0
+def range_distance(v: Any, lo: Any, hi: Any) -> Any:
+    """How far ``v`` lies outside [lo, hi] (0 inside); ints or numpy arrays."""
+    return where(v < lo, lo - v, where(v > hi, v - hi, 0))
 
 
-def _circular(a: int, b: int) -> int:
+def circular(a: Any, b: Any) -> Any:
+    """The distance of two IP IDs mod 2^16 (ints or numpy arrays)."""
     d = (a - b) & 0xFFFF
-    return min(d, 0x10000 - d)
+    return where(d < 0x10000 - d, d, 0x10000 - d)
 
 
 def evidence(rsts: Sequence[PacketRecord], ordinary: Sequence[PacketRecord]) -> tuple[int | None, int | None]:
@@ -273,10 +309,10 @@ def evidence(rsts: Sequence[PacketRecord], ordinary: Sequence[PacketRecord]) -> 
         return None, None
     ttls = [p.ttl for p in ordinary]
     lo, hi = min(ttls), max(ttls)
-    ttl_delta = max(_range_distance(r.ttl, lo, hi) for r in rsts)
+    ttl_delta = max(range_distance(r.ttl, lo, hi) for r in rsts)
     ids = [p.ipid for p in ordinary if p.ipid is not None]
     rst_ids = [r.ipid for r in rsts if r.ipid is not None]
-    ipid_delta = max(min(_circular(r, o) for o in ids) for r in rst_ids) if ids and rst_ids else None
+    ipid_delta = max(min(circular(r, o) for o in ids) for r in rst_ids) if ids and rst_ids else None
     return ttl_delta, ipid_delta
 
 
@@ -327,24 +363,39 @@ def classify(packets: Sequence[PacketRecord], max_packets: int = 10,
     if not rsts:
         return plain_verdict(stage, timed_out, mark)
     others = [p for p in ordinary if not p.flags & TH_SYN]
-    basis = evidence_basis(rsts, others, mark)
-    tags = reset_tags(rsts, has_fin) + middlebox_tags(rsts, ordinary, basis, ev.injected_ttl_delta)
-    if mark == "zmap":
-        tags.append("zmap")
+    basis = int(basis_code(mark is not None, bool(others)))
+    gfw1 = basis != B_SCANNER and gfw_type1([p for p in rsts if not p.flags & TH_ACK], [p.ttl for p in ordinary],
+                                           ev.injected_ttl_delta)
+    gfw2 = gfw_type2([p.seq for p in rsts if p.flags & TH_ACK])
+    tags = reset_verdict_tags(has_fin, *reset_codes(rsts), gfw1, gfw2, mark == "zmap")
     ttl_delta, ipid_delta = evidence(rsts, ordinary)
-    injected = basis != EVIDENCE_SCANNER and (
-        (ttl_delta is not None and ttl_delta >= ev.injected_ttl_delta)
-        or (ipid_delta is not None and ipid_delta >= ev.injected_ipid_delta))
+    injected = bool(injected_code(basis, NO_DELTA if ttl_delta is None else ttl_delta,
+                                  NO_DELTA if ipid_delta is None else ipid_delta, ev))
     sig = signature(stage, False, tags) if stage != NO_MATCH else None
-    return Verdict(stage, tuple(tags), sig, ttl_delta, ipid_delta, injected, mark, basis)
+    return Verdict(stage, tags, sig, ttl_delta, ipid_delta, injected, mark, EVIDENCE_BASES[basis])
+
+
+B_PACKETS, B_SYN_ONLY, B_SCANNER = range(3)  # indices into EVIDENCE_BASES
+NO_DELTA = -1  # a delta with nothing to measure (None in a Verdict), where codes stand for it
+
+
+def basis_code(marked: Any, has_others: Any) -> Any:
+    """What the evidence of a reset connection rests on (index in EVIDENCE_BASES): its SYN is a
+    scanner's (``marked``: a crafted SYN and the client kernel's RST differ by construction, never
+    called injected), else the client's ordinary packets after it, else the SYN alone (bools or arrays)."""
+    return where(marked, B_SCANNER, where(has_others, B_PACKETS, B_SYN_ONLY))
+
+
+def injected_code(basis: Any, ttl_delta: Any, ipid_delta: Any, ev: EvidenceParams) -> Any:
+    """A reset connection's deltas reach the thresholds (a delta may be NO_DELTA), and its basis is not
+    a scanner's SYN (ints or numpy arrays)."""
+    ttl = (ttl_delta != NO_DELTA) & (ttl_delta >= ev.injected_ttl_delta)
+    ipid = (ipid_delta != NO_DELTA) & (ipid_delta >= ev.injected_ipid_delta)
+    return (basis != B_SCANNER) & (ttl | ipid)
 
 
 def evidence_basis(rsts: Sequence[PacketRecord], others: Sequence[PacketRecord], mark: str | None) -> str | None:
-    """What the injection evidence rests on: nothing (no RST), a scanner's SYN (a crafted SYN and
-    the client kernel's RST differ by construction: never called injected), the SYN alone, or the
-    client's ordinary packets after it."""
+    """What the injection evidence rests on (``basis_code``; nothing without an RST)."""
     if not rsts:
         return EVIDENCE_NONE
-    if mark is not None:
-        return EVIDENCE_SCANNER
-    return EVIDENCE_PACKETS if others else EVIDENCE_SYN_ONLY
+    return EVIDENCE_BASES[basis_code(mark is not None, bool(others))]

@@ -61,7 +61,7 @@ import numpy.typing as npt
 from rstscope.capture.files import compression
 from rstscope.config import MODE_IDLE
 from rstscope.core.classify import Verdict, scanner_code
-from rstscope.core.record import build_record, make_record
+from rstscope.core.record import ConnectionRecord, build_record, make_record
 from rstscope.core.table import (
     END_GRACE,
     END_IDLE,
@@ -90,7 +90,7 @@ from rstscope.fastpath.reader import (
     join_columns,
 )
 from rstscope.fastpath.runs import before, count_before, cummax_runs, reduce_runs, runs_index
-from rstscope.fastpath.verdicts import plain_codes, verdict
+from rstscope.fastpath.verdicts import Rows, in_columns, plain_codes, progress, reset_verdicts, verdict
 from rstscope.geo import GeoInfo
 from rstscope.packet import TH_RST, TH_SYN
 
@@ -885,25 +885,31 @@ class BatchRun:
         for i, name in enumerate(EXCLUSIONS, 1):
             tc[name] += int((code == i).sum())
         ok = code == X_NONE
-        has_rst = reduce_runs(np.logical_or, (fl & TH_RST) != 0, h)
-        self._classify_columns(cols, c, ok & ~has_rst, last)
-        for r in np.nonzero(ok & has_rst)[0].tolist():
-            self._emit_reference(cols, c, r)
-
-    def _classify_columns(self, cols: Columns, c: _Conns, sel: B1, last: F8) -> None:
-        """Connections without an RST: the core's stage, timeout and scanner rules over columns."""
-        if not sel.any():
+        if not ok.any():
             return
-        h = c.heads_local
         ti = c.ti
+        r = Rows(c.lens, fl, c.seq, cols.ack[ti], cols.payload[ti], cols.ttl[ti], cols.ipid[ti], cols.window[ti],
+                 cols.optlen[ti])
         syn = ti[h]  # the opening SYN (the only one: multi_syn connections are excluded)
         v4 = cols.version[syn] == 4
         scan = scanner_code(cols.window[syn].astype(np.int64), cols.ipid[syn].astype(np.int64),
                             cols.optlen[syn].astype(np.int64), cols.ttl[syn].astype(np.int64),
                             cols.version[syn].astype(np.int64), np.where(v4, cols.dst[syn], -1),
                             cols.dport[syn].astype(np.int64), cols.seq[syn])
-        codes = plain_codes(c.fl, cols.payload[ti].astype(np.int64), cols.ack[ti], c.seq, h, c.run_of, c.lens,
-                            scan, self.max_packets)
+        has_rst = r.any((fl & TH_RST) != 0)
+        self._classify_columns(cols, c, ok & ~has_rst, last, r, scan)
+        served = ok & has_rst & in_columns(r)
+        self._classify_resets(cols, c, np.nonzero(served)[0], last, r, scan)
+        for i in np.nonzero(ok & has_rst & ~served)[0].tolist():
+            self._emit_reference(cols, c, i)
+
+    def _classify_columns(self, cols: Columns, c: _Conns, sel: B1, last: F8, r: Rows, scan: I8) -> None:
+        """Connections without an RST: the core's stage, timeout and scanner rules over columns."""
+        if not sel.any():
+            return
+        h = c.heads_local
+        syn = c.ti[h]
+        codes = plain_codes(r.fl, r.pl, r.ack, r.seq, r.heads, r.run_of, r.lens, scan, self.max_packets)
         rows = np.nonzero(sel)[0]
         if self.a.on_record is not None:
             self._records(cols, c, rows, codes, last)
@@ -922,6 +928,30 @@ class BatchRun:
             g = self._geo(cols, int(sc[g0]))
             self._count(int(sw[g0]), v, g.country, g.asn, g.as_name, float(gl), cnt)
 
+    def _classify_resets(self, cols: Columns, c: _Conns, sel: I8, last: F8, r: Rows, scan: I8) -> None:
+        """Reset connections the columns serve (``verdicts.in_columns``), each counted and recorded."""
+        if not len(sel):
+            return
+        _, n_prog, n_data, _ = progress(r.fl, r.pl, r.seq, r.heads)
+        verdicts = reset_verdicts(r, sel, scan, n_prog, n_data, self.a.topology.evidence)
+        sink = self.a.on_record
+        for i, v in zip(sel.tolist(), verdicts, strict=True):
+            h0 = int(c.heads_local[i])
+            s = int(c.ti[h0])
+            g = self._geo(cols, int(cols.src[s]))
+            self._count(int(c.win[h0]), v, g.country, g.asn, g.as_name, float(last[i]), 1)
+            if sink is not None:
+                sink(self._record(cols, c, i, v, last, g))
+
+    def _record(self, cols: Columns, c: _Conns, i: int, v: Verdict, last: F8, g: GeoInfo) -> ConnectionRecord:
+        """The record of connection ``i`` (its SYN opens its run) with verdict ``v``."""
+        h0 = int(c.heads_local[i])
+        s = int(c.ti[h0])
+        packed = cols.addresses.packed
+        key = (packed(int(cols.src[s])), int(cols.sport[s]), packed(int(cols.dst[s])), int(cols.dport[s]))
+        return build_record(key, int(c.win[h0]), int(cols.seq[s]), float(self.first[i]), float(last[i]),
+                            int(c.lens[i]), v, self.params.mode, g.country, g.asn, g.as_name)
+
     def _count(self, window: int, v: Verdict, country: str, asn: int, as_name: str, last_ts: float,
                cnt: int) -> None:
         """Summary.count and Rollup.add for cnt identical records (what they read of a record)."""
@@ -934,15 +964,9 @@ class BatchRun:
     def _records(self, cols: Columns, c: _Conns, rows: I8, codes: I8, last: F8) -> None:
         sink = self.a.on_record
         assert sink is not None
-        packed = cols.addresses.packed
-        mode = self.params.mode
         for r in rows.tolist():
-            i = int(c.ti[c.heads_local[r]])
-            key = (packed(int(cols.src[i])), int(cols.sport[i]), packed(int(cols.dst[i])), int(cols.dport[i]))
-            g = self._geo(cols, int(cols.src[i]))
-            sink(build_record(key, int(c.win[c.heads_local[r]]), int(cols.seq[i]), float(self.first[r]),
-                              float(last[r]), int(c.lens[r]), verdict(int(codes[r])), mode,
-                              g.country, g.asn, g.as_name))
+            g = self._geo(cols, int(cols.src[c.ti[c.heads_local[r]]]))
+            sink(self._record(cols, c, r, verdict(int(codes[r])), last, g))
 
     def _emit_reference(self, cols: Columns, c: _Conns, r: int) -> None:
         """A connection with an RST, classified by the reference make_record."""
