@@ -165,3 +165,18 @@ def test_a_record_is_the_packet_records_fields_in_order() -> None:
     p = psh(10, ipid=3)
     assert packet_fields(p) == [p.ts, 4, p.src, p.dst, p.sport, p.dport, p.flags, p.seq, p.ack, 3, p.ttl, p.window,
                                 10, p.opt_len]
+
+
+@pytest.mark.parametrize("index, value, ok", [
+    (0, True, False), (0, "1", False), (0, float("nan"), False), (0, -1.0, False), (0, 1_700_000_000, True),
+    (1, 5, False), (2, b"abc", False), (4, 65536, False), (4, 1.0, False), (6, 256, False), (7, 2**32, False),
+    (9, None, False), (9, 65536, False), (10, True, False), (12, -1, False), (13, 41, False),
+])
+def test_each_field_is_checked(index, value, ok):
+    """A record's fields: types (a bool is never a number) and ranges; an int time reads as a float."""
+    rec = packet_fields(syn())
+    rec[index] = value
+    m = decode_message(encode_batch("e", [rec]))
+    assert (len(m.packets), len(m.errors)) == ((1, 0) if ok else (0, 1))
+    if ok and index == 0:
+        assert type(m.packets[0][0].ts) is float and m.packets[0][0].ts == 1_700_000_000.0

@@ -22,6 +22,7 @@ from rstscope.core.table import Connection
 from rstscope.fastpath.verdicts import Rows, in_columns, make_records, plain_codes, progress, reset_verdicts, verdict
 from rstscope.packet import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, unpack_key
 from rstscope.streams.connection_agent import ConnectionStage, Decided
+from rstscope.streams.metrics import route
 
 V6_CLIENT = bytes(range(1, 17))
 V6_SERVER = bytes(range(17, 33))
@@ -170,6 +171,7 @@ def test_the_stage_counts_a_connection_it_cannot_classify(caplog: pytest.LogCapt
                              Decided(good[1], ("XX", 0, ""))])  # type: ignore[list-item]
     assert [r["client_port"] if "client_port" in r else r["id"] for r in out] == [1000, "q", 1001]
     assert stage.counters["records_failed"] == 1 and stage.counters["records"] == 2
+    assert route("connections", "records_failed") == ("rstscope_connections_failed_total", ())  # on /metrics
     assert "could not be classified" in caplog.text
     assert unpack_key(good[0].pkey)[1] == 1000
 

@@ -138,11 +138,12 @@ def _check_geo(f: list[Any]) -> EdgeGeo | None:
 
 def check_record(f: Any) -> tuple[PacketRecord, EdgeGeo | None]:
     """One packet record's fields, checked (types, ranges, address lengths); raises MalformedRecord."""
-    if not isinstance(f, list):
+    if type(f) is not list:  # what msgpack makes of an array (exactly list, as its ints and floats below)
         raise MalformedRecord("a packet record is not an array")
     geo = None if len(f) == _FIELDS else _check_geo(f)
-    (ts, ver, src, dst, sport, dport, flags, seq, ack, ipid, ttl, win, plen, olen) = f[:_FIELDS]
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+    (ts, ver, src, dst, sport, dport, flags, seq, ack, ipid, ttl, win, plen, olen) = f if geo is None else f[:_FIELDS]
+    tt = type(ts)
+    if tt is not float and tt is not int:  # a bool is neither
         raise MalformedRecord("ts is not a number")
     if not 0.0 <= ts < MAX_TS:  # also false for NaN: a poisoned event time would stall a table
         raise MalformedRecord(f"ts {ts!r} is not a plausible capture time")
@@ -165,8 +166,8 @@ def check_record(f: Any) -> tuple[PacketRecord, EdgeGeo | None]:
     elif ipid is not None:
         raise MalformedRecord("IPv6 record with an ipid")
     # tuple.__new__: PacketRecord(...) without the namedtuple's argument handling (a worker's hot loop)
-    return tuple.__new__(PacketRecord, (float(ts), ver, src, dst, sport, dport, flags, seq, ack, ipid, ttl, win,
-                                        plen, olen)), geo
+    return tuple.__new__(PacketRecord, (ts if tt is float else float(ts), ver, src, dst, sport, dport, flags, seq,
+                                        ack, ipid, ttl, win, plen, olen)), geo
 
 
 def decode_message(data: bytes) -> Batch | Watermark:

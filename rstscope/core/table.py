@@ -406,16 +406,18 @@ class ConnectionTable:
 
     # -- input -----------------------------------------------------------------------------------
 
-    def add(self, pkt: PacketRecord, ref: int = 0, key: bytes | None = None) -> list[Finished]:
+    def add(self, pkt: PacketRecord, ref: int = 0, key: bytes | None = None,
+            window: int | None = None) -> list[Finished]:
         """Feed one client-to-server packet; returns the connections this finalized. ``ref`` is kept
         with the packet (``Connection.refs``); ``last`` says which connection took it (None: none).
-        ``key``: the packet's ``packed_key``, if the caller has it already."""
+        ``key``: the packet's ``packed_key``, and ``window`` its ``window_of``, if the caller has them."""
         out: list[Finished] = []
         self.last = None
         if pkt.ts > self.watermark and self.auto_advance:
             out = self.advance(pkt.ts)
         ts = pkt.ts
-        window = int(window_of(ts, self.size))
+        if window is None:
+            window = int(window_of(ts, self.size))
         if window < self.current_window:
             self.counters[LATE] += 1
             return out

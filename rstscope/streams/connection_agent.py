@@ -258,6 +258,8 @@ class ConnectionStage:
             self.counters["inputs_ended"] += 1
         elif st.closed_before() != st.window:
             st.unpin(st.closed_before())
+        if not done and not qdone:
+            return []  # the common case: event time moved, nothing finished
         return self._finish(st, done) + self._finish_quic(st, qdone)
 
     def _watermark(self, st: PartitionState, wm: Watermark, now: float) -> list[Output]:
@@ -270,7 +272,7 @@ class ConnectionStage:
         """One packet of a batch from the edge whose ``clock`` it moves."""
         table = st.table
         out, window = self._arrive(st, table, clock, item.ts, now)
-        done = table.add(item, ref, item.packed_key)
+        done = table.add(item, ref, item.packed_key, window)
         self._taken(st, entry, table.last, table.fresh, window, geo)
         if done:
             out += self._finish(st, done)

@@ -47,6 +47,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "counter", (), "Classified connection records sent to the connections topic and the rollup input."),
     "rstscope_connections_excluded_total": (
         "counter", ("reason",), "Connections decided but not classified, by reason (multi_syn, incomplete)."),
+    "rstscope_connections_failed_total": (
+        "counter", (), "Finished connections whose record could not be built (a bug: logged with the connection)."),
     "rstscope_inputs_ended_total": (
         "counter", (), "Times a partition's input ended (every edge sent end-of-input or went idle): the "
                        "table was closed at the cutoff."),
@@ -116,6 +118,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
 _PLAIN = {
     CONNECTIONS: {"packets": "rstscope_packets_in_total", "watermarks": "rstscope_watermarks_in_total",
                   "records": "rstscope_connections_emitted_total",
+                  "records_failed": "rstscope_connections_failed_total",
                   "revoked_open": "rstscope_connections_revoked_open_total",
                   "inputs_ended": "rstscope_inputs_ended_total", "edges_idle": "rstscope_edges_idled_total",
                   "duplicate_batches": "rstscope_duplicate_batches_total",
