@@ -9,7 +9,8 @@
    the messages between the two (counted exactly, message by message). (The worker commits a
    window's offsets only when the window closes: connections that have not ended hold them, SPEC 4.
    The input spans several 15-minute windows so that its commits advance during the run.)
-3. In-process: ConnectionStage.feed without Kafka (the core's own cost), on the same batches.
+3. In-process: ConnectionStage without Kafka (the core's own cost), on the same batches, as the agent
+   runs it: ``take`` per message, ``records`` per checkpoint (FLUSH_RECORDS connections).
 
     python bench/bench_pipeline.py [--bootstrap B] [--connections 25000]
     python bench/bench_pipeline.py --only edge [--rounds 5]   # 1. alone: edge and raw in turn, N rounds, medians
@@ -49,7 +50,7 @@ from rstscope.decode import decode_frame  # noqa: E402
 from rstscope.direction import Direction  # noqa: E402
 from rstscope.edge.producer import DEFAULT_CONF, Edge  # noqa: E402
 from rstscope.sampling import Gate, Sampler  # noqa: E402
-from rstscope.streams.connection_agent import ConnectionStage, rollup_batches  # noqa: E402
+from rstscope.streams.connection_agent import FLUSH_RECORDS, ConnectionStage, rollup_batches  # noqa: E402
 from rstscope.streams.rollup_agent import RollupStage  # noqa: E402
 from rstscope.streams.topics import all_specs, apply  # noqa: E402
 
@@ -191,7 +192,7 @@ class _Keep:
 
 
 def bench_stage(topo: config.Topology, pcap: Path) -> tuple[float, int, float, int]:
-    """The two agents' cores without Kafka or Faust, on the edge's batches: ConnectionStage.feed
+    """The two agents' cores without Kafka or Faust, on the edge's batches: ConnectionStage.take
     (seconds, packet records), then RollupStage.add_batch on the rollup-input messages the connection
     agent would send of its records (seconds, connection records)."""
     keep = _Keep()
@@ -199,10 +200,15 @@ def bench_stage(topo: config.Topology, pcap: Path) -> tuple[float, int, float, i
     edge.run([pcap])
     stage = ConnectionStage(topo, warmup_s=0)
     records: list[Any] = []
+    waiting: list[Any] = []
     t0 = time.perf_counter()
-    for p, v in keep.messages:
-        records += stage.feed(p, v, None)[0]
+    for p, v in keep.messages:  # as the agent: take each message, build a checkpoint's records together
+        waiting += stage.take(p, v, None)[0]
         stage.ackable(p)
+        if len(waiting) >= FLUSH_RECORDS:
+            records += stage.records(waiting)
+            waiting = []
+    records += stage.records(waiting)
     stage_s = time.perf_counter() - t0
     bucket_s = topo.window.size_s
     pending: dict[int, list[bytes]] = {}
@@ -453,7 +459,7 @@ def run(bootstrap: str, n: int, tmp: Path, profile: Path | None = None) -> dict[
         ("raw confluent-kafka producer", raw_n / raw_s, "1.00"),
         ("worker (rstscope worker, 2 agents)", worker_rate, f"{worker_rate / trivial_rate:.2f} x trivial"),
         ("trivial Faust agent (1 record/message)", trivial_rate, "1.00"),
-        ("ConnectionStage.feed in-process", stage_n / stage_s, "(no Kafka)"),
+        ("ConnectionStage in-process", stage_n / stage_s, "(no Kafka)"),
         ("RollupStage.add_batch in-process", rollup_n / rollup_s, "(connection records/s, no Kafka)"),
     ]
     print(f"\n{'path':40} {'records/s':>12}  ratio")
