@@ -36,6 +36,25 @@ def test_batches_partition_like_a_keyed_send() -> None:
     assert len(batches) == 200
 
 
+def test_many_keys_hash_and_land_as_one_by_one() -> None:
+    """``murmur2_many`` (numpy over words) is ``murmur2`` for every key, whatever the batch: record ids,
+    other lengths, mixed lengths, a few keys; ``add_many`` places them as ``add`` does."""
+    import random
+
+    rng = random.Random(11)
+    batches = [[f"{rng.getrandbits(64):016x}".encode() for _ in range(500)], [rng.randbytes(4) for _ in range(50)],
+               [rng.randbytes(36) for _ in range(50)], [rng.randbytes(rng.randrange(20)) for _ in range(50)],
+               [rng.randbytes(16) for _ in range(3)], [b"\xff" * 16] * 9, []]
+    for keys in batches:
+        assert faust_internals.murmur2_many(keys) == [faust_internals.murmur2(k) for k in keys]
+    one, many = faust_internals.TopicBatches("t", 12), faust_internals.TopicBatches("t", 12)
+    items = [(k, b"v%d" % i, i) for i, k in enumerate(batches[0])]
+    for item in items:
+        one.add(*item)
+    many.add_many(items)
+    assert many.waiting == one.waiting
+
+
 def test_murmur2_is_kafkas() -> None:
     """The worker's murmur2 against aiokafka's for keys of every tail length, and against the Java
     client's own test vectors."""

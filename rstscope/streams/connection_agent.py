@@ -469,10 +469,12 @@ def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, roll
     waiting: list[Output] = []  # finished since the last checkpoint: classified together when it produces
 
     def emit(records: list[Record]) -> None:
+        items = []
         for rec in records:
             body = dumps(rec)
             pending.setdefault(bucket_of(rec, bucket_s), []).append(body)
-            out.add(rec["id"].encode(), body, int(rec["last_ts"] * 1000))
+            items.append((rec["id"].encode(), body, int(rec["last_ts"] * 1000)))
+        out.add_many(items)
 
     async def decide() -> None:
         waiting.extend(stage.tick_pending())
