@@ -23,7 +23,6 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from rstscope.config import EvidenceParams
 from rstscope.core.classify import (
@@ -56,11 +55,8 @@ from rstscope.core.classify import (
 )
 from rstscope.core.record import ConnectionRecord, build_record
 from rstscope.core.table import ROW_FIELDS, ROW_SIZE, Connection
-from rstscope.fastpath.runs import reduce_runs, runs_index
+from rstscope.fastpath.runs import B1, I8, reduce_runs, runs_index
 from rstscope.packet import TH_ACK, TH_FIN, TH_RST, TH_SYN, unpack_key
-
-I8 = npt.NDArray[np.int64]
-B1 = npt.NDArray[np.bool_]
 
 SCANNER_LIST: tuple[str | None, ...] = (None, *SCANNERS)  # scanner_code 0: none
 # a held connection's packet rows (core.table.ROW_FIELDS) as one numpy record each
