@@ -180,19 +180,6 @@ def gfw_type1(plain_rsts: Sequence[PacketRecord], ordinary_ttls: Sequence[int], 
     return any(gfw_type1_rst(p.window, p.ttl, lo, hi, min_ttl_delta) for p in plain_rsts)
 
 
-def middlebox_tags(rsts: Sequence[PacketRecord], ordinary: Sequence[PacketRecord], basis: str | None,
-                   min_ttl_delta: int) -> list[str]:
-    """The named-middlebox tags of a reset connection, in TAGS order. A scanner's SYN is answered by
-    the client's own kernel, so a TTL spread there is the scanner's: no ``gfw_type1`` (as ``injected``)."""
-    tags: list[str] = []
-    plain = [p for p in rsts if not p.flags & TH_ACK]
-    if basis != EVIDENCE_SCANNER and gfw_type1(plain, [p.ttl for p in ordinary], min_ttl_delta):
-        tags.append("gfw_type1")
-    if gfw_type2([p.seq for p in rsts if p.flags & TH_ACK]):
-        tags.append("gfw_type2")
-    return tags
-
-
 # The composition of a reset: exactly one of these applies (SPEC section 5).
 RST_COMPOSITIONS = ("single_rst", "multiple_rsts", "single_rstack", "multiple_rstacks", "rst_and_rstacks")
 C_SINGLE_RST, C_MULTIPLE_RSTS, C_SINGLE_RSTACK, C_MULTIPLE_RSTACKS, C_BOTH = range(5)
@@ -232,25 +219,9 @@ def reset_verdict_tags(has_fin: bool, composition: int, acknum: int, gfw1: bool,
 
 def reset_codes(rsts: Sequence[PacketRecord]) -> tuple[int, int]:
     """The composition and the ``acknum_code`` (0 unless ``multiple_rsts``) of these RSTs."""
-    plain = [p for p in rsts if not p.flags & TH_ACK]
-    comp = int(composition_code(len(plain), len(rsts) - len(plain)))
-    return comp, acknum_tag_code([p.ack for p in plain]) if comp == C_MULTIPLE_RSTS else 0
-
-
-def reset_tags(rsts: Sequence[PacketRecord], has_fin: bool) -> list[str]:
-    """``reset`` and its nested tags: ``fin``, then exactly one composition (RSTs, RST+ACKs or both);
-    the ``acknum*`` tags read the RSTs without ACK and apply under ``multiple_rsts`` only."""
-    return list(reset_tag_list(has_fin, *reset_codes(rsts)))
-
-
-def acknum_tag_code(acks: Sequence[int]) -> int:
-    """``acknum_code`` of these ack numbers."""
-    return int(acknum_code(len(set(acks)) == 1, 0 in acks))
-
-
-def acknum_tag(acks: Sequence[int]) -> str:
-    """How the ack numbers of several RSTs (without ACK) relate."""
-    return ACKNUM_TAGS[acknum_tag_code(acks)]
+    acks = [p.ack for p in rsts if not p.flags & TH_ACK]  # one per RST without ACK
+    comp = int(composition_code(len(acks), len(rsts) - len(acks)))
+    return comp, int(acknum_code(len(set(acks)) == 1, 0 in acks)) if comp == C_MULTIPLE_RSTS else 0
 
 
 def signature(stage: str, timed_out: bool, tags: Sequence[str]) -> str | None:
@@ -364,6 +335,7 @@ def classify(packets: Sequence[PacketRecord], max_packets: int = 10,
         return plain_verdict(stage, timed_out, mark)
     others = [p for p in ordinary if not p.flags & TH_SYN]
     basis = int(basis_code(mark is not None, bool(others)))
+    # a scanner's SYN is answered by the client's own kernel: a TTL spread there is the scanner's (as injected)
     gfw1 = basis != B_SCANNER and gfw_type1([p for p in rsts if not p.flags & TH_ACK], [p.ttl for p in ordinary],
                                            ev.injected_ttl_delta)
     gfw2 = gfw_type2([p.seq for p in rsts if p.flags & TH_ACK])
@@ -392,10 +364,3 @@ def injected_code(basis: Any, ttl_delta: Any, ipid_delta: Any, ev: EvidenceParam
     ttl = (ttl_delta != NO_DELTA) & (ttl_delta >= ev.injected_ttl_delta)
     ipid = (ipid_delta != NO_DELTA) & (ipid_delta >= ev.injected_ipid_delta)
     return (basis != B_SCANNER) & (ttl | ipid)
-
-
-def evidence_basis(rsts: Sequence[PacketRecord], others: Sequence[PacketRecord], mark: str | None) -> str | None:
-    """What the injection evidence rests on (``basis_code``; nothing without an RST)."""
-    if not rsts:
-        return EVIDENCE_NONE
-    return EVIDENCE_BASES[basis_code(mark is not None, bool(others))]
