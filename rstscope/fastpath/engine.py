@@ -37,8 +37,8 @@ work of a slice is grouped by tuple:
 5. a connection is decided in the slice where the per-packet table emits it (its ``max_packets``-th
    packet, the packet after it, the watermark past its grace period, its window closing, the end of
    the input); then it is classified (``exclusion_code`` at the cutoff min(window end, end of input);
-   without an RST by column reductions and the core's stage and scanner rules, with one by the
-   reference ``make_record``) and counted per (window, client address, verdict).
+   by column reductions and the core's rules, ``fastpath.verdicts``: those with three RST+ACKs or
+   more by the reference ``make_record``) and counted per (window, client address, verdict).
 
 Because a connection is decided exactly when the table emits it, the records a run has delivered
 after a slice are those the per-packet path delivers by that slice's last frame. When a slice finds
@@ -969,7 +969,7 @@ class BatchRun:
             sink(self._record(cols, c, r, verdict(int(codes[r])), last, g))
 
     def _emit_reference(self, cols: Columns, c: _Conns, r: int) -> None:
-        """A connection with an RST, classified by the reference make_record."""
+        """A reset connection the columns do not serve (``verdicts.in_columns``), by the reference make_record."""
         a = self.a
         h0 = int(c.heads_local[r])
         idx = c.ti[h0:h0 + int(c.lens[r])].tolist()
