@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rstscope.config import WindowParams
-from rstscope.core.table import Step, Track, plain_join, step, window_of
+from rstscope.core.table import Step, Track, ended_reopens, is_syn, plain_join, step, window_of
 from rstscope.direction import Direction
 from rstscope.fastpath.gate import take_columns
 from rstscope.packet import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, pack_key
@@ -106,6 +106,23 @@ def test_plain_join_is_steps_join(p: int, ended: bool, gap: float, flags: int) -
     o = step(st_, 10.0 + gap, flags, 1000, 0, params)
     assert bool(plain_join(gap, ended, params)) == (o.step is Step.JOIN)
     assert plain_join(np.array([gap]), np.array([ended]), params).tolist() == [o.step is Step.JOIN]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(range(len(PARAMS))), st.sampled_from(("", "max_packets", "grace", "idle")),
+       st.sampled_from((0, 900)), st.sampled_from((999, 1000)), st.sampled_from((0.0, 1.0, 2.9999, 3.0, 9.0, 400.0)),
+       st.sampled_from(FLAGS))
+def test_ended_reopens_is_steps_finish_open(p: int, sealed: str, window: int, seq: int, gap: float,
+                                            flags: int) -> None:
+    """The column form the batch engine uses for carried connections that ended: ``step`` on the same
+    state and packet finishes and reopens exactly when it says so."""
+    params = PARAMS[p]
+    st_ = Track(0, 1000, 10.0, 2, True, sealed)
+    o = step(st_, 10.0 + gap, flags, seq, window, params)
+    new_isn = bool(is_syn(flags)) and seq != 1000
+    assert bool(ended_reopens(window == 0, bool(sealed), new_isn)) == (o.step is Step.FINISH_OPEN)
+    got = ended_reopens(np.array([window == 0]), np.array([bool(sealed)]), np.array([new_isn]))
+    assert got.tolist() == [o.step is Step.FINISH_OPEN]
 
 
 def test_keep_packed_is_the_keyed_hash_of_the_ordered_endpoints() -> None:

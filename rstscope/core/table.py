@@ -193,6 +193,13 @@ def plain_join(gap: Any, ended: Any, params: WindowParams) -> Any:
     return ((gap < params.grace_s) & ended) | ((gap < quiet) & (ended ^ True))
 
 
+def ended_reopens(same_window: Any, sealed: Any, new_isn: Any) -> Any:
+    """``step``'s FINISH_OPEN for a packet of a tuple whose connection has ended (RST or FIN): in that
+    connection's window, while it is not sealed, a SYN with a new sequence number (``new_isn``)
+    finishes it and opens the next, whether its grace period passed or not (scalars or numpy columns)."""
+    return same_window & (sealed ^ True) & new_isn
+
+
 # Exclusion codes (for columns of connections): 0 classified, else 1 + index in EXCLUSIONS.
 X_NONE, X_MULTI_SYN, X_INCOMPLETE = 0, 1, 2
 

@@ -72,11 +72,11 @@ from rstscope.core.table import (
     Connection,
     Step,
     Track,
+    ended_reopens,
     ends,
     exclusion_code,
     is_syn,
     plain_join,
-    step,
     track,
     window_of,
 )
@@ -447,16 +447,12 @@ class BatchRun:
             # connection takes nothing more; a virtual row stands for it, its packets stay in the arena.
             so_ = s_hit[is_open]
             ci = gidx_new[order_n[heads_n[u_hit[is_open]]]]
-            # the core's rule decides (few rows: the carried connections this slice meets); the
-            # columns only pick the candidates (ended, and the first packet here is a SYN)
-            cand = np.flatnonzero(stt.ended[so_] & is_syn(new.flags[ci]))
-            reused = np.zeros(len(so_), dtype=bool)
-            for j in cand.tolist():
-                s_, c_ = int(so_[j]), int(ci[j])
-                ts_ = float(new.ts[c_])
-                o = step(stt.track(s_), ts_, int(new.flags[c_]), int(new.seq[c_]), int(window_of(ts_, self.size)),
-                         self.params)
-                reused[j] = o.step is Step.FINISH_OPEN
+            # (core.table.ended_reopens, the column form of that step: many rows where clients reuse
+            # ports within the grace period, as a load generator does)
+            syn_ = is_syn(new.flags[ci])
+            same = stt.win[so_] == window_of(new.ts[ci], self.size).astype(np.int64)
+            reused = stt.ended[so_] & ended_reopens(same, stt.sealed[so_] != 0,
+                                                    syn_ & (new.seq[ci].astype(np.int64) != stt.seq[so_]))
             lay.t_fin = so_[reused]
             is_open[np.flatnonzero(is_open)[reused]] = False
         t_open, u_open = s_hit[is_open], u_hit[is_open]
