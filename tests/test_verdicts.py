@@ -19,7 +19,7 @@ from rstscope.config import EvidenceParams, load
 from rstscope.core.classify import SCANNERS, classify, scanner_mark
 from rstscope.core.record import make_record
 from rstscope.core.table import Connection
-from rstscope.fastpath.verdicts import Rows, in_columns, make_records, plain_codes, progress, reset_verdicts, verdict
+from rstscope.fastpath.verdicts import Rows, in_columns, make_records, plain_codes, reset_verdicts, verdict
 from rstscope.packet import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, unpack_key
 from rstscope.streams.connection_agent import ConnectionStage, Decided
 from rstscope.streams.metrics import route
@@ -92,7 +92,7 @@ def test_the_column_rule_gives_classify_for_every_connection_it_serves(conns):
     one SYN: the codes it gives are ``classify``'s verdicts."""
     r, scan, pkts = _columns(conns)
     served = ~r.any((r.fl & TH_RST) != 0) & _one_syn(r)
-    codes = plain_codes(r.fl, r.pl, r.ack, r.seq, r.heads, r.run_of, r.lens, scan, 10)
+    codes = plain_codes(r, scan, 10)
     for i in np.nonzero(served)[0].tolist():
         assert verdict(int(codes[i])) == classify(pkts[i], 10, EV)
 
@@ -105,8 +105,7 @@ def test_the_reset_columns_give_classify_for_every_connection_they_serve(conns, 
     r, scan, pkts = _columns(conns)
     rst = (r.fl & TH_RST) != 0
     served = np.nonzero(r.any(rst) & _one_syn(r) & in_columns(r))[0]
-    _, n_prog, n_data, _ = progress(r.fl, r.pl, r.seq, r.heads)
-    got = reset_verdicts(r, served, scan, n_prog, n_data, ev)
+    got = reset_verdicts(r, served, scan, ev)
     assert got == [classify(pkts[i], 10, ev) for i in served.tolist()]
 
 
@@ -128,8 +127,7 @@ def test_the_reset_columns_see_every_tag_and_basis():
     ]
     conns = [Connection(ps[0].tuple_key, int(T0 // 900 * 900), ISN, T0, T0, ps) for ps in cases]
     r, scan, pkts = _columns(conns)
-    _, n_prog, n_data, _ = progress(r.fl, r.pl, r.seq, r.heads)
-    got = reset_verdicts(r, np.arange(len(conns)), scan, n_prog, n_data, EV)
+    got = reset_verdicts(r, np.arange(len(conns)), scan, EV)
     assert got == [classify(ps, 10, EV) for ps in pkts]
     tags = {t for v in got for t in v.tags}
     assert {"single_rst", "multiple_rsts", "acknumsame0", "acknumdiff", "acknumdiff0", "acknumsame",

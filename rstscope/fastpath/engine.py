@@ -90,7 +90,7 @@ from rstscope.fastpath.reader import (
     join_columns,
 )
 from rstscope.fastpath.runs import before, count_before, cummax_runs, reduce_runs, runs_index
-from rstscope.fastpath.verdicts import Rows, in_columns, plain_codes, progress, reset_verdicts, verdict
+from rstscope.fastpath.verdicts import Rows, in_columns, plain_codes, reset_verdicts, verdict
 from rstscope.geo import GeoInfo
 from rstscope.packet import TH_RST, TH_SYN
 
@@ -905,7 +905,7 @@ class BatchRun:
             return
         h = c.heads_local
         syn = c.ti[h]
-        codes = plain_codes(r.fl, r.pl, r.ack, r.seq, r.heads, r.run_of, r.lens, scan, self.max_packets)
+        codes = plain_codes(r, scan, self.max_packets)
         rows = np.nonzero(sel)[0]
         if self.a.on_record is not None:
             self._records(cols, c, rows, codes, last)
@@ -928,8 +928,7 @@ class BatchRun:
         """Reset connections the columns serve (``verdicts.in_columns``), each counted and recorded."""
         if not len(sel):
             return
-        _, n_prog, n_data, _ = progress(r.fl, r.pl, r.seq, r.heads)
-        verdicts = reset_verdicts(r, sel, scan, n_prog, n_data, self.a.topology.evidence)
+        verdicts = reset_verdicts(r, sel, scan, self.a.topology.evidence)
         sink = self.a.on_record
         for i, v in zip(sel.tolist(), verdicts, strict=True):
             h0 = int(c.heads_local[i])

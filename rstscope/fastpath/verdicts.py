@@ -19,7 +19,7 @@ numpy pass for the batch instead of ~6 µs of Python per connection).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
@@ -78,18 +78,17 @@ def progress(fl: Any, pl: I8, seq: I8, heads: I8) -> tuple[B1, I8, I8, I8]:
     return prog, n_prog, n_data, d_min
 
 
-def plain_codes(fl: Any, pl: I8, ack: I8, seq: I8, heads: I8, run_of: I8, lens: I8, scan: I8,
-                max_packets: int) -> I8:
-    """The verdict code of each connection, for those without an RST (a run of packets each: ``heads``
-    where each starts, ``run_of`` the run of each packet; ``scan`` its SYN's ``scanner_code``).
-    Packets are a set, as in ``classify``: their order within a run does not matter."""
-    prog, n_prog, n_data, d_min = progress(fl, pl, seq, heads)
+def plain_codes(r: Rows, scan: I8, max_packets: int) -> I8:
+    """The verdict code of each connection, for those without an RST (``scan``: its SYN's
+    ``scanner_code``). Packets are a set, as in ``classify``: their order within a run does not matter."""
+    fl, ack, seq, heads = r.fl, r.ack, r.seq, r.heads
+    prog, n_prog, n_data, d_min = r.progress
     one_ack = (reduce_runs(np.minimum, np.where(prog, ack, _BIG), heads)
                == reduce_runs(np.maximum, np.where(prog, ack, -1), heads))
-    after = prog & seq_after(seq, d_min[run_of])
+    after = prog & seq_after(seq, d_min[r.run_of])
     nothing_after = ~reduce_runs(np.logical_or, after, heads)
     has_fin = reduce_runs(np.logical_or, (fl & TH_FIN) != 0, heads)
-    timed = is_timeout(np.zeros(len(heads), dtype=bool), has_fin, lens, max_packets)
+    timed = is_timeout(np.zeros(len(heads), dtype=bool), has_fin, r.lens, max_packets)
     stage = np.where(timed, timeout_stage_code(n_prog, n_data, one_ack, nothing_after), S_NO_MATCH)
     out: I8 = (stage * 2 + timed.astype(np.int64)) * len(SCANNER_LIST) + scan
     return out
@@ -126,6 +125,11 @@ class Rows:
         return cls(lens, rows["flags"], rows["seq"], rows["ack"], rows["payload_len"], rows["ttl"], rows["ipid"],
                    rows["window"], rows["opt_len"])
 
+    @cached_property
+    def progress(self) -> tuple[B1, I8, I8, I8]:
+        """``progress`` of the runs (both rule sets read it: computed once)."""
+        return progress(self.fl, self.pl, self.seq, self.heads)
+
     def any(self, mask: B1) -> B1:
         out: B1 = reduce_runs(np.logical_or, mask, self.heads)
         return out
@@ -150,7 +154,7 @@ def in_columns(r: Rows) -> B1:
     return out
 
 
-def reset_verdicts(r: Rows, sel: I8, scan: I8, n_prog: I8, n_data: I8, ev: EvidenceParams) -> list[Verdict]:
+def reset_verdicts(r: Rows, sel: I8, scan: I8, ev: EvidenceParams) -> list[Verdict]:
     """``classify`` of the reset connections ``sel`` (runs with an RST, one SYN and at most two RST+ACKs:
     gfw_type2 needs three), whose SYN's ``scanner_code`` is ``scan``."""
     fl, run_of = r.fl, r.run_of
@@ -167,6 +171,7 @@ def reset_verdicts(r: Rows, sel: I8, scan: I8, n_prog: I8, n_data: I8, ev: Evide
     ttl_delta = r.highest(rst, range_distance(r.ttl, lo, hi))
     gfw1 = (basis != B_SCANNER) & r.any(plain & gfw_type1_rst(r.window, r.ttl, lo, hi, ev.injected_ttl_delta))
     ipid_delta = _ipid_deltas(r, rst & np.isin(run_of, sel))
+    _, n_prog, n_data, _ = r.progress
     stage = reset_stage_code(n_prog, n_data)
     injected = injected_code(basis, ttl_delta, ipid_delta, ev)
     out = []
@@ -219,13 +224,12 @@ def held_verdicts(conns: Sequence[Connection], keys: Sequence[tuple[bytes, int, 
         dst = np.fromiter((int.from_bytes(k[2], "big") if len(k[2]) == 4 else -1 for k in keys), np.int64, n)
         dport = np.fromiter((k[3] for k in keys), np.int64, n)
         scan = scanner_code(r.window[s], r.ipid[s], r.opt_len[s], r.ttl[s], np.where(v4, 4, 6), dst, dport, r.seq[s])
-        codes = plain_codes(fl, r.pl, r.ack, r.seq, r.heads, r.run_of, r.lens, scan, max_packets)
+        codes = plain_codes(r, scan, max_packets)
         for i in np.nonzero(~has_rst & one_syn)[0].tolist():
             out[i] = verdict(int(codes[i]))
         resets = np.nonzero(has_rst & one_syn & in_columns(r))[0]
         if len(resets):
-            _, n_prog, n_data, _ = progress(fl, r.pl, r.seq, r.heads)
-            for i, v in zip(resets.tolist(), reset_verdicts(r, resets, scan, n_prog, n_data, evidence), strict=True):
+            for i, v in zip(resets.tolist(), reset_verdicts(r, resets, scan, evidence), strict=True):
                 out[i] = v
     return [v if v is not None else classify(c.records(k), max_packets, evidence)
             for c, k, v in zip(conns, keys, out, strict=True)]
