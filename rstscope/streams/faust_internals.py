@@ -143,8 +143,8 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
-def _murmur2_partition(key: bytes, partitions: int) -> int:
-    return (murmur2(key) & 0x7FFFFFFF) % partitions  # aiokafka's and Java's default for a keyed record
+def _partition(h: int, partitions: int) -> int:
+    return (h & 0x7FFFFFFF) % partitions  # aiokafka's and Java's default for a keyed record (h: its murmur2)
 
 
 def murmur2_many(keys: list[bytes]) -> list[int]:
@@ -178,14 +178,14 @@ class TopicBatches:
         self.waiting: dict[int, list[tuple[bytes, bytes, int]]] = {}
 
     def add(self, key: bytes, value: bytes, timestamp_ms: int) -> None:
-        self.waiting.setdefault(_murmur2_partition(key, self.partitions), []).append((key, value, timestamp_ms))
+        self.waiting.setdefault(_partition(murmur2(key), self.partitions), []).append((key, value, timestamp_ms))
 
     def add_many(self, items: list[tuple[bytes, bytes, int]]) -> None:
         """``add`` for many (key, value, timestamp_ms), their keys hashed together (``murmur2_many``)."""
         parts = self.partitions
         waiting = self.waiting
         for h, item in zip(murmur2_many([k for k, _v, _t in items]), items, strict=True):
-            waiting.setdefault((h & 0x7FFFFFFF) % parts, []).append(item)
+            waiting.setdefault(_partition(h, parts), []).append(item)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.waiting.values())
