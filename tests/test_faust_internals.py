@@ -73,3 +73,44 @@ def test_murmur2_is_kafkas() -> None:
             b"abc": 479470107}
     for key, signed in java.items():
         assert faust_internals.murmur2(key) == signed & 0xFFFFFFFF
+
+
+def test_a_write_on_a_connection_uvloop_closed_is_a_broken_connection() -> None:
+    """aio-libs/aiokafka#1038: a broker dies, uvloop closes the socket's transport before aiokafka's
+    reader notices, and the next request's write raises RuntimeError, which crashed the worker's
+    fetcher. Mended, it is the KafkaConnectionError the fetcher retries, and the connection is closed."""
+    import asyncio
+
+    import uvloop
+    from aiokafka.conn import AIOKafkaConnection, CloseReason
+    from aiokafka.errors import IncompatibleBrokerVersion, KafkaConnectionError
+    from aiokafka.protocol.admin import ApiVersionRequest
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    faust_internals.mend_closed_transport_writes()
+    faust_internals.mend_closed_transport_writes()  # idempotent: wrapped once
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        closed: list[CloseReason] = []
+        conn = AIOKafkaConnection("127.0.0.1", port, on_close=lambda _c, reason: closed.append(reason))
+        # a connected AIOKafkaConnection whose reader has not yet seen the socket close
+        conn._reader, conn._writer = await asyncio.open_connection("127.0.0.1", port)
+        conn._read_task = asyncio.get_running_loop().create_future()
+        writer = conn._writer
+        writer.transport.close()
+        await asyncio.sleep(0.05)  # uvloop finishes closing the handle
+        with pytest.raises(RuntimeError, match="handler is closed"):
+            writer.write(b"\0")  # the bug's condition: the raw write raises
+        with pytest.raises(IncompatibleBrokerVersion):  # aiokafka's own errors (RuntimeErrors) stay as they are
+            conn.send(MetadataRequest([]))  # its version is not known before ApiVersions
+        assert conn._writer is writer
+        with pytest.raises(KafkaConnectionError, match="broken") as raised:
+            conn.send(ApiVersionRequest())  # the first request of every connection
+        assert isinstance(raised.value.__cause__, RuntimeError)
+        assert closed == [CloseReason.CONNECTION_BROKEN]
+        assert conn._writer is None and not conn.connected()
+        server.close()
+
+    uvloop.run(scenario())

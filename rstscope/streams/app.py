@@ -15,7 +15,7 @@ from rstscope.geo import GeoDB
 from rstscope.kafka.security import ClientSecurity
 from rstscope.streams.connection_agent import ConnectionStage
 from rstscope.streams.connection_agent import build as build_connections
-from rstscope.streams.faust_internals import check_versions, gapless_app_class
+from rstscope.streams.faust_internals import check_versions, gapless_app_class, mend_closed_transport_writes
 from rstscope.streams.offsets import RESEEK_S, OffsetGuard, periodic, watermark_reader
 from rstscope.streams.rollup_agent import RollupStage
 from rstscope.streams.rollup_agent import build as build_rollups
@@ -47,6 +47,7 @@ def broker_url(bootstrap: str) -> str:
 
 def make_app(s: Settings) -> Pipeline:
     check_versions()
+    mend_closed_transport_writes()
     topo = s.topology
     creds = s.security.faust_credentials() if s.security is not None else None
     if creds is not None:

@@ -2,8 +2,9 @@
 
 The worker needs a few things Faust does not offer publicly: a consumer that does not invent offset
 gaps, the committed offset Faust sought to, a seek on the consumer's own thread, an ack that does not
-keep Faust's event alive, and produce batches (a Faust ``Topic.send`` costs ~40 µs per record; an
-aiokafka batch append a few). Each is a function here, and ``check_versions`` refuses to run on a
+keep Faust's event alive, produce batches (a Faust ``Topic.send`` costs ~40 µs per record; an
+aiokafka batch append a few), and a broker connection that reports a write to a closed socket as a
+broken connection under uvloop. Each is a function here, and ``check_versions`` refuses to run on a
 version these were not proven with (tests/kafka and tests/faults prove them): a Faust upgrade fails
 loudly at start-up instead of losing offsets quietly.
 """
@@ -63,6 +64,40 @@ def gapless_app_class() -> type[faust.App]:
             return GaplessTransport(self.conf.broker_consumer, self)
 
     return GaplessApp
+
+
+def mend_closed_transport_writes() -> None:
+    """Make aiokafka treat a write to a transport uvloop has already closed as a broken connection.
+
+    When a broker dies, uvloop may close a connection's transport before aiokafka's reader notices;
+    the next request's write then raises ``RuntimeError`` ("the handler is closed") where asyncio's
+    loop raises nothing and aiokafka catches only ``OSError`` (aio-libs/aiokafka#1038, open). In the
+    fetcher that RuntimeError crashed Faust's consumer and the worker exited; as the
+    ``KafkaConnectionError`` an ``OSError`` becomes, the fetcher logs it, backs off and fetches again
+    from the partition's new leader. Idempotent; only a closed transport's RuntimeError is turned."""
+    from aiokafka import conn as aioconn
+    from aiokafka import errors
+
+    cls = aioconn.AIOKafkaConnection
+    if getattr(cls, "_rstscope_mended", False):
+        return
+
+    def mended(write_request: Any) -> Any:
+        def send(self: Any, *args: Any, **kwargs: Any) -> Any:
+            writer = self._writer
+            try:
+                return write_request(self, *args, **kwargs)
+            except RuntimeError as err:  # aiokafka's own errors are RuntimeErrors too: they pass as they are
+                if isinstance(err, errors.KafkaError) or writer is None or not writer.transport.is_closing():
+                    raise
+                self.close(reason=aioconn.CloseReason.CONNECTION_BROKEN, exc=err)
+                raise errors.KafkaConnectionError(
+                    f"Connection at {self._host}:{self._port} broken: {err}") from err
+        return send
+
+    cls.send = mended(cls.send)
+    cls._send_sasl_token = mended(cls._send_sasl_token)
+    cls._rstscope_mended = True
 
 
 def committed_offset(consumer: Any, tp: Any) -> int | None:
