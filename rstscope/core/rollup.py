@@ -34,6 +34,12 @@ TCP = TRANSPORTS[0]  # the transport of records and rows that name none (they pr
 RowKey = tuple[int, str, str, str]  # (bucket_start, dimension, value, transport)
 
 
+def _counter() -> Counter[str]:
+    """An empty Counter without ``Counter.__init__`` (which only calls ``update``: ~0.3 µs for nothing).
+    A rollup makes three per row it creates: a busy bucket, or a rebuild, creates rows by the hundred thousand."""
+    return Counter.__new__(Counter)
+
+
 def transport_of(record: Mapping[str, Any]) -> str:
     """The transport of a connection record or rollup row: its ``transport`` field, TCP when absent
     (TCP records and rows written before QUIC carry none)."""
@@ -55,9 +61,9 @@ class Cell:
     ``signatures``, ``post_syn_geo_unreliable``.
     """
 
-    counts: Counter[str] = field(default_factory=Counter)
-    tags: Counter[str] = field(default_factory=Counter)
-    signatures: Counter[str] = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=_counter)
+    tags: Counter[str] = field(default_factory=_counter)
+    signatures: Counter[str] = field(default_factory=_counter)
     post_syn_geo_unreliable: int = 0
 
     @property

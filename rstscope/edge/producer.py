@@ -58,6 +58,7 @@ from rstscope.edge import columns
 from rstscope.edge.privacy import AddrTransform
 from rstscope.edge.queue import BoundedSender
 from rstscope.edge.sources import Frame, LiveCapture, LiveError, PcapFiles, Source
+from rstscope.gc_policy import for_long_runs
 from rstscope.geo import GeoDB, GeoError
 from rstscope.kafka.roles import default_bootstrap, role_spec
 from rstscope.options import csv_values, port_list, probability
@@ -568,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rstscope edge: capturing on {source.name}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     code = 0
+    for_long_runs()
     try:
         edge.run(list(args.pcap) if args.pcap else source, args.rate)
     except CaptureError as e:

@@ -46,6 +46,7 @@ from rstscope.codecs.errors import CodecError, MalformedRecord
 from rstscope.codecs.jsonl import dumps, loads_array
 from rstscope.config import RollupParams
 from rstscope.core.rollup import TRANSPORTS, Rollup, RowKey, bucket_of, row_key_text, row_keys, transport_of
+from rstscope.gc_policy import paused
 from rstscope.streams.checkpoint import Checkpoint
 from rstscope.streams.faust_internals import AckRef
 from rstscope.streams.offsets import OffsetGuard
@@ -87,27 +88,33 @@ class RollupStage:
         """The partition's Rollup, rebuilt from the table when this worker does not have it yet."""
         r = self.rollups.get(partition)
         if r is None:
-            r = self.rollups[partition] = Rollup(self.bucket_s)
-            seen = self.seen[partition] = {}
-            entries = self.entries[partition] = {}
-            mark = records.get(f"h:{partition}")
-            horizon = self.horizon[partition] = int(orjson.loads(mark)["h"]) if mark else NO_HORIZON
-            for key, value in records.items():
-                d = orjson.loads(value)
-                if d.get("p") != partition or "h" in d:
+            with paused():  # a bulk load of live rows: nothing for the collector to find
+                r = self._rebuild(partition, records)
+        return r
+
+    def _rebuild(self, partition: int, records: Any) -> Rollup:
+        """Count the partition's rows again from the table (after a rebalance or restart)."""
+        r = self.rollups[partition] = Rollup(self.bucket_s)
+        seen = self.seen[partition] = {}
+        entries = self.entries[partition] = {}
+        mark = records.get(f"h:{partition}")
+        horizon = self.horizon[partition] = int(orjson.loads(mark)["h"]) if mark else NO_HORIZON
+        for key, value in records.items():
+            d = orjson.loads(value)
+            if d.get("p") != partition or "h" in d:
+                continue
+            newest = -1
+            for row in d["r"]:
+                # strict=False: entries of earlier workers hold fewer fields (missing: None)
+                rec = dict(zip(_FIELDS, row[1:], strict=False))
+                b = bucket_of(rec, self.bucket_s)
+                if b < horizon:  # forgotten; the entry stays for its newer rows
                     continue
-                newest = -1
-                for row in d["r"]:
-                    # strict=False: entries of earlier workers hold fewer fields (missing: None)
-                    rec = dict(zip(_FIELDS, row[1:], strict=False))
-                    b = bucket_of(rec, self.bucket_s)
-                    if b < horizon:  # forgotten; the entry stays for its newer rows
-                        continue
-                    seen.setdefault(b, set()).add(row[0])
-                    r.add(rec)
-                    newest = max(newest, b)
-                entries[key] = newest
-            self.counters["rebuilds"] += 1
+                seen.setdefault(b, set()).add(row[0])
+                r.add(rec)
+                newest = max(newest, b)
+            entries[key] = newest
+        self.counters["rebuilds"] += 1
         return r
 
     def add_batch(self, partition: int, value: bytes, records: Any, offset: int = 0) -> int:

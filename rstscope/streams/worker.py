@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from rstscope.config import TopologyError, load
+from rstscope.gc_policy import for_long_runs
 from rstscope.streams.topics import DEFAULT_APP_ID, all_specs, default_bootstrap, inspect
 
 
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger().setLevel(args.loglevel.upper())
 
     worker = RstscopeWorker(pipe.app, *services, loglevel=args.loglevel, quiet=True)
+    for_long_runs()
     try:
         worker.execute_from_commandline()
     except SystemExit as e:
