@@ -114,3 +114,44 @@ def test_a_write_on_a_connection_uvloop_closed_is_a_broken_connection() -> None:
         server.close()
 
     uvloop.run(scenario())
+
+
+async def test_a_failed_handover_leaves_its_records_waiting_first() -> None:
+    """A hand-over that raises puts its records back, before those added since; the next sends them all."""
+
+    class Batch:
+        def __init__(self) -> None:
+            self.keys: list[bytes] = []
+
+        def append(self, key: bytes, value: bytes, timestamp: int) -> object:
+            self.keys.append(key)
+            return object()
+
+    class Producer:
+        def __init__(self) -> None:
+            self.fail = True
+            self.sent: list[tuple[int, list[bytes]]] = []
+
+        def create_batch(self) -> Batch:
+            return Batch()
+
+        async def send_batch(self, batch: Batch, topic: str, partition: int) -> None:
+            if self.fail:
+                raise OSError("the broker went away")
+            self.sent.append((partition, batch.keys))
+
+    producer = Producer()
+    app = type("App", (), {"producer": type("P", (), {"_ensure_producer": lambda self: producer})()})()
+    out = faust_internals.TopicBatches("t", 1)
+    out.add(b"a", b"", 0)
+    sending = out.handover(app)
+    assert sending is not None and out.handover(app) is None  # taken: nothing waits
+    out.add(b"b", b"", 0)  # added while the first hand-over is under way
+    with pytest.raises(OSError):
+        await sending
+    assert [k for k, _v, _t in out.waiting[0]] == [b"a", b"b"]
+    producer.fail = False
+    again = out.handover(app)
+    assert again is not None
+    await again
+    assert producer.sent == [(0, [b"a", b"b"])] and not out.waiting

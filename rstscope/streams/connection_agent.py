@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from rstscope.codecs.errors import CodecError, MalformedRecord
@@ -479,11 +479,11 @@ def build(app: Any, stage: ConnectionStage, packets: Any, connections: Any, roll
     async def decide() -> None:
         waiting.extend(stage.tick_pending())
 
-    async def send_records() -> None:
+    async def send_records() -> Awaitable[None] | None:
         if waiting:
             emit(stage.records(waiting))
             waiting.clear()
-        await out.send(app)
+        return out.handover(app)  # completed by the checkpoint, in the background
 
     async def send_rollup_input() -> None:
         for key, value in rollup_batches(pending):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Coroutine
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -202,7 +203,7 @@ def murmur2_many(keys: list[bytes]) -> list[int]:
 
 
 class TopicBatches:
-    """Records for one topic, produced at the next `send` as aiokafka batches, one per partition
+    """Records for one topic, produced at the next `handover` as aiokafka batches, one per partition
     (partition = the default partitioner's, murmur2 of the key, as a keyed `Topic.send` would choose).
 
     Durability is Faust's: it flushes the producer (these batches included) before it commits offsets."""
@@ -225,19 +226,30 @@ class TopicBatches:
     def __len__(self) -> int:
         return sum(len(v) for v in self.waiting.values())
 
-    async def send(self, app: Any) -> None:
-        """Hand every waiting record to the producer. Nothing is forgotten before all were handed over:
-        if one hand-over raises, the next `send` hands them all over again (consumers de-duplicate by key)."""
+    def handover(self, app: Any) -> Coroutine[Any, Any, None] | None:
+        """Take every waiting record (None: none waits); awaiting the result hands them to the producer.
+        If that raises, they wait again, before anything added since, and the next hand-over sends them
+        (consumers de-duplicate by key)."""
         if not self.waiting:
-            return
-        producer = app.producer._ensure_producer()
-        for partition, items in self.waiting.items():
-            batch = producer.create_batch()
-            for key, value, ts in items:
-                if batch.append(key=key, value=value, timestamp=ts) is None:  # full: send it, start another
-                    await producer.send_batch(batch, self.topic, partition=partition)
-                    batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=ts) is None:
-                        raise ValueError(f"a record of {len(value)} bytes does not fit a produce batch")
-            await producer.send_batch(batch, self.topic, partition=partition)
-        self.waiting.clear()
+            return None
+        taken, self.waiting = self.waiting, {}
+        return self._send(app, taken)
+
+    async def _send(self, app: Any, taken: dict[int, list[tuple[bytes, bytes, int]]]) -> None:
+        try:
+            producer = app.producer._ensure_producer()
+            for partition, items in taken.items():
+                batch = producer.create_batch()
+                for key, value, ts in items:
+                    if batch.append(key=key, value=value, timestamp=ts) is None:  # full: send it, start another
+                        await producer.send_batch(batch, self.topic, partition=partition)
+                        batch = producer.create_batch()
+                        if batch.append(key=key, value=value, timestamp=ts) is None:
+                            raise ValueError(f"a record of {len(value)} bytes does not fit a produce batch")
+                # aiokafka waits here until the partition's previous batch left for the broker: the
+                # checkpoint hands over in the background (streams/checkpoint.py), not in the agent's way
+                await producer.send_batch(batch, self.topic, partition=partition)
+        except BaseException:
+            for partition, items in taken.items():
+                self.waiting[partition] = items + self.waiting.get(partition, [])
+            raise
