@@ -275,6 +275,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def consumer_pid(proc: subprocess.Popen[bytes], cmd: list[str]) -> int:
+    """The consumer's process: the command's own, or py-spy's child when py-spy runs it."""
+    if cmd[0] != "py-spy":
+        return proc.pid
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    return int(children[0]) if children else proc.pid
+
+
 STALL_S = 30.0  # no commit moved this long, with messages left: the consumer stalled
 
 
@@ -286,7 +294,7 @@ def time_consumer(cmd: list[str], bootstrap: str, group: str, topic: str, log: P
                   cum: dict[int, list[int]] | None = None) -> tuple[float, int, float]:
     """Seconds from the group's first commit to the commit that reaches the end of the topic, the
     messages (with ``cum``: the packet records) committed in between, and the consumer's CPU seconds
-    over the same span (NaN under py-spy)."""
+    over the same span (under py-spy: the worker's, py-spy's child, slowed by the sampling)."""
     ends = end_offsets(bootstrap, topic)
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -295,8 +303,7 @@ def time_consumer(cmd: list[str], bootstrap: str, group: str, topic: str, log: P
     try:
         first = None
         at_first = 0
-        cpu0 = 0.0
-        own = cmd[0] != "py-spy"
+        cpu0, pid = 0.0, proc.pid
         deadline = time.monotonic() + 600
         last, moved = None, time.monotonic()
         while time.monotonic() < deadline:
@@ -311,12 +318,13 @@ def time_consumer(cmd: list[str], bootstrap: str, group: str, topic: str, log: P
                               f"partition: {behind}; log: {log}")
             if c and first is None:
                 first = now
-                cpu0 = cpu_seconds(proc.pid) if own else 0.0
+                pid = consumer_pid(proc, cmd)
+                cpu0 = cpu_seconds(pid)
                 at_first = sum(cum[p][o] for p, o in c.items()) if cum else sum(c.values())
             if c == ends:
                 assert first is not None
                 total = sum(cum[p][o] for p, o in ends.items()) if cum else sum(ends.values())
-                cpu = cpu_seconds(proc.pid) - cpu0 if own else float("nan")
+                cpu = cpu_seconds(pid) - cpu0
                 return now - first, total - at_first, cpu
             time.sleep(0.1)
         raise TimeoutError(f"{cmd[0]} did not reach the end offsets: {log}")

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from rstscope.fastpath.reader import V6_BASE
-from rstscope.packet import TH_ACK, TH_SYN, PacketRecord
+from rstscope.packet import TH_ACK, TH_SYN, V6_BASE, PacketRecord
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

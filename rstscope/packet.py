@@ -20,6 +20,11 @@ TH_ACK = 0x10
 TH_URG = 0x20
 TH_ECE = 0x40
 TH_CWR = 0x80
+
+# an address as an integer id in columns (fastpath.reader.AddressTable, direction.Direction):
+# an IPv4 address is its value, an IPv6 one V6_BASE + its index in the table
+V6_BASE = 1 << 32
+
 _KEY4 = struct.Struct(">4sH4sH").pack  # pack_key of an IPv4 tuple
 
 

@@ -39,14 +39,13 @@ from rstscope.decode.link import (
     LINKTYPE_RAW_OLD2,
     VLAN_TYPES,
 )
-from rstscope.packet import PacketRecord, pack_key
+from rstscope.packet import V6_BASE, PacketRecord, pack_key
 
 F8 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int64]
 ROW = 16 + 18 + 20 + 20  # record header, Ethernet + one VLAN tag, IPv4 and TCP without options
 BLOCK = 8 << 20  # bytes of a pcap file read at once (holds many MAX_RECORD records)
 CHUNK = 1 << 16  # records decoded per vectorized step (bounds its temporaries)
-V6_BASE = 1 << 32  # address ids: IPv4 addresses are their value, IPv6 ones V6_BASE + an index
 _LIVE_HEAD = struct.Struct("<IIII")  # decode_batch's record header: sec, frac (unused), captured, original length
 OtherFrame = tuple[int, float, int, bytes]  # frame index in its slice, time, link type, the frame
 
