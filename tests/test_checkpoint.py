@@ -123,3 +123,26 @@ async def test_without_a_handover_acks_at_once() -> None:
     a.take(2)
     await cp.commit()
     assert a.app.consumer.acked == [0, 1]
+
+
+async def test_a_step_that_raises_after_a_handover_loses_nothing() -> None:
+    """The hand-over a step left goes out even when a later step raises; the messages are acked only
+    after a later checkpoint completes."""
+    a = Agent()
+    calls = {"n": 0}
+
+    async def flaky() -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("the rollup input is away")
+
+    a.cp = Checkpoint(a.app, "v", Counter(), produce=(a.produce, flaky), done=a.done)
+    a.gate.set()
+    a.take(2)
+    with pytest.raises(OSError):
+        await a.cp.commit()
+    await asyncio.sleep(0.01)
+    assert a.handed == [2] and a.app.consumer.acked == []  # handed over, but not acked: the step raised
+    await a.cp.commit()
+    await asyncio.sleep(0.01)
+    assert a.app.consumer.acked == [0, 1]

@@ -62,13 +62,18 @@ class Checkpoint:
                 await handover  # 0. settle (its messages were acked when it completed)
             if self._decide is not None:
                 await self._decide()  # 1. decide
-            pending = [h for produce in self._produce if (h := await produce()) is not None]  # 2. produce
-            self._held += self._done()  # 3. ack (4. commit: Faust, after flushing the producer)
+            pending: list[asyncio.Future[Any]] = []
+            try:
+                for produce in self._produce:  # 2. produce; a hand-over it leaves starts at once, so
+                    if (h := await produce()) is not None:  # what it took goes out even if a later step raises
+                        pending.append(asyncio.ensure_future(h))
+                self._held += self._done()  # 3. ack (4. commit: Faust, after flushing the producer)
+            finally:
+                if pending:
+                    self._handover = asyncio.gather(*pending)
+                    self._handover.add_done_callback(self._handed_over)
             if not pending:
                 self._ack_held()
-                return
-            self._handover = asyncio.ensure_future(asyncio.gather(*pending))
-            self._handover.add_done_callback(self._handed_over)
 
     def _handed_over(self, handover: asyncio.Future[Any]) -> None:
         if not handover.cancelled() and handover.exception() is None:
